@@ -1,0 +1,47 @@
+# meshcache: `make demo` shows it working, `make test` runs the whole suite.
+# Both install what they need first (a .venv here; aria2 and iproute2 via apt when root).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench fuzz clean system-deps
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test,s3,bench]'
+	touch $(STAMP)
+
+# System packages the benchmarks and lab tests use; installed only when missing and root.
+system-deps:
+	@missing=""; \
+	command -v aria2c >/dev/null 2>&1 || missing="$$missing aria2"; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v tc >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: missing system packages:$$missing (not root: benchmarks that need them will say so)"; fi; \
+	fi
+
+demo: install
+	$(PY) examples/demo.py
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: install
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
+
+fuzz: install
+	$(PY) -m pytest -q tests/fuzz -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,321 @@
+"""The `meshcache` command: read through the cache, inspect it and manage it from a shell.
+
+Exit codes (for scripts): 0 ok, 1 unexpected error, 2 bad usage, 3 object not found at the
+origin, 4 origin failed or the object changed mid-read, 5 cache directory or store error,
+6 bad configuration, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import click
+
+from .config import Config, ConfigError
+from .node import Node
+from .origin import ObjectChanged, ObjectNotFound, OriginError
+from .store import StoreError
+
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_ORIGIN, EXIT_STORE, EXIT_CONFIG = 1, 2, 3, 4, 5, 6
+CHUNK = 4 * 1024 * 1024
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+class _Ctx:
+    def __init__(self, config: Config, progress: bool | None) -> None:
+        self.config = config
+        self.progress = progress
+        self._node: Node | None = None
+
+    @property
+    def node(self) -> Node:
+        if self._node is None:
+            self._node = Node(self.config)
+        return self._node
+
+    def close(self) -> None:
+        if self._node is not None:
+            self._node.close()
+
+    @contextmanager
+    def bar(self, desc: str, total: int | None = None) -> Iterator[Any]:
+        """A tqdm progress bar on stderr when it is a terminal (or --progress), else a no-op."""
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        if not show:
+            class _Null:
+                total = None
+
+                def update(self, n: int) -> None: ...
+
+                def refresh(self) -> None: ...
+
+            yield _Null()
+            return
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                  file=sys.stderr, dynamic_ncols=True, leave=True) as bar:
+            yield bar
+
+
+def _fail(code: int, message: str) -> None:
+    click.echo(f"meshcache: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map the library's errors to clear messages and the documented exit codes."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().obj
+        try:
+            return fn(*args, **kwargs)
+        except ObjectNotFound as e:
+            _fail(EXIT_NOT_FOUND, str(e))
+        except (ObjectChanged, OriginError) as e:
+            _fail(EXIT_ORIGIN, str(e))
+        except StoreError as e:
+            _fail(EXIT_STORE, e.strerror or str(e))
+        except ConfigError as e:
+            _fail(EXIT_CONFIG, str(e))
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            sys.exit(0)
+        finally:
+            if isinstance(ctx, _Ctx):
+                ctx.close()
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config file (default: $MESHCACHE_CONFIG).")
+@click.option("--cache-dir", help="Cache directory (default: $MESHCACHE_CACHE_DIR or "
+              "~/.cache/meshcache).")
+@click.option("--progress/--no-progress", default=None,
+              help="Show progress bars (default: when stderr is a terminal).")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.version_option(package_name="meshcache")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, cache_dir: str | None,
+        progress: bool | None, verbose: int) -> None:
+    """meshcache: read objects (file://, http(s)://, s3://, any fsspec URL) through a local
+    block cache that the fleet's nodes share.
+
+    \b
+    Examples:
+      meshcache get s3://models/llama.safetensors -o /tmp/model
+      meshcache prewarm https://data.example/shard-{0..9}.tar
+      meshcache cache ls
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        env = dict(os.environ)
+        if config_path:
+            env["MESHCACHE_CONFIG"] = config_path
+        if cache_dir:
+            env["MESHCACHE_CACHE_DIR"] = cache_dir
+        config = Config.from_env(env)
+    except ConfigError as e:
+        _fail(EXIT_CONFIG, str(e))
+    ctx.obj = _Ctx(config, progress)
+
+
+@cli.command()
+@click.argument("url")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Where to write (default: the URL's file name here; '-' for stdout).")
+@click.pass_obj
+@_run
+def get(obj: _Ctx, url: str, output: str | None) -> None:
+    """Download URL through the cache to a file."""
+    name = output or os.path.basename(url.rstrip("/")) or "download"
+    with obj.node.open(url) as src:
+        out = sys.stdout.buffer if name == "-" else open(name + ".part", "wb")
+        try:
+            with obj.bar(os.path.basename(url), src.size) as bar:
+                buf = bytearray(CHUNK)
+                while n := src.readinto(buf):
+                    out.write(memoryview(buf)[:n])
+                    bar.update(n)
+        except BaseException:
+            if out is not sys.stdout.buffer:
+                out.close()
+                os.unlink(name + ".part")
+            raise
+        if out is not sys.stdout.buffer:
+            out.close()
+            os.replace(name + ".part", name)
+        stats = src.stats
+    if name != "-":
+        click.echo(f"{name}: {_human(src.size)} (local {_human(stats['bytes_from_local'])}, "
+                   f"peers {_human(stats['bytes_from_peers'])}, "
+                   f"origin {_human(stats['bytes_from_origin'])})", err=True)
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--start", type=int, default=None, help="First byte (negative: from the end).")
+@click.option("--end", type=int, default=None, help="Byte after the last (negative: from end).")
+@click.pass_obj
+@_run
+def cat(obj: _Ctx, url: str, start: int | None, end: int | None) -> None:
+    """Write URL's bytes (or a range of them) to standard output."""
+    if start is None and end is None:
+        with obj.node.open(url) as src:
+            buf = bytearray(CHUNK)
+            while n := src.readinto(buf):
+                sys.stdout.buffer.write(memoryview(buf)[:n])
+    else:
+        sys.stdout.buffer.write(obj.node.cat(url, start, end))
+    sys.stdout.buffer.flush()
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_run
+def stat(obj: _Ctx, url: str, as_json: bool) -> None:
+    """Show URL's size, version and how much of it is cached."""
+    st = obj.node.stat(url)
+    if as_json:
+        click.echo(json.dumps(st))
+        return
+    for k, v in st.items():
+        click.echo(f"{k:>14}: {v}")
+
+
+@cli.command()
+@click.argument("urls", nargs=-1, required=True)
+@click.pass_obj
+@_run
+def prewarm(obj: _Ctx, urls: tuple[str, ...]) -> None:
+    """Fetch every block of each URL into the cache (returns when stored)."""
+    with obj.bar("prewarm") as bar:
+        def total(n: int) -> None:
+            bar.total = n
+            bar.refresh()
+        done = obj.node.prewarm(list(urls), bar.update, on_total=total)
+    click.echo(f"prewarmed {len(done)} object(s), {_human(sum(done.values()))}", err=True)
+
+
+@cli.command()
+@click.argument("url")
+@click.pass_obj
+@_run
+def refresh(obj: _Ctx, url: str) -> None:
+    """Forget URL's cached stat and ask the origin for its current version."""
+    v = obj.node.refresh(url)
+    click.echo(f"{v.url}: size {v.size}, version {v.token}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_run
+def stats(obj: _Ctx, as_json: bool) -> None:
+    """Show this cache's counters and use."""
+    st = obj.node.stats()
+    if as_json:
+        click.echo(json.dumps(st))
+        return
+    for k, v in st.items():
+        click.echo(f"{k:>18}: {v}")
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect and manage the local cache: ls, du, pin, unpin, evict."""
+
+
+@cache.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.pass_obj
+@_run
+def cache_ls(obj: _Ctx, as_json: bool) -> None:
+    """List cached objects with how much of each is stored."""
+    for o in obj.node.cached_objects():
+        if as_json:
+            click.echo(json.dumps(o))
+        else:
+            pin = " pinned" if o["pinned"] else ""
+            click.echo(f"{_human(o['cached_bytes']):>10} / {_human(o['size']):<10} "
+                       f"{o['cached_blocks']:>6}/{o['blocks']:<6} {o['url']}{pin}")
+
+
+@cache.command("du")
+@click.pass_obj
+@_run
+def cache_du(obj: _Ctx) -> None:
+    """Bytes the cache holds against its capacity."""
+    st = obj.node.stats()
+    click.echo(f"{_human(st['store_bytes'])} in {st['store_blocks']} blocks of "
+               f"{_human(st['capacity'])} capacity ({obj.config.cache_dir})")
+
+
+@cache.command("pin")
+@click.argument("urls", nargs=-1, required=True)
+@click.pass_obj
+@_run
+def cache_pin(obj: _Ctx, urls: tuple[str, ...]) -> None:
+    """Fetch URLs completely and keep them out of eviction."""
+    for url in urls:
+        with obj.bar(os.path.basename(url)) as bar:
+            def total(n: int) -> None:
+                bar.total = n
+                bar.refresh()
+            v = obj.node.pin(url, progress=bar.update, on_total=total)
+        click.echo(f"pinned {v.url} ({_human(v.size)})", err=True)
+
+
+@cache.command("unpin")
+@click.argument("urls", nargs=-1, required=True)
+@click.pass_obj
+@_run
+def cache_unpin(obj: _Ctx, urls: tuple[str, ...]) -> None:
+    """Let eviction take URLs' blocks again."""
+    for url in urls:
+        n = obj.node.unpin(url)
+        if n == 0:
+            _fail(EXIT_NOT_FOUND, f"{url}: not pinned")
+        click.echo(f"unpinned {url}", err=True)
+
+
+@cache.command("evict")
+@click.argument("urls", nargs=-1)
+@click.option("--all", "evict_all", is_flag=True, help="Evict every unpinned block.")
+@click.pass_obj
+@_run
+def cache_evict(obj: _Ctx, urls: tuple[str, ...], evict_all: bool) -> None:
+    """Remove URLs' blocks from the cache (or every unpinned block with --all)."""
+    if not urls and not evict_all:
+        raise click.UsageError("give URLs to evict, or --all")
+    freed = obj.node.evict(None) if evict_all else sum(obj.node.evict(u) for u in urls)
+    click.echo(f"freed {_human(freed)}", err=True)
+
+
+def main() -> None:
+    """Entry point of the `meshcache` console script."""
+    cli(prog_name="meshcache")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,283 @@
+"""Configuration: one dataclass with presets, loadable from TOML and the environment.
+
+Presets follow hashicorp/memberlist's DefaultLocal/LAN/WANConfig: `Config.local()` is one host with
+no peers, `Config.lan()` a datacenter LAN, `Config.wan()` zones joined over slow links.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+MIN_BLOCK_SIZE = 64 * KiB
+MAX_BLOCK_SIZE = 64 * MiB
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid; the message names the key."""
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "meshcache")
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: Any, key: str) -> int:
+    """Parse a byte size: an int, or a string such as '8MiB', '10 GB', '512k'."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size in bytes, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            number, unit, binary = m.groups()
+            power = "kmgtp".index(unit.lower()) + 1 if unit else 0
+            base = 1024 if binary else 1000
+            return int(float(number) * base**power)
+    raise ConfigError(f"{key}: expected a size in bytes such as 8388608 or '8MiB', got {value!r}")
+
+
+@dataclass
+class Config:
+    """Everything a node needs to know; see docs/configuration in README for each key."""
+
+    preset: str = "local"
+    # Where blocks, manifests and the node's identity live.
+    cache_dir: str = field(default_factory=_default_cache_dir)
+    # Most bytes of blocks the store keeps before S3-FIFO eviction.
+    capacity: int = 20 * GiB
+    # One power of two for the whole mesh; blocks are [i*B, (i+1)*B) of an object version.
+    block_size: int = 8 * MiB
+    # Blocks fetched ahead of a sequential reader (and parallel origin reads for one object).
+    readahead: int = 8
+    # Origin reads in flight at once for the whole node.
+    origin_concurrency: int = 8
+    # Seconds an origin stat (size + ETag/mtime) is trusted before it is asked again.
+    metadata_ttl: float = 60.0
+    # Seconds one origin request may take before it is retried or fails.
+    origin_timeout: float = 60.0
+    # Retries of one failed origin range read before the read fails.
+    origin_retries: int = 2
+    # fsync each block before it becomes visible (crash safety); off only for throwaway caches.
+    fsync: bool = True
+    # Peer-to-peer settings (later layers).
+    zone: str = "default"
+    listen: str = "0.0.0.0:7946"
+    peers: list[str] = field(default_factory=list)
+    cluster_secret: str = ""
+    cluster_secret_file: str = ""
+    mdns: bool = False
+    interfaces: list[str] = field(default_factory=list)
+    max_datagram_size: int = 1452
+    egress_rate: int = 0
+    ingress_rate: int = 0
+    peer_egress_rate: int = 0
+    peer_ingress_rate: int = 0
+    request_timeout: float = 10.0
+    ping_interval: float = 1.0
+    suspect_timeout: float = 5.0
+    # Unix socket of a local meshcached; the library uses it when present ("" = none).
+    daemon_socket: str = ""
+    log_level: str = "WARNING"
+
+    # ---- presets ---------------------------------------------------------------------------------
+
+    @classmethod
+    def local(cls, **overrides: Any) -> "Config":
+        """One host, no peers: a read-through cache in front of the origin."""
+        return cls(preset="local", **overrides).validated()
+
+    @classmethod
+    def lan(cls, **overrides: Any) -> "Config":
+        """A datacenter LAN: mDNS discovery, fast failure detection, credential required."""
+        base = dict(preset="lan", mdns=True, max_datagram_size=1452, ping_interval=1.0,
+                    suspect_timeout=5.0, request_timeout=10.0)
+        base.update(overrides)
+        return cls(**base).validated()
+
+    @classmethod
+    def wan(cls, **overrides: Any) -> "Config":
+        """Zones over slow links: tolerant timings, larger blocks, credential required."""
+        base = dict(preset="wan", mdns=True, block_size=16 * MiB, ping_interval=5.0,
+                    suspect_timeout=30.0, request_timeout=60.0, metadata_ttl=60.0)
+        base.update(overrides)
+        return cls(**base).validated()
+
+    # ---- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> "Config":
+        """Build from a mapping; the `preset` key picks the starting point. Unknown keys are errors."""
+        data = dict(data)
+        preset = data.pop("preset", "local")
+        if preset not in _PRESETS:
+            raise ConfigError(f"{source}: preset: unknown preset {preset!r} (local, lan, wan)")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"{source}: {key}: unknown configuration key")
+        coerced = {k: _coerce(k, v, source) for k, v in data.items()}
+        return getattr(cls, preset)(**coerced)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> "Config":
+        """Load a TOML file (flat keys, or under a [meshcache] table)."""
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+        if set(data) == {"meshcache"} and isinstance(data["meshcache"], dict):
+            data = data["meshcache"]
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+        """MESHCACHE_CONFIG names a TOML file; MESHCACHE_<KEY> variables override its keys."""
+        env = os.environ if environ is None else environ
+        data: dict[str, Any] = {}
+        path = env.get("MESHCACHE_CONFIG")
+        if path:
+            cfg = cls.from_toml(path)
+            data = {k: v for k, v in dataclasses.asdict(cfg).items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        for name, value in env.items():
+            if not name.startswith("MESHCACHE_") or name == "MESHCACHE_CONFIG":
+                continue
+            key = name[len("MESHCACHE_"):].lower()
+            if key not in known:
+                raise ConfigError(f"environment: {name}: unknown configuration key")
+            data[key] = _from_env_string(key, value)
+        return cls.from_dict(data, source="environment")
+
+    # ---- validation ------------------------------------------------------------------------------
+
+    def validated(self) -> "Config":
+        """Check every value; raise ConfigError naming the first bad key."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), "config"))
+        b = self.block_size
+        if b & (b - 1) or not (MIN_BLOCK_SIZE <= b <= MAX_BLOCK_SIZE):
+            raise ConfigError(
+                f"block_size: must be a power of two between {MIN_BLOCK_SIZE} and "
+                f"{MAX_BLOCK_SIZE} bytes, got {b}")
+        for key in ("capacity", "readahead", "origin_concurrency", "max_datagram_size"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+        for key in ("metadata_ttl", "origin_timeout", "request_timeout", "ping_interval",
+                    "suspect_timeout", "origin_retries", "egress_rate", "ingress_rate",
+                    "peer_egress_rate", "peer_ingress_rate"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
+        if self.capacity < self.block_size:
+            raise ConfigError(f"capacity: must hold at least one block ({self.block_size} bytes)")
+        if not self.cache_dir:
+            raise ConfigError("cache_dir: must not be empty")
+        if self.preset in ("lan", "wan") and not self.credential():
+            raise ConfigError(
+                f"cluster_secret: the {self.preset} preset needs the cluster credential "
+                "(cluster_secret, cluster_secret_file or MESHCACHE_CLUSTER_SECRET)")
+        return self
+
+    def credential(self) -> bytes:
+        """The cluster credential as bytes, from the value or the file; empty when none."""
+        if self.cluster_secret:
+            return self.cluster_secret.encode()
+        if self.cluster_secret_file:
+            try:
+                return Path(self.cluster_secret_file).read_bytes().strip()
+            except OSError as e:
+                raise ConfigError(
+                    f"cluster_secret_file: cannot read {self.cluster_secret_file}: {e.strerror}"
+                ) from None
+        return b""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict that `from_dict` turns back into an equal Config (used to rebuild in workers)."""
+        return dataclasses.asdict(self)
+
+
+_PRESETS = ("local", "lan", "wan")
+_SIZE_KEYS = {"capacity", "block_size", "egress_rate", "ingress_rate", "peer_egress_rate",
+              "peer_ingress_rate"}
+
+
+def _field_types() -> dict[str, str]:
+    return {f.name: str(f.type) for f in dataclasses.fields(Config)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    kind = _field_types()[key]
+    where = f"{source}: {key}"
+    try:
+        if key in _SIZE_KEYS:
+            return parse_size(value, where)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            return value
+        if kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}: expected a number, got {value!r}")
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}: expected a string, got {value!r}")
+            return value
+        if kind == "list[str]":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+            return list(value)
+    except ConfigError as e:
+        if str(e).startswith(where) or source in str(e):
+            raise
+        raise ConfigError(f"{where}: {e}") from None
+    raise ConfigError(f"{where}: unsupported type {kind}")  # pragma: no cover
+
+
+def _from_env_string(key: str, value: str) -> Any:
+    kind = _field_types()[key]
+    where = f"environment: MESHCACHE_{key.upper()}"
+    if key in _SIZE_KEYS:
+        return parse_size(value, where)
+    if kind == "bool":
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind == "int":
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if kind == "float":
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if kind == "list[str]":
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value

@@ -1,0 +1,126 @@
+"""S3-FIFO eviction (Yang et al., SOSP'23), byte-weighted, with entries that must not be evicted.
+
+A small FIFO (10% of capacity) filters one-hit wonders; entries read again while in it move to the
+main FIFO, which evicts with a 2-bit CLOCK-like frequency. A ghost FIFO remembers keys recently
+evicted from the small queue so a quick return goes straight to main. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Hashable
+
+Key = Hashable
+
+
+class S3FIFO:
+    """Decides which keys to drop so the bytes held stay within `capacity`."""
+
+    SMALL_RATIO = 0.10
+    MAX_FREQ = 3
+
+    def __init__(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self.small_capacity = max(1, int(capacity * self.SMALL_RATIO))
+        self._small: OrderedDict[Key, int] = OrderedDict()  # key -> size; newest at the end
+        self._main: OrderedDict[Key, int] = OrderedDict()
+        self._ghost: OrderedDict[Key, None] = OrderedDict()
+        self._freq: dict[Key, int] = {}
+        self.small_bytes = 0
+        self.main_bytes = 0
+
+    # ---- queries -----------------------------------------------------------------------------
+
+    @property
+    def used(self) -> int:
+        return self.small_bytes + self.main_bytes
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._freq
+
+    def __len__(self) -> int:
+        return len(self._freq)
+
+    def keys(self) -> list[Key]:
+        return list(self._small) + list(self._main)
+
+    # ---- inputs ------------------------------------------------------------------------------
+
+    def insert(self, key: Key, size: int, *, main: bool = False) -> None:
+        """Admit a new entry (to main if it was a recent ghost or `main` is set)."""
+        if key in self._freq:
+            self.access(key)
+            return
+        self._freq[key] = 0
+        if main or key in self._ghost:
+            self._ghost.pop(key, None)
+            self._main[key] = size
+            self.main_bytes += size
+        else:
+            self._small[key] = size
+            self.small_bytes += size
+
+    def access(self, key: Key) -> None:
+        """Note a read; cheap enough for every hot read (no reordering)."""
+        f = self._freq.get(key)
+        if f is not None and f < self.MAX_FREQ:
+            self._freq[key] = f + 1
+
+    def remove(self, key: Key) -> bool:
+        """Forget an entry the store deleted for another reason; True if it was present."""
+        if key not in self._freq:
+            return False
+        del self._freq[key]
+        if key in self._small:
+            self.small_bytes -= self._small.pop(key)
+        else:
+            self.main_bytes -= self._main.pop(key)
+        return True
+
+    def evict(self, can_evict: Callable[[Key], bool] = lambda k: True,
+              target: int | None = None) -> list[Key]:
+        """Choose victims until used <= target (default capacity); entries that `can_evict`
+        refuses (pinned, being read) are kept and passed over. Returns the victims, oldest first."""
+        goal = self.capacity if target is None else target
+        victims: list[Key] = []
+        # Each pass over an entry either evicts it, promotes it, or lowers its frequency, so the
+        # loop ends; the budget also stops it when everything left is protected.
+        budget = 4 * (len(self._small) + len(self._main)) + 8
+        while self.used > goal and budget > 0:
+            budget -= 1
+            if self._small and (self.small_bytes >= self.small_capacity or not self._main):
+                self._evict_small(victims, can_evict)
+            elif self._main:
+                self._evict_main(victims, can_evict)
+            else:
+                break
+        return victims
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _evict_small(self, victims: list[Key], can_evict: Callable[[Key], bool]) -> None:
+        key, size = self._small.popitem(last=False)
+        self.small_bytes -= size
+        if self._freq[key] > 0 or not can_evict(key):
+            self._freq[key] = 0
+            self._main[key] = size
+            self.main_bytes += size
+            return
+        del self._freq[key]
+        victims.append(key)
+        self._ghost[key] = None
+        while len(self._ghost) > max(16, len(self._freq)):
+            self._ghost.popitem(last=False)
+
+    def _evict_main(self, victims: list[Key], can_evict: Callable[[Key], bool]) -> None:
+        key, size = self._main.popitem(last=False)
+        f = self._freq[key]
+        if f > 0 or not can_evict(key):
+            self._freq[key] = max(0, f - 1)
+            self._main[key] = size
+            return
+        self.main_bytes -= size
+        del self._freq[key]
+        victims.append(key)

@@ -1,0 +1,212 @@
+"""Origins through fsspec: stat an object version, and read byte ranges pinned to that version.
+
+Async filesystems (http, s3, ...) run on the node's loop; sync ones (file, ...) in threads. Ranged
+reads are pinned to the version where the protocol allows it (HTTP If-Match, S3 IfMatch or
+VersionId, local fstat before and after), so an object that changes mid-read is an error
+(`ObjectChanged`), never a mix of two versions' bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, Mapping
+
+import fsspec
+from fsspec.asyn import AsyncFileSystem
+
+from .version import ObjectVersion, token_from_info
+
+
+class OriginError(IOError):
+    """The origin failed or refused; the message names the URL."""
+
+
+class ObjectNotFound(OriginError, FileNotFoundError):
+    """The origin has no object at this URL."""
+
+
+class ObjectChanged(OriginError):
+    """The object changed at the origin while it was being read."""
+
+
+def split_protocol(url: str) -> tuple[str, str]:
+    """('s3', 'bucket/key') for 's3://bucket/key'; local paths are 'file'."""
+    if "::" in url:
+        raise OriginError(f"{url}: chained URLs are for fsspec.open('meshcache::...'), "
+                          "not meshcache.open")
+    protocol, sep, _ = url.partition("://")
+    if not sep:
+        return "file", os.path.abspath(url)
+    return protocol, url
+
+
+def normalize_url(url: str) -> str:
+    """The cache's name for a URL: local paths become absolute file:// URLs."""
+    protocol, rest = split_protocol(url)
+    if protocol == "file":
+        path = rest if "://" not in rest else rest.split("://", 1)[1]
+        return "file://" + os.path.abspath(path)
+    return url
+
+
+def _freeze(options: Mapping[str, Any]) -> str:
+    return repr(sorted(options.items(), key=lambda kv: kv[0]))
+
+
+class Origin:
+    """Reads objects from their origins; one fsspec instance per protocol and option set."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float,
+                 default_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.default_options = {k: dict(v) for k, v in (default_options or {}).items()}
+        self._fs: dict[tuple[str, str], fsspec.AbstractFileSystem] = {}
+
+    def _filesystem(self, protocol: str, options: Mapping[str, Any]) -> fsspec.AbstractFileSystem:
+        opts = {**self.default_options.get(protocol, {}), **options}
+        key = (protocol, _freeze(opts))
+        fs = self._fs.get(key)
+        if fs is None:
+            try:
+                cls = fsspec.get_filesystem_class(protocol)
+            except (ImportError, ValueError) as e:
+                raise OriginError(f"{protocol}://: no filesystem for this protocol ({e})") from None
+            if issubclass(cls, AsyncFileSystem) and cls.async_impl:
+                fs = cls(asynchronous=True, loop=self.loop, skip_instance_cache=True, **opts)
+            else:
+                fs = cls(skip_instance_cache=True, **opts)
+            self._fs[key] = fs
+        return fs
+
+    def _path(self, fs: fsspec.AbstractFileSystem, url: str) -> str:
+        protocol, _ = split_protocol(url)
+        if protocol in ("http", "https"):
+            return url
+        return fs._strip_protocol(url)
+
+    async def stat(self, url: str, options: Mapping[str, Any]) -> ObjectVersion:
+        """Ask the origin for the object's size and version token."""
+        protocol, _ = split_protocol(url)
+        fs = self._filesystem(protocol, options)
+        path = self._path(fs, url)
+        try:
+            if isinstance(fs, AsyncFileSystem) and fs.async_impl:
+                info = await asyncio.wait_for(fs._info(path), self.timeout)
+            else:
+                info = await asyncio.wait_for(asyncio.to_thread(fs.info, path), self.timeout)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{url}: no such object at the origin") from None
+        except asyncio.TimeoutError:
+            raise OriginError(f"{url}: the origin did not answer a stat in {self.timeout:g} s") \
+                from None
+        except Exception as e:  # fsspec backends raise many types; all mean "origin failed"
+            raise OriginError(f"{url}: stat failed: {_describe(e)}") from e
+        if info.get("type") == "directory":
+            raise OriginError(f"{url}: is a directory, not an object")
+        size = info.get("size")
+        if not isinstance(size, int) or size < 0:
+            raise OriginError(f"{url}: the origin did not report a size")
+        return ObjectVersion(url, token_from_info(info), size)
+
+    async def read(self, version: ObjectVersion, start: int, end: int,
+                   options: Mapping[str, Any]) -> bytes:
+        """Bytes [start, end) of exactly this version; ObjectChanged if the origin moved on."""
+        url = version.url
+        protocol, _ = split_protocol(url)
+        fs = self._filesystem(protocol, options)
+        path = self._path(fs, url)
+        try:
+            if protocol == "file":
+                data = await asyncio.to_thread(_read_local, path, version, start, end)
+            elif protocol in ("http", "https"):
+                headers = {"If-Match": version.etag} if version.etag else {}
+                data = await asyncio.wait_for(
+                    fs._cat_file(path, start=start, end=end, headers=headers), self.timeout)
+            elif protocol in ("s3", "s3a") and hasattr(fs, "_call_s3"):
+                data = await asyncio.wait_for(self._read_s3(fs, path, version, start, end),
+                                              self.timeout)
+            elif isinstance(fs, AsyncFileSystem) and fs.async_impl:
+                data = await asyncio.wait_for(fs._cat_file(path, start=start, end=end),
+                                              self.timeout)
+            else:
+                data = await asyncio.wait_for(
+                    asyncio.to_thread(fs.cat_file, path, start=start, end=end), self.timeout)
+        except ObjectChanged:
+            raise
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{url}: the object is gone from the origin") from None
+        except asyncio.TimeoutError:
+            raise OriginError(f"{url}: bytes {start}-{end} took over {self.timeout:g} s") from None
+        except Exception as e:
+            if _is_precondition_failed(e):
+                raise ObjectChanged(f"{url}: the object changed at the origin during the read "
+                                    "(version no longer matches)") from None
+            raise OriginError(f"{url}: reading bytes {start}-{end} failed: {_describe(e)}") from e
+        if len(data) != end - start:
+            raise ObjectChanged(f"{url}: the origin returned {len(data)} bytes for a range of "
+                                f"{end - start}; the object changed or ignores ranges")
+        return data
+
+    async def _read_s3(self, fs: Any, path: str, version: ObjectVersion, start: int,
+                       end: int) -> bytes:
+        bucket, key, _ = fs.split_path(path)
+        kw: dict[str, Any] = {"Range": f"bytes={start}-{end - 1}"}
+        if version.version_id:
+            kw["VersionId"] = version.version_id
+        elif version.etag:
+            kw["IfMatch"] = version.etag
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, **kw)
+        try:
+            return await resp["Body"].read()
+        finally:
+            resp["Body"].close()
+
+    async def close(self) -> None:
+        for fs in self._fs.values():
+            session = getattr(fs, "_session", None)
+            if session is not None and hasattr(session, "close"):
+                try:
+                    await session.close()
+                except Exception:
+                    pass
+            s3 = getattr(fs, "_s3", None)
+            if s3 is not None and hasattr(s3, "close"):
+                try:
+                    await s3.close()
+                except Exception:
+                    pass
+        self._fs.clear()
+
+
+def _read_local(path: str, version: ObjectVersion, start: int, end: int) -> bytes:
+    with open(path, "rb") as f:
+        before = os.fstat(f.fileno())
+        data = os.pread(f.fileno(), end - start, start)
+        after = os.fstat(f.fileno())
+    now_token = token_from_info({"mtime": after.st_mtime, "ino": after.st_ino,
+                                 "size": after.st_size})
+    if (before.st_size != version.size or after.st_size != before.st_size
+            or after.st_mtime_ns != before.st_mtime_ns or now_token != version.token):
+        raise ObjectChanged(f"file://{path}: the file changed during the read")
+    return data
+
+
+def _is_precondition_failed(e: BaseException) -> bool:
+    status = getattr(e, "status", None) or getattr(e, "code", None)
+    if status == 412:
+        return True
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error", {})
+        if err.get("Code") in ("PreconditionFailed", "412"):
+            return True
+        if response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412:
+            return True
+    return "412" in str(e) and "recondition" in str(e)
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text if len(text) < 300 else text[:300] + "..."

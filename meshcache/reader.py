@@ -1,0 +1,258 @@
+"""Reader: a binary file object over one object version, reading hot blocks straight from their
+files in the caller's thread (one pread per call, no hop through the loop), and asking the node
+for cold blocks with a readahead window of K blocks when access is sequential."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import os
+import threading
+from typing import Any, Mapping
+
+from .node import FetchResult, Node
+from .origin import ObjectChanged
+from .store import BlockCorrupt
+
+_SOURCES = ("local", "peers", "origin")
+
+
+class Reader(io.RawIOBase):
+    """Read-only, seekable, thread-safe file over `url` as it was when opened."""
+
+    def __init__(self, node: Node, url: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self._node = node
+        self._options = dict(options or {})
+        self.version = node.version(url, self._options)
+        self.url = self.name = self.path = self.version.url
+        self.size = self.version.size
+        self._manifest = node.manifest(self.version)
+        self._bs = self._manifest.block_size
+        self._shift = self._bs.bit_length() - 1
+        self._nblocks = self._manifest.blocks
+        self._readahead = node.config.readahead
+        self._lock = threading.RLock()
+        self._pos = 0
+        self._cur = -1  # index of the block held open
+        self._cur_len = 0
+        self._cur_source = "local"
+        self._fd: int | None = None
+        self._digest: bytes | None = None
+        self._mem: bytes | None = None
+        self._prev: int | None = None
+        self._ahead: dict[int, concurrent.futures.Future[FetchResult]] = {}
+        self._pending = dict.fromkeys(_SOURCES, 0)
+        self._stats: dict[str, int] = {"bytes_from_local": 0, "bytes_from_peers": 0,
+                                       "bytes_from_origin": 0, "origin_requests": 0}
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Where this file's bytes came from: bytes_from_local/peers/origin, origin_requests."""
+        with self._lock:
+            self._flush_stats()
+            return dict(self._stats)
+
+    # ---- io.RawIOBase ------------------------------------------------------------------------
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        with self._lock:
+            self._check_open()
+            if whence == io.SEEK_SET:
+                pos = offset
+            elif whence == io.SEEK_CUR:
+                pos = self._pos + offset
+            elif whence == io.SEEK_END:
+                pos = self.size + offset
+            else:
+                raise ValueError(f"invalid whence ({whence})")
+            if pos < 0:
+                raise OSError(22, f"{self.url}: negative seek position {pos}")
+            self._pos = pos
+            return pos
+
+    def readinto(self, b: Any) -> int:
+        with self._lock:
+            self._check_open()
+            mv = memoryview(b).cast("B")
+            want = len(mv)
+            done = 0
+            while done < want and self._pos < self.size:
+                off = self._at_block()
+                n = min(want - done, self._cur_len - off)
+                if self._fd is not None:
+                    got = os.preadv(self._fd, [mv[done:done + n]], off)
+                    if got != n:
+                        self._lost_current()
+                        continue
+                else:
+                    assert self._mem is not None
+                    mv[done:done + n] = self._mem[off:off + n]
+                self._pending[self._cur_source] += n
+                self._pos += n
+                done += n
+            return done
+
+    def read(self, size: int | None = -1) -> bytes:
+        with self._lock:
+            self._check_open()
+            remaining = self.size - self._pos
+            n = remaining if size is None or size < 0 else min(size, remaining)
+            if n <= 0:
+                return b""
+            off = self._at_block()
+            if self._fd is not None and off + n <= self._cur_len:
+                data = os.pread(self._fd, n, off)
+                if len(data) == n:
+                    self._pending[self._cur_source] += n
+                    self._pos += n
+                    return data
+                self._lost_current()
+            buf = bytearray(n)
+            got = self.readinto(buf)
+            return bytes(memoryview(buf)[:got]) if got != n else bytes(buf)
+
+    read1 = read
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self.closed:
+                self._release()
+                self._flush_stats()
+                self._ahead.clear()
+            super().close()
+
+    def limit_readahead(self, end: int) -> None:
+        """Fetch ahead no further than byte `end` (for callers that know their range)."""
+        self._nblocks = min(self._nblocks, -(-end // self._bs))
+
+    # ---- blocks ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+
+    def _at_block(self) -> int:
+        """Make the block under the position current; returns the offset within it."""
+        latest = self._node.latest(self.url)
+        if latest is not None and latest != self.version:
+            raise ObjectChanged(f"{self.url}: a newer version exists at the origin "
+                                f"({latest.token}); reopen to read it")
+        i = self._pos >> self._shift
+        if i != self._cur:
+            self._switch(i)
+        return self._pos - (i << self._shift)
+
+    def _switch(self, i: int) -> None:
+        self._release()
+        self._flush_stats()
+        sequential = (i == 0 and self._prev is None) or (self._prev is not None
+                                                         and i == self._prev + 1)
+        self._prev = i
+        for stale in [j for j in self._ahead if j < i or j > i + self._readahead]:
+            del self._ahead[stale]
+        if sequential:
+            self._schedule(range(i, min(i + self._readahead + 1, self._nblocks)))
+        store = self._node.store
+        for _ in range(3):
+            res = self._result(i)
+            if res.data is not None:
+                self._set_memory(i, res.data, res.source)
+                return
+            try:
+                fd, size = store.open_block(res.digest)
+            except (FileNotFoundError, BlockCorrupt):
+                continue  # evicted or damaged since: fetch again
+            self._cur, self._fd, self._digest, self._cur_len = i, fd, res.digest, size
+            self._cur_source = "origin" if res.source == "origin" else (
+                "peers" if res.source == "peer" else "local")
+            self._note_source(res.source)
+            return
+        # The store keeps losing this block (capacity far too small): serve it from memory.
+        data = self._node.read_origin_sync(self.version, i, self._options)
+        self._set_memory(i, data, "origin")
+
+    def _result(self, i: int) -> FetchResult:
+        fut = self._ahead.pop(i, None)
+        if fut is not None:
+            return fut.result()
+        d = self._node.has_block(self.version, i)
+        if d is not None:
+            return FetchResult(d, "local")
+        return self._node.fetch_sync(self.version, i, self._options)
+
+    def _schedule(self, indexes: range) -> None:
+        manifest, store = self._manifest, self._node.store
+        for j in indexes:
+            if j in self._ahead:
+                continue
+            d = manifest.digests[j]
+            if d is not None and d in store:
+                continue
+            self._ahead[j] = self._node.submit_fetch(self.version, j, self._options)
+
+    def _set_memory(self, i: int, data: bytes, source: str) -> None:
+        self._cur, self._mem, self._cur_len = i, data, len(data)
+        self._cur_source = "origin" if source == "origin" else "peers" if source == "peer" \
+            else "local"
+        self._note_source(source)
+
+    def _note_source(self, source: str) -> None:
+        if source == "local":
+            self._node.count(block_hits=1)
+        elif source == "origin":
+            self._stats["origin_requests"] += 1
+
+    def _lost_current(self) -> None:
+        """The block file shrank under us (tampering): drop it so the next read re-fetches."""
+        if self._digest is not None:
+            d = self._digest
+            self._release()
+            self._node.store.remove(d)
+        self._cur = -1
+
+    def _release(self) -> None:
+        if self._fd is not None and self._digest is not None:
+            self._node.store.close_block(self._digest, self._fd)
+        self._fd = None
+        self._digest = None
+        self._mem = None
+        self._cur = -1
+
+    def _flush_stats(self) -> None:
+        p = self._pending
+        if not any(p.values()):
+            return
+        self._stats["bytes_from_local"] += p["local"]
+        self._stats["bytes_from_peers"] += p["peers"]
+        self._stats["bytes_from_origin"] += p["origin"]
+        self._node.count(bytes_from_local=p["local"])
+        for k in p:
+            p[k] = 0
+
+    def __repr__(self) -> str:
+        return f"<meshcache.Reader {self.url} size={self.size} pos={self._pos}>"
+
+
+def open_reader(node: Node, url: str, mode: str = "rb",
+                options: Mapping[str, Any] | None = None, **text_kwargs: Any) -> Any:
+    """`Reader` for mode 'rb'; a TextIOWrapper over a buffered Reader for mode 'r'/'rt'."""
+    if mode in ("rb", "br"):
+        return Reader(node, url, options)
+    if mode in ("r", "rt", "tr"):
+        return io.TextIOWrapper(io.BufferedReader(Reader(node, url, options), 1 << 20),
+                                **text_kwargs)
+    raise ValueError(f"meshcache.open: mode {mode!r} is not supported; the cache is read-only "
+                     "('rb' or 'r')")

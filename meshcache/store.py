@@ -1,0 +1,359 @@
+"""On-disk block store: blocks named by digest, written to a temp file, fsynced, then renamed.
+
+Layout under the cache directory:
+    blocks/ab/<digest hex>      one file per block; only complete, fsynced blocks get these names
+    manifests/ab/<key hex>      one CBOR manifest per object version
+    pins/<key hex>              an object version that eviction must keep
+    tmp/                        blocks being written; emptied at start
+The index (digest -> size) is rebuilt by scanning blocks/ at start. A block file is hashed the
+first time this process opens it, and again whenever its size, mtime or inode change, so a
+truncated or tampered file is detected, deleted and re-fetched rather than served.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .digest import digest as compute_digest
+from .digest import is_hex_digest, to_hex
+from .eviction import S3FIFO
+from .manifest import Manifest, ManifestError
+
+log = logging.getLogger("meshcache.store")
+
+
+class StoreError(OSError):
+    """The cache directory cannot be used (not writable, full, ...); the message names the path."""
+
+
+class BlockCorrupt(Exception):
+    """A block file on disk does not hash to its name; it has been removed."""
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    ino: int
+    size: int
+    mtime_ns: int
+
+
+class BlockStore:
+    """Thread-safe store of verified blocks with S3-FIFO eviction, pins and read leases."""
+
+    def __init__(self, root: str | os.PathLike[str], capacity: int, *, fsync: bool = True) -> None:
+        self.root = Path(root).expanduser()
+        self.capacity = capacity
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._sizes: dict[bytes, int] = {}
+        self._verified: dict[bytes, _Stamp] = {}
+        self._leases: dict[bytes, int] = {}
+        self._pinned_versions: set[bytes] = set()
+        self._pinned_digests: dict[bytes, int] = {}
+        self._policy = S3FIFO(capacity)
+        self.corrupt_blocks = 0
+        self.evicted_blocks = 0
+        self._open()
+
+    # ---- start -------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        for sub in ("blocks", "manifests", "pins", "tmp"):
+            try:
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(e.errno, f"cache directory {self.root} is not usable: "
+                                 f"{e.strerror}", str(self.root / sub)) from None
+        probe = self.root / "tmp" / f"probe-{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise StoreError(e.errno, f"cache directory {self.root} is not writable: {e.strerror}",
+                             str(self.root)) from None
+        for leftover in (self.root / "tmp").iterdir():
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+        found: list[tuple[int, bytes, int]] = []
+        for path in (self.root / "blocks").glob("*/*"):
+            name = path.name
+            if not is_hex_digest(name) or path.parent.name != name[:2]:
+                continue
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if st.st_size == 0:
+                path.unlink(missing_ok=True)
+                continue
+            found.append((st.st_mtime_ns, bytes.fromhex(name), st.st_size))
+        for _, d, size in sorted(found):
+            self._sizes[d] = size
+            self._policy.insert(d, size, main=True)
+        for pin in (self.root / "pins").iterdir():
+            if is_hex_digest(pin.name):
+                self._pin_version_locked(bytes.fromhex(pin.name))
+        self._evict_locked()
+
+    # ---- paths -------------------------------------------------------------------------------
+
+    def block_path(self, d: bytes) -> Path:
+        h = to_hex(d)
+        return self.root / "blocks" / h[:2] / h
+
+    def _manifest_path(self, key: bytes) -> Path:
+        h = to_hex(key)
+        return self.root / "manifests" / h[:2] / h
+
+    # ---- blocks ------------------------------------------------------------------------------
+
+    def __contains__(self, d: bytes) -> bool:
+        """True when the block is here (also when another process sharing the dir stored it)."""
+        with self._lock:
+            if d in self._sizes:
+                return True
+        return self._adopt(d)
+
+    def _adopt(self, d: bytes) -> bool:
+        try:
+            st = self.block_path(d).stat()
+        except OSError:
+            return False
+        with self._lock:
+            if d not in self._sizes:
+                self._sizes[d] = st.st_size
+                self._policy.insert(d, st.st_size)
+                self._evict_locked()
+            return d in self._sizes
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return sum(self._sizes.values())
+
+    def digests(self) -> list[bytes]:
+        with self._lock:
+            return list(self._sizes)
+
+    def put(self, data: bytes | memoryview, d: bytes | None = None) -> bytes:
+        """Store verified bytes; returns their digest. If `d` is given the bytes must hash to it."""
+        actual = compute_digest(data)
+        if d is not None and actual != d:
+            raise BlockCorrupt(f"block {to_hex(d)}: bytes hash to {to_hex(actual)}")
+        final = self.block_path(actual)
+        with self._lock:
+            if actual in self._sizes and final.exists():
+                self._policy.access(actual)
+                return actual
+        tmp = self.root / "tmp" / f"{to_hex(actual)}.{uuid.uuid4().hex}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            final.parent.mkdir(exist_ok=True)
+            os.rename(tmp, final)
+        except OSError as e:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise StoreError(e.errno, f"cannot store block {to_hex(actual)} in {self.root}: "
+                             f"{e.strerror}", str(final)) from None
+        st = os.stat(final)
+        with self._lock:
+            self._verified[actual] = _Stamp(st.st_ino, st.st_size, st.st_mtime_ns)
+            if actual not in self._sizes:
+                self._sizes[actual] = len(data)
+                self._policy.insert(actual, len(data))
+            self._evict_locked()
+        return actual
+
+    def open_block(self, d: bytes) -> tuple[int, int]:
+        """Open a block for reading with a lease held: (fd, size). The caller must call
+        `close_block(d, fd)`. Hashes the file first unless this process already verified it
+        unchanged. Raises FileNotFoundError when absent, BlockCorrupt when it fails the check."""
+        path = self.block_path(d)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            stamp = _Stamp(st.st_ino, st.st_size, st.st_mtime_ns)
+            with self._lock:
+                known = self._verified.get(d) == stamp
+                self._leases[d] = self._leases.get(d, 0) + 1
+                if d not in self._sizes:
+                    self._sizes[d] = st.st_size
+                    self._policy.insert(d, st.st_size)
+                self._policy.access(d)
+            if not known:
+                self._verify_fd(d, fd, st.st_size, path)
+                with self._lock:
+                    self._verified[d] = stamp
+            return fd, st.st_size
+        except BaseException:
+            self.close_block(d, fd)
+            raise
+
+    def _verify_fd(self, d: bytes, fd: int, size: int, path: Path) -> None:
+        data = os.pread(fd, size, 0) if size else b""
+        if len(data) != size or compute_digest(data) != d:
+            log.warning("block %s failed verification (%d bytes on disk); removing it",
+                        to_hex(d), len(data))
+            self.corrupt_blocks += 1
+            self.remove(d)
+            raise BlockCorrupt(f"block file {path} is truncated or tampered; removed")
+
+    def close_block(self, d: bytes, fd: int) -> None:
+        """Release the lease `open_block` took."""
+        try:
+            os.close(fd)
+        finally:
+            with self._lock:
+                n = self._leases.get(d, 0) - 1
+                if n > 0:
+                    self._leases[d] = n
+                else:
+                    self._leases.pop(d, None)
+                self._evict_locked()
+
+    def read_block(self, d: bytes) -> bytes:
+        """The whole verified block as bytes (for serving peers and small reads)."""
+        fd, size = self.open_block(d)
+        try:
+            return os.pread(fd, size, 0)
+        finally:
+            self.close_block(d, fd)
+
+    def remove(self, d: bytes) -> None:
+        """Delete a block now (explicit eviction or a failed check), leases notwithstanding."""
+        with self._lock:
+            self._drop_locked(d)
+
+    def _drop_locked(self, d: bytes) -> None:
+        self._sizes.pop(d, None)
+        self._verified.pop(d, None)
+        self._policy.remove(d)
+        try:
+            self.block_path(d).unlink()
+        except FileNotFoundError:
+            pass
+
+    def _can_evict(self, d: bytes) -> bool:
+        return d not in self._leases and d not in self._pinned_digests
+
+    def _evict_locked(self) -> None:
+        if self._policy.used <= self.capacity:
+            return
+        for victim in self._policy.evict(self._can_evict):
+            self._drop_locked(victim)
+            self.evicted_blocks += 1
+
+    def evict(self, target: int = 0) -> int:
+        """Evict unpinned, unleased blocks until at most `target` bytes remain; returns bytes freed."""
+        with self._lock:
+            before = self._policy.used
+            for victim in self._policy.evict(self._can_evict, target=target):
+                self._drop_locked(victim)
+                self.evicted_blocks += 1
+            return before - self._policy.used
+
+    # ---- manifests ---------------------------------------------------------------------------
+
+    def load_manifest(self, key: bytes) -> Manifest | None:
+        """The stored manifest for a version key, or None (absent or unreadable)."""
+        path = self._manifest_path(key)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            m = Manifest.decode(data)
+        except ManifestError as e:
+            log.warning("ignoring unreadable manifest %s: %s", path, e)
+            return None
+        return m if m.version.key == key else None
+
+    def save_manifest(self, manifest: Manifest) -> None:
+        """Write a manifest atomically, merged with what another process may have written."""
+        key = manifest.version.key
+        on_disk = self.load_manifest(key)
+        if on_disk is not None and on_disk.version == manifest.version:
+            manifest.merge(on_disk)
+        path = self._manifest_path(key)
+        tmp = self.root / "tmp" / f"m-{to_hex(key)}.{uuid.uuid4().hex}"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            tmp.write_bytes(manifest.encode())
+            os.rename(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(e.errno, f"cannot store manifest of {manifest.version.url}: "
+                             f"{e.strerror}", str(path)) from None
+        if key in self._pinned_versions:
+            with self._lock:
+                self._pin_version_locked(key, manifest)
+
+    def manifests(self) -> Iterator[Manifest]:
+        """Every readable stored manifest."""
+        for path in (self.root / "manifests").glob("*/*"):
+            if is_hex_digest(path.name):
+                m = self.load_manifest(bytes.fromhex(path.name))
+                if m is not None:
+                    yield m
+
+    def delete_manifest(self, key: bytes) -> None:
+        self._manifest_path(key).unlink(missing_ok=True)
+
+    # ---- pins --------------------------------------------------------------------------------
+
+    def pin(self, manifest: Manifest) -> None:
+        """Keep every block of this version (and blocks it gains later) out of eviction."""
+        key = manifest.version.key
+        (self.root / "pins" / to_hex(key)).write_text(manifest.version.url + "\n")
+        with self._lock:
+            self._pin_version_locked(key, manifest)
+
+    def unpin(self, key: bytes) -> None:
+        (self.root / "pins" / to_hex(key)).unlink(missing_ok=True)
+        with self._lock:
+            self._pinned_versions.discard(key)
+            self._recompute_pins_locked()
+            self._evict_locked()
+
+    def pinned(self, key: bytes) -> bool:
+        with self._lock:
+            return key in self._pinned_versions
+
+    def _pin_version_locked(self, key: bytes, manifest: Manifest | None = None) -> None:
+        self._pinned_versions.add(key)
+        self._recompute_pins_locked(extra=manifest)
+
+    def _recompute_pins_locked(self, extra: Manifest | None = None) -> None:
+        pinned: dict[bytes, int] = {}
+        for key in self._pinned_versions:
+            m = extra if extra is not None and extra.version.key == key else self.load_manifest(key)
+            if m is None:
+                continue
+            for d in m.digests:
+                if d is not None:
+                    pinned[d] = pinned.get(d, 0) + 1
+        self._pinned_digests = pinned
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -1,0 +1,59 @@
+import pytest
+
+from meshcache.config import Config, ConfigError, parse_size
+
+
+def test_presets_differ_and_validate(tmp_path):
+    assert Config.local().preset == "local"
+    with pytest.raises(ConfigError, match="cluster_secret"):
+        Config.lan()
+    lan = Config.lan(cluster_secret="s")
+    wan = Config.wan(cluster_secret="s")
+    assert lan.mdns and wan.suspect_timeout > lan.suspect_timeout
+    assert wan.block_size >= lan.block_size
+
+
+def test_toml_and_env(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('block_size = "4MiB"\nreadahead = 3\ncache_dir = "%s"\n' % tmp_path)
+    c = Config.from_env({"MESHCACHE_CONFIG": str(p), "MESHCACHE_READAHEAD": "5",
+                         "MESHCACHE_METADATA_TTL": "1.5"})
+    assert c.block_size == 4 << 20 and c.readahead == 5 and c.metadata_ttl == 1.5
+    assert Config.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"bogus": 1}, "bogus"),
+    ({"block_size": 3000}, "block_size"),
+    ({"block_size": "lots"}, "block_size"),
+    ({"readahead": "x"}, "readahead"),
+    ({"readahead": 0}, "readahead"),
+    ({"fsync": "yes"}, "fsync"),
+    ({"preset": "moon"}, "preset"),
+    ({"peers": "a:1"}, "peers"),
+])
+def test_bad_values_name_the_key(data, key):
+    with pytest.raises(ConfigError, match=key):
+        Config.from_dict(data)
+
+
+def test_env_errors_name_the_variable():
+    with pytest.raises(ConfigError, match="MESHCACHE_NOPE"):
+        Config.from_env({"MESHCACHE_NOPE": "1"})
+    with pytest.raises(ConfigError, match="MESHCACHE_READAHEAD"):
+        Config.from_env({"MESHCACHE_READAHEAD": "many"})
+
+
+def test_bad_toml_names_the_file(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("block_size = = 3")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        Config.from_toml(p)
+
+
+def test_sizes():
+    assert parse_size("8MiB", "k") == 8 << 20
+    assert parse_size("10 GB", "k") == 10 * 10**9
+    assert parse_size(512, "k") == 512
+    with pytest.raises(ConfigError):
+        parse_size("8 parsecs", "k")
