@@ -88,12 +88,15 @@ class S3FIFO:
         # Each pass over an entry either evicts it, promotes it, or lowers its frequency, so the
         # loop ends; the budget also stops it when everything left is protected.
         budget = 4 * (len(self._small) + len(self._main)) + 8
+        stalled = 0  # main entries in a row passed over because they are protected
         while self.used > goal and budget > 0:
             budget -= 1
-            if self._small and (self.small_bytes >= self.small_capacity or not self._main):
+            if self._small and (self.small_bytes >= self.small_capacity or not self._main
+                                or stalled >= len(self._main)):
                 self._evict_small(victims, can_evict)
+                stalled = 0
             elif self._main:
-                self._evict_main(victims, can_evict)
+                stalled = 0 if self._evict_main(victims, can_evict) else stalled + 1
             else:
                 break
         return victims
@@ -114,13 +117,15 @@ class S3FIFO:
         while len(self._ghost) > max(16, len(self._freq)):
             self._ghost.popitem(last=False)
 
-    def _evict_main(self, victims: list[Key], can_evict: Callable[[Key], bool]) -> None:
+    def _evict_main(self, victims: list[Key], can_evict: Callable[[Key], bool]) -> bool:
+        """Evict or age the oldest main entry; False when it was protected and already cold."""
         key, size = self._main.popitem(last=False)
         f = self._freq[key]
         if f > 0 or not can_evict(key):
             self._freq[key] = max(0, f - 1)
             self._main[key] = size
-            return
+            return f > 0
         self.main_bytes -= size
         del self._freq[key]
         victims.append(key)
+        return True

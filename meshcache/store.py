@@ -324,6 +324,7 @@ class BlockStore:
     def pin(self, manifest: Manifest) -> None:
         """Keep every block of this version (and blocks it gains later) out of eviction."""
         key = manifest.version.key
+        self.save_manifest(manifest)
         (self.root / "pins" / to_hex(key)).write_text(manifest.version.url + "\n")
         with self._lock:
             self._pin_version_locked(key, manifest)

@@ -1,0 +1,49 @@
+"""Shared fixtures: a node on a fresh cache directory, generated objects on disk."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from meshcache import Config, Node
+
+SMALL_BLOCK = 64 * 1024
+
+
+def make_bytes(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+@pytest.fixture
+def cache_config(tmp_path):
+    def make(**overrides):
+        base = dict(cache_dir=str(tmp_path / "cache"), block_size=SMALL_BLOCK, fsync=False,
+                    readahead=4, metadata_ttl=60.0, origin_timeout=10.0)
+        base.update(overrides)
+        return Config.local(**base)
+    return make
+
+
+@pytest.fixture
+def node(cache_config):
+    n = Node(cache_config())
+    yield n
+    n.close()
+
+
+@pytest.fixture
+def local_object(tmp_path):
+    """A file origin: returns (url, bytes)."""
+    def make(size: int = 10 * SMALL_BLOCK + 123, seed: int = 1, name: str = "obj.bin"):
+        data = make_bytes(size, seed)
+        p = tmp_path / "origin" / name
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(data)
+        return "file://" + str(p), data
+    return make
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

@@ -1,0 +1,160 @@
+"""The on-disk block store: atomic writes, rebuild on start, verification, eviction, pins."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from meshcache.digest import digest
+from meshcache.manifest import Manifest
+from meshcache.store import BlockCorrupt, BlockStore, StoreError
+from meshcache.version import ObjectVersion
+
+from .conftest import is_root, make_bytes
+
+
+def test_put_open_and_rebuild(tmp_path):
+    s = BlockStore(tmp_path, 1 << 20)
+    blocks = [make_bytes(1000 + i, i) for i in range(5)]
+    ds = [s.put(b) for b in blocks]
+    assert ds == [digest(b) for b in blocks]
+    s2 = BlockStore(tmp_path, 1 << 20)  # a restart: index rebuilt from the directory
+    assert set(s2.digests()) == set(ds)
+    for d, b in zip(ds, blocks):
+        assert s2.read_block(d) == b
+
+
+def test_put_refuses_bytes_that_do_not_match(tmp_path):
+    s = BlockStore(tmp_path, 1 << 20)
+    with pytest.raises(BlockCorrupt):
+        s.put(b"abc", digest(b"abd"))
+    assert s.digests() == []
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_block_is_detected_and_removed(tmp_path, damage):
+    data = make_bytes(5000, 3)
+    d = BlockStore(tmp_path, 1 << 20).put(data)
+    path = BlockStore(tmp_path, 1 << 20).block_path(d)
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(raw[:100])
+    else:
+        raw[2000] ^= 0xFF
+        path.write_bytes(raw)
+    s = BlockStore(tmp_path, 1 << 20)
+    with pytest.raises(BlockCorrupt):
+        s.open_block(d)
+    assert not path.exists() and d not in s.digests() and s.corrupt_blocks == 1
+
+
+def test_tampering_while_running_is_detected(tmp_path):
+    s = BlockStore(tmp_path, 1 << 20)
+    d = s.put(make_bytes(5000, 4))
+    assert s.read_block(d)
+    time.sleep(0.01)
+    p = s.block_path(d)
+    p.write_bytes(b"x" * 5000)  # same size, new mtime
+    with pytest.raises(BlockCorrupt):
+        s.read_block(d)
+
+
+def test_eviction_keeps_capacity_leases_and_pins(tmp_path):
+    s = BlockStore(tmp_path, 10_000)
+    pinned_data = make_bytes(2000, 100)
+    pinned = s.put(pinned_data)
+    v = ObjectVersion("u", "t", 2000)
+    s.pin(Manifest(v, 2048, [pinned]))
+    leased = s.put(make_bytes(2000, 101))
+    fd, _ = s.open_block(leased)
+    for i in range(20):
+        s.put(make_bytes(2000, i))
+        assert s.used <= 10_000
+    assert pinned in s.digests() and leased in s.digests()
+    s.close_block(leased, fd)
+    s.unpin(v.key)
+    for i in range(20, 40):
+        s.put(make_bytes(2000, i))
+    assert s.used <= 10_000
+    assert s.evicted_blocks > 0
+
+
+def test_explicit_evict_spares_pins(tmp_path):
+    s = BlockStore(tmp_path, 1 << 20)
+    keep = s.put(b"k" * 100)
+    s.pin(Manifest(ObjectVersion("u", "t", 100), 1024, [keep]))
+    for i in range(5):
+        s.put(make_bytes(100, i))
+    s.evict(0)
+    assert s.digests() == [keep]
+    s2 = BlockStore(tmp_path, 1 << 20)  # pins survive a restart
+    s2.evict(0)
+    assert s2.digests() == [keep]
+
+
+def test_cache_dir_that_is_a_file_is_a_clear_error(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(StoreError, match=str(f)):
+        BlockStore(f / "cache", 1 << 20)
+
+
+@pytest.mark.skipif(not is_root(), reason="mounting a tmpfs needs root")
+def test_read_only_and_full_disks(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        with pytest.raises(StoreError, match="not (usable|writable)"):
+            BlockStore(ro, 1 << 20)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], check=True)
+    try:
+        s = BlockStore(full, 1 << 30)
+        s.put(make_bytes(100_000, 1))
+        with pytest.raises(StoreError) as err:
+            for i in range(10):
+                s.put(make_bytes(100_000, 2 + i))
+        assert "No space" in str(err.value)
+        assert os.listdir(full / "tmp") == []  # the half-written temp file is gone
+        for d in BlockStore(full, 1 << 30).digests():
+            assert digest(s.block_path(d).read_bytes()) == d
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+
+
+WRITER = textwrap.dedent("""
+    import os, random, sys
+    from meshcache.store import BlockStore
+    s = BlockStore(sys.argv[1], 1 << 40, fsync=True)
+    r = random.Random(int(sys.argv[2]))
+    print("ready", flush=True)
+    while True:
+        s.put(r.randbytes(r.randint(1, 3 << 20)))
+""")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_mid_write_leaves_no_partial_block(tmp_path, seed):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(seed)],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"ready"
+    time.sleep(0.3 + 0.2 * seed)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    leftovers = os.listdir(tmp_path / "tmp")
+    s = BlockStore(tmp_path, 1 << 40)
+    assert os.listdir(tmp_path / "tmp") == []  # temp files of the killed writer are cleared
+    assert len(s.digests()) > 0
+    for d in s.digests():
+        assert digest(s.read_block(d)) == d
+    assert leftovers is not None
