@@ -228,6 +228,14 @@ class Node:
                           options: dict[str, Any]) -> FetchResult:
         m = self.manifest(version)
         known = m.digests[index]
+        if known is None:
+            # Another process sharing the cache directory may have fetched it already.
+            on_disk = await asyncio.to_thread(self.store.load_manifest, version.key)
+            if on_disk is not None and on_disk.version == version \
+                    and on_disk.block_size == m.block_size:
+                with self._lock:
+                    m.merge(on_disk)
+                known = m.digests[index]
         if known is not None and known in self.store:
             return FetchResult(known, "local")
         self.count(block_misses=1)

@@ -132,6 +132,7 @@ class Reader(io.RawIOBase):
                 self._release()
                 self._flush_stats()
                 self._ahead.clear()
+                self._node.flush()
             super().close()
 
     def limit_readahead(self, end: int) -> None:

@@ -4,7 +4,7 @@ Layout under the cache directory:
     blocks/ab/<digest hex>      one file per block; only complete, fsynced blocks get these names
     manifests/ab/<key hex>      one CBOR manifest per object version
     pins/<key hex>              an object version that eviction must keep
-    tmp/                        blocks being written; emptied at start
+    tmp/<pid>.<id>/             blocks being written by one process; removed once it is gone
 The index (digest -> size) is rebuilt by scanning blocks/ at start. A block file is hashed the
 first time this process opens it, and again whenever its size, mtime or inode change, so a
 truncated or tampered file is detected, deleted and re-fetched rather than served.
@@ -12,9 +12,9 @@ truncated or tampered file is detected, deleted and re-fetched rather than serve
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
+import shutil
 import threading
 import uuid
 from dataclasses import dataclass
@@ -71,18 +71,15 @@ class BlockStore:
             except OSError as e:
                 raise StoreError(e.errno, f"cache directory {self.root} is not usable: "
                                  f"{e.strerror}", str(self.root / sub)) from None
-        probe = self.root / "tmp" / f"probe-{uuid.uuid4().hex}"
+        probe = self.root / "tmp" / f"{os.getpid()}.probe-{uuid.uuid4().hex}"
         try:
             probe.write_bytes(b"")
-            probe.unlink()
+            probe.unlink(missing_ok=True)
         except OSError as e:
             raise StoreError(e.errno, f"cache directory {self.root} is not writable: {e.strerror}",
                              str(self.root)) from None
-        for leftover in (self.root / "tmp").iterdir():
-            try:
-                leftover.unlink()
-            except OSError:
-                pass
+        self._clear_dead_tmp()
+        self._tmp_pid = -1
         found: list[tuple[int, bytes, int]] = []
         for path in (self.root / "blocks").glob("*/*"):
             name = path.name
@@ -103,6 +100,28 @@ class BlockStore:
             if is_hex_digest(pin.name):
                 self._pin_version_locked(bytes.fromhex(pin.name))
         self._evict_locked()
+
+    def _clear_dead_tmp(self) -> None:
+        """Remove temp files of processes that are gone (a crash mid-write leaves them)."""
+        for entry in (self.root / "tmp").iterdir():
+            pid = entry.name.split(".", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    def _tmp(self) -> Path:
+        """This process's own temp directory (processes may share the cache directory)."""
+        pid = os.getpid()
+        if self._tmp_pid != pid:
+            with self._lock:
+                if self._tmp_pid != pid:
+                    path = self.root / "tmp" / f"{pid}.{uuid.uuid4().hex[:8]}"
+                    path.mkdir(parents=True, exist_ok=True)
+                    self._tmp_dir, self._tmp_pid = path, pid
+        return self._tmp_dir
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -154,8 +173,9 @@ class BlockStore:
             if actual in self._sizes and final.exists():
                 self._policy.access(actual)
                 return actual
-        tmp = self.root / "tmp" / f"{to_hex(actual)}.{uuid.uuid4().hex}"
+        tmp = None
         try:
+            tmp = self._tmp() / f"{to_hex(actual)}.{uuid.uuid4().hex}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 view = memoryview(data)
@@ -170,7 +190,8 @@ class BlockStore:
             os.rename(tmp, final)
         except OSError as e:
             try:
-                tmp.unlink(missing_ok=True)
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
             except OSError:
                 pass
             raise StoreError(e.errno, f"cannot store block {to_hex(actual)} in {self.root}: "
@@ -295,13 +316,15 @@ class BlockStore:
         if on_disk is not None and on_disk.version == manifest.version:
             manifest.merge(on_disk)
         path = self._manifest_path(key)
-        tmp = self.root / "tmp" / f"m-{to_hex(key)}.{uuid.uuid4().hex}"
+        tmp = None
         try:
+            tmp = self._tmp() / f"m-{to_hex(key)}.{uuid.uuid4().hex}"
             path.parent.mkdir(exist_ok=True)
             tmp.write_bytes(manifest.encode())
             os.rename(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise StoreError(e.errno, f"cannot store manifest of {manifest.version.url}: "
                              f"{e.strerror}", str(path)) from None
         if key in self._pinned_versions:
@@ -356,5 +379,11 @@ class BlockStore:
         self._pinned_digests = pinned
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -19,6 +19,10 @@ from meshcache.version import ObjectVersion
 from .conftest import is_root, make_bytes
 
 
+def tmp_files(root):
+    return [p for p in (root / "tmp").rglob("*") if p.is_file()]
+
+
 def test_put_open_and_rebuild(tmp_path):
     s = BlockStore(tmp_path, 1 << 20)
     blocks = [make_bytes(1000 + i, i) for i in range(5)]
@@ -125,7 +129,7 @@ def test_read_only_and_full_disks(tmp_path):
             for i in range(10):
                 s.put(make_bytes(100_000, 2 + i))
         assert "No space" in str(err.value)
-        assert os.listdir(full / "tmp") == []  # the half-written temp file is gone
+        assert tmp_files(full) == []  # the half-written temp file is gone
         for d in BlockStore(full, 1 << 30).digests():
             assert digest(s.block_path(d).read_bytes()) == d
     finally:
@@ -151,9 +155,9 @@ def test_sigkill_mid_write_leaves_no_partial_block(tmp_path, seed):
     time.sleep(0.3 + 0.2 * seed)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    leftovers = os.listdir(tmp_path / "tmp")
+    leftovers = tmp_files(tmp_path)
     s = BlockStore(tmp_path, 1 << 40)
-    assert os.listdir(tmp_path / "tmp") == []  # temp files of the killed writer are cleared
+    assert tmp_files(tmp_path) == []  # temp files of the killed writer are cleared
     assert len(s.digests()) > 0
     for d in s.digests():
         assert digest(s.read_block(d)) == d
