@@ -96,7 +96,12 @@ class Origin:
                 info = await asyncio.wait_for(fs._info(path), self.timeout)
             else:
                 info = await asyncio.wait_for(asyncio.to_thread(fs.info, path), self.timeout)
-        except FileNotFoundError:
+        except FileNotFoundError as e:
+            cause = e.__cause__
+            if cause is not None and not isinstance(cause, FileNotFoundError) \
+                    and getattr(cause, "status", None) != 404:
+                # fsspec's http reports a refused connection as "not found"; it is not.
+                raise OriginError(f"{url}: stat failed: {_describe(cause)}") from None
             raise ObjectNotFound(f"{url}: no such object at the origin") from None
         except asyncio.TimeoutError:
             raise OriginError(f"{url}: the origin did not answer a stat in {self.timeout:g} s") \
@@ -193,7 +198,19 @@ def _read_local(path: str, version: ObjectVersion, start: int, end: int) -> byte
     return data
 
 
-def _is_precondition_failed(e: BaseException) -> bool:
+def _is_precondition_failed(e: BaseException | None, depth: int = 0) -> bool:
+    """True when the origin answered 412: the object no longer has the version we pinned."""
+    if e is None or depth > 4:
+        return False
+    if _is_412(e):
+        return True
+    return _is_precondition_failed(e.__cause__ or e.__context__, depth + 1)
+
+
+def _is_412(e: BaseException) -> bool:
+    text = str(e).lower()
+    if "pre-condition" in text or "precondition" in text:
+        return True
     status = getattr(e, "status", None) or getattr(e, "code", None)
     if status == 412:
         return True
@@ -204,7 +221,7 @@ def _is_precondition_failed(e: BaseException) -> bool:
             return True
         if response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412:
             return True
-    return "412" in str(e) and "recondition" in str(e)
+    return False
 
 
 def _describe(e: BaseException) -> str:
