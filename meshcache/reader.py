@@ -15,6 +15,7 @@ from .origin import ObjectChanged
 from .store import BlockCorrupt
 
 _SOURCES = ("local", "peers", "origin")
+_STATS_EVERY = 64 << 20  # bytes read between updates of the node's counters
 
 
 class Reader(io.RawIOBase):
@@ -43,6 +44,9 @@ class Reader(io.RawIOBase):
         self._prev: int | None = None
         self._ahead: dict[int, concurrent.futures.Future[FetchResult]] = {}
         self._pending = dict.fromkeys(_SOURCES, 0)
+        self._hits = 0
+        self._checked = 0  # blocks below this index were found in the store by _schedule
+        self._latest = node._statcache._latest
         self._stats: dict[str, int] = {"bytes_from_local": 0, "bytes_from_peers": 0,
                                        "bytes_from_origin": 0, "origin_requests": 0}
 
@@ -147,8 +151,8 @@ class Reader(io.RawIOBase):
 
     def _at_block(self) -> int:
         """Make the block under the position current; returns the offset within it."""
-        latest = self._node.latest(self.url)
-        if latest is not None and latest != self.version:
+        latest = self._latest.get(self.url)
+        if latest is not self.version and latest is not None and latest != self.version:
             raise ObjectChanged(f"{self.url}: a newer version exists at the origin "
                                 f"({latest.token}); reopen to read it")
         i = self._pos >> self._shift
@@ -158,15 +162,29 @@ class Reader(io.RawIOBase):
 
     def _switch(self, i: int) -> None:
         self._release()
-        self._flush_stats()
+        if self._pending_total() >= _STATS_EVERY:
+            self._flush_stats()
         sequential = (i == 0 and self._prev is None) or (self._prev is not None
                                                          and i == self._prev + 1)
         self._prev = i
-        for stale in [j for j in self._ahead if j < i or j > i + self._readahead]:
-            del self._ahead[stale]
+        if self._ahead:
+            for stale in [j for j in self._ahead if j < i or j > i + self._readahead]:
+                del self._ahead[stale]
         if sequential:
-            self._schedule(range(i, min(i + self._readahead + 1, self._nblocks)))
+            self._schedule(range(max(i, self._checked), min(i + self._readahead + 1,
+                                                             self._nblocks)))
         store = self._node.store
+        d = self._manifest.digests[i]
+        if d is not None and i not in self._ahead:
+            try:  # the hot path: the block is here, open it without asking the node
+                fd, size = store.open_block(d)
+            except (FileNotFoundError, BlockCorrupt):
+                pass
+            else:
+                self._cur, self._fd, self._digest, self._cur_len = i, fd, d, size
+                self._cur_source = "local"
+                self._hits += 1
+                return
         for _ in range(3):
             res = self._result(i)
             if res.data is not None:
@@ -195,13 +213,20 @@ class Reader(io.RawIOBase):
         return self._node.fetch_sync(self.version, i, self._options)
 
     def _schedule(self, indexes: range) -> None:
+        """Start fetches for the blocks in `indexes` that are not here; blocks found here
+        are not checked again on the next switch (`_checked`)."""
         manifest, store = self._manifest, self._node.store
+        all_here = True
         for j in indexes:
             if j in self._ahead:
+                all_here = False
                 continue
             d = manifest.digests[j]
             if d is not None and d in store:
+                if all_here:
+                    self._checked = j + 1
                 continue
+            all_here = False
             self._ahead[j] = self._node.submit_fetch(self.version, j, self._options)
 
     def _set_memory(self, i: int, data: bytes, source: str) -> None:
@@ -212,7 +237,7 @@ class Reader(io.RawIOBase):
 
     def _note_source(self, source: str) -> None:
         if source == "local":
-            self._node.count(block_hits=1)
+            self._hits += 1
         elif source == "origin":
             self._stats["origin_requests"] += 1
 
@@ -234,14 +259,19 @@ class Reader(io.RawIOBase):
 
     def _flush_stats(self) -> None:
         p = self._pending
-        if not any(p.values()):
+        if not any(p.values()) and not self._hits:
             return
         self._stats["bytes_from_local"] += p["local"]
         self._stats["bytes_from_peers"] += p["peers"]
         self._stats["bytes_from_origin"] += p["origin"]
-        self._node.count(bytes_from_local=p["local"])
+        self._node.count(bytes_from_local=p["local"], block_hits=self._hits)
+        self._hits = 0
         for k in p:
             p[k] = 0
+
+    def _pending_total(self) -> int:
+        p = self._pending
+        return p["local"] + p["peers"] + p["origin"]
 
     def __repr__(self) -> str:
         return f"<meshcache.Reader {self.url} size={self.size} pos={self._pos}>"

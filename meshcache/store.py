@@ -17,7 +17,7 @@ import os
 import shutil
 import threading
 import uuid
-from dataclasses import dataclass
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
@@ -37,11 +37,7 @@ class BlockCorrupt(Exception):
     """A block file on disk does not hash to its name; it has been removed."""
 
 
-@dataclass(frozen=True)
-class _Stamp:
-    ino: int
-    size: int
-    mtime_ns: int
+_MAX_OPEN_BLOCKS = 64
 
 
 class BlockStore:
@@ -49,11 +45,13 @@ class BlockStore:
 
     def __init__(self, root: str | os.PathLike[str], capacity: int, *, fsync: bool = True) -> None:
         self.root = Path(root).expanduser()
+        self._blocks_dir = str(self.root / "blocks")
         self.capacity = capacity
         self.fsync = fsync
         self._lock = threading.Lock()
         self._sizes: dict[bytes, int] = {}
-        self._verified: dict[bytes, _Stamp] = {}
+        self._verified: dict[bytes, tuple[int, int, int]] = {}  # digest -> (ino, size, mtime)
+        self._fds: OrderedDict[bytes, int] = OrderedDict()
         self._leases: dict[bytes, int] = {}
         self._pinned_versions: set[bytes] = set()
         self._pinned_digests: dict[bytes, int] = {}
@@ -126,8 +124,11 @@ class BlockStore:
     # ---- paths -------------------------------------------------------------------------------
 
     def block_path(self, d: bytes) -> Path:
-        h = to_hex(d)
-        return self.root / "blocks" / h[:2] / h
+        return Path(self._block_file(d))
+
+    def _block_file(self, d: bytes) -> str:
+        h = d.hex()
+        return f"{self._blocks_dir}/{h[:2]}/{h}"
 
     def _manifest_path(self, key: bytes) -> Path:
         h = to_hex(key)
@@ -198,7 +199,7 @@ class BlockStore:
                              f"{e.strerror}", str(final)) from None
         st = os.stat(final)
         with self._lock:
-            self._verified[actual] = _Stamp(st.st_ino, st.st_size, st.st_mtime_ns)
+            self._verified[actual] = (st.st_ino, st.st_size, st.st_mtime_ns)
             if actual not in self._sizes:
                 self._sizes[actual] = len(data)
                 self._policy.insert(actual, len(data))
@@ -208,21 +209,31 @@ class BlockStore:
     def open_block(self, d: bytes) -> tuple[int, int]:
         """Open a block for reading with a lease held: (fd, size). The caller must call
         `close_block(d, fd)`. Hashes the file first unless this process already verified it
-        unchanged. Raises FileNotFoundError when absent, BlockCorrupt when it fails the check."""
-        path = self.block_path(d)
-        fd = os.open(path, os.O_RDONLY)
+        unchanged (same inode, size and mtime). Raises FileNotFoundError when absent,
+        BlockCorrupt when it fails the check. Recently used descriptors are kept open."""
+        with self._lock:
+            fd = self._fds.get(d)
+            if fd is not None:
+                self._fds.move_to_end(d)
+                self._leases[d] = self._leases.get(d, 0) + 1
+        if fd is None:
+            fd = os.open(self._block_file(d), os.O_RDONLY)
+            with self._lock:
+                self._leases[d] = self._leases.get(d, 0) + 1
+                if d not in self._fds:
+                    self._fds[d] = fd
+                    self._trim_fds_locked()
         try:
             st = os.fstat(fd)
-            stamp = _Stamp(st.st_ino, st.st_size, st.st_mtime_ns)
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
             with self._lock:
                 known = self._verified.get(d) == stamp
-                self._leases[d] = self._leases.get(d, 0) + 1
                 if d not in self._sizes:
                     self._sizes[d] = st.st_size
                     self._policy.insert(d, st.st_size)
                 self._policy.access(d)
             if not known:
-                self._verify_fd(d, fd, st.st_size, path)
+                self._verify_fd(d, fd, st.st_size, self._block_file(d))
                 with self._lock:
                     self._verified[d] = stamp
             return fd, st.st_size
@@ -230,7 +241,15 @@ class BlockStore:
             self.close_block(d, fd)
             raise
 
-    def _verify_fd(self, d: bytes, fd: int, size: int, path: Path) -> None:
+    def _trim_fds_locked(self) -> None:
+        excess = len(self._fds) - _MAX_OPEN_BLOCKS
+        if excess <= 0:
+            return
+        for old in list(self._fds)[:excess]:
+            if old not in self._leases:
+                os.close(self._fds.pop(old))
+
+    def _verify_fd(self, d: bytes, fd: int, size: int, path: str) -> None:
         data = os.pread(fd, size, 0) if size else b""
         if len(data) != size or compute_digest(data) != d:
             log.warning("block %s failed verification (%d bytes on disk); removing it",
@@ -240,17 +259,18 @@ class BlockStore:
             raise BlockCorrupt(f"block file {path} is truncated or tampered; removed")
 
     def close_block(self, d: bytes, fd: int) -> None:
-        """Release the lease `open_block` took."""
-        try:
-            os.close(fd)
-        finally:
-            with self._lock:
-                n = self._leases.get(d, 0) - 1
-                if n > 0:
-                    self._leases[d] = n
-                else:
-                    self._leases.pop(d, None)
+        """Release the lease `open_block` took (the descriptor may stay cached)."""
+        with self._lock:
+            n = self._leases.get(d, 0) - 1
+            if n > 0:
+                self._leases[d] = n
+            else:
+                self._leases.pop(d, None)
+            cached = self._fds.get(d) == fd
+            if self._policy.used > self.capacity:
                 self._evict_locked()
+        if not cached:
+            os.close(fd)
 
     def read_block(self, d: bytes) -> bytes:
         """The whole verified block as bytes (for serving peers and small reads)."""
@@ -266,6 +286,9 @@ class BlockStore:
             self._drop_locked(d)
 
     def _drop_locked(self, d: bytes) -> None:
+        fd = self._fds.pop(d, None)
+        if fd is not None and d not in self._leases:
+            os.close(fd)  # a leased descriptor is closed by close_block instead
         self._sizes.pop(d, None)
         self._verified.pop(d, None)
         self._policy.remove(d)

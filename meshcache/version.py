@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import blake3
@@ -17,11 +17,12 @@ class ObjectVersion:
     url: str
     token: str
     size: int
+    key: bytes = field(init=False, repr=False, compare=False)
+    """32 bytes naming this version (manifest file names, owners)."""
 
-    @property
-    def key(self) -> bytes:
-        """32 bytes naming this version (manifest file names, owners)."""
-        return blake3.blake3(f"{self.url}\0{self.token}\0{self.size}".encode()).digest()
+    def __post_init__(self) -> None:
+        key = blake3.blake3(f"{self.url}\0{self.token}\0{self.size}".encode()).digest()
+        object.__setattr__(self, "key", key)
 
     @property
     def etag(self) -> str | None:

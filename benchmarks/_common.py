@@ -1,0 +1,56 @@
+"""Helpers shared by the benchmarks: argument parsing, timing, the JSON last line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+
+
+def parse(description: str, **extra: Any) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="small sizes; finishes within 2 minutes")
+    for name, (kind, default, help_) in extra.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=help_)
+    return p.parse_args()
+
+
+def make_file(path: str, size: int, seed: int = 0) -> None:
+    """A file of `size` pseudo-random bytes (fast: 8 MiB chunks)."""
+    r = random.Random(seed)
+    chunk = 8 << 20
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(chunk, left)
+            f.write(r.randbytes(n))
+            left -= n
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print the result as the last line (one JSON object), rounding floats."""
+    out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+    sys.stdout.flush()
+    print(json.dumps(out), flush=True)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.t0
+
+
+MiB = 1 << 20
+GiB = 1 << 30
+os.environ.setdefault("PYTHONHASHSEED", "0")
