@@ -41,10 +41,20 @@ def cat(url: str, start: int | None = None, end: int | None = None, *, node: Nod
     return (node or default_node()).cat(url, start, end, storage_options)
 
 
-def prewarm(urls: str | Iterable[str], progress: Callable[[int], Any] | None = None, *,
+def prewarm(urls: str | Iterable[str], progress: Callable[[int], Any] | bool | None = None, *,
             node: Node | None = None, **storage_options: Any) -> dict[str, int]:
-    """Bring every block of each URL into the cache; returns when they are stored."""
-    return (node or default_node()).prewarm(urls, progress, storage_options)
+    """Bring every block of each URL into the cache; returns {url: size} when they are stored.
+    `progress` is a callable given each block's byte count, or True for a bar on stderr."""
+    n = node or default_node()
+    if progress is True:
+        from tqdm import tqdm
+
+        with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="prewarm") as bar:
+            def total(t: int) -> None:
+                bar.total = t
+                bar.refresh()
+            return n.prewarm(urls, bar.update, storage_options, on_total=total)
+    return n.prewarm(urls, progress or None, storage_options)
 
 
 def stat(url: str, *, node: Node | None = None, **storage_options: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ before it is handed out. Concurrent requests for one block share one fetch (sing
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import os
@@ -456,6 +457,16 @@ def _forget_shared(node: Node) -> None:
         for k, v in list(_shared.items()):
             if v is node:
                 del _shared[k]
+
+
+@atexit.register
+def _flush_shared() -> None:
+    """Write pending manifests of every shared node when the interpreter exits."""
+    for node in list(_shared.values()):
+        try:
+            node.flush()
+        except Exception:
+            pass
 
 
 def _reset_shared_lock() -> None:
