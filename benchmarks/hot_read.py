@@ -55,14 +55,17 @@ def main() -> None:
     args = parse(__doc__.splitlines()[0],
                  size=(int, 0, "object size in bytes (default 1 GiB, quick 256 MiB)"),
                  rounds=(int, 0, "alternating rounds (default 7, quick 5)"),
-                 buffer=(int, 4 * MiB, "readinto buffer size"))
+                 buffer=(int, 4 * MiB, "readinto buffer size"),
+                 block_size=(int, 0, "block size (default: the Config default)"))
     size = args.size or (256 * MiB if args.quick else GiB)
     rounds = args.rounds or (5 if args.quick else 7)
     with tempfile.TemporaryDirectory(prefix="meshcache-hot-") as tmp:
         origin = os.path.join(tmp, "object.bin")
         make_file(origin, size, seed=1)
         node = meshcache.Node(meshcache.Config.local(cache_dir=os.path.join(tmp, "cache"),
-                                                     capacity=4 * size, fsync=False))
+                                                     capacity=4 * size, fsync=False,
+                                                     block_size=args.block_size
+                                                     or meshcache.Config().block_size))
         url = "file://" + origin
         node.prewarm(url)
         os.unlink(origin)  # from here on every byte must come from the cache

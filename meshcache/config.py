@@ -62,7 +62,7 @@ class Config:
     # Most bytes of blocks the store keeps before S3-FIFO eviction.
     capacity: int = 20 * GiB
     # One power of two for the whole mesh; blocks are [i*B, (i+1)*B) of an object version.
-    block_size: int = 8 * MiB
+    block_size: int = 4 * MiB
     # Blocks fetched ahead of a sequential reader (and parallel origin reads for one object).
     readahead: int = 8
     # Origin reads in flight at once for the whole node.
@@ -112,8 +112,8 @@ class Config:
 
     @classmethod
     def wan(cls, **overrides: Any) -> "Config":
-        """Zones over slow links: tolerant timings, larger blocks, credential required."""
-        base = dict(preset="wan", mdns=True, block_size=16 * MiB, ping_interval=5.0,
+        """Zones over slow links: tolerant timings, credential required (B stays mesh-wide)."""
+        base = dict(preset="wan", mdns=True, ping_interval=5.0,
                     suspect_timeout=30.0, request_timeout=60.0, metadata_ttl=60.0)
         base.update(overrides)
         return cls(**base).validated()

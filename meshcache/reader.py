@@ -32,7 +32,10 @@ class Reader(io.RawIOBase):
         self._bs = self._manifest.block_size
         self._shift = self._bs.bit_length() - 1
         self._nblocks = self._manifest.blocks
-        self._readahead = node.config.readahead
+        # Blocks in flight at the origin (readahead) plus as many queued behind them, so a
+        # connection that finishes a block starts the next at once while the finished block
+        # is still being hashed and fsynced.
+        self._readahead = node.config.readahead + node.config.origin_concurrency
         self._lock = threading.RLock()
         self._pos = 0
         self._cur = -1  # index of the block held open

@@ -10,7 +10,7 @@ def test_presets_differ_and_validate(tmp_path):
     lan = Config.lan(cluster_secret="s")
     wan = Config.wan(cluster_secret="s")
     assert lan.mdns and wan.suspect_timeout > lan.suspect_timeout
-    assert wan.block_size >= lan.block_size
+    assert wan.block_size == lan.block_size  # one B for the whole mesh
 
 
 def test_toml_and_env(tmp_path):
