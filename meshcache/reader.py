@@ -164,6 +164,23 @@ class Reader(io.RawIOBase):
         return self._pos - (i << self._shift)
 
     def _switch(self, i: int) -> None:
+        store = self._node.store
+        d = self._manifest.digests[i]
+        if d is not None and self._fd is not None and self._prev == i - 1 \
+                and i + self._readahead < self._checked and not self._ahead:
+            # The hot sequential path: next block known here, readahead window all here.
+            try:
+                fd, size = store.open_block(d, release=(self._digest, self._fd))  # type: ignore
+            except (FileNotFoundError, BlockCorrupt):
+                self._fd = None  # released above; take the general path
+                self._digest = None
+            else:
+                self._cur, self._fd, self._digest, self._cur_len = i, fd, d, size
+                self._prev = i
+                self._hits += 1
+                if self._pending["local"] >= _STATS_EVERY:
+                    self._flush_stats()
+                return
         self._release()
         if self._pending_total() >= _STATS_EVERY:
             self._flush_stats()
@@ -176,8 +193,6 @@ class Reader(io.RawIOBase):
         if sequential:
             self._schedule(range(max(i, self._checked), min(i + self._readahead + 1,
                                                              self._nblocks)))
-        store = self._node.store
-        d = self._manifest.digests[i]
         if d is not None and i not in self._ahead:
             try:  # the hot path: the block is here, open it without asking the node
                 fd, size = store.open_block(d)
@@ -219,6 +234,10 @@ class Reader(io.RawIOBase):
         """Start fetches for the blocks in `indexes` that are not here; blocks found here
         are not checked again on the next switch (`_checked`)."""
         manifest, store = self._manifest, self._node.store
+        if indexes and self._checked <= indexes.start:
+            # One pass under one lock finds how far the object is already here.
+            self._checked = store.first_missing(manifest.digests, indexes.start)
+            indexes = range(max(indexes.start, self._checked), indexes.stop)
         all_here = True
         for j in indexes:
             if j in self._ahead:

@@ -17,7 +17,8 @@ import os
 import shutil
 import threading
 import uuid
-from collections import OrderedDict
+import itertools
+import resource
 from pathlib import Path
 from typing import Iterator
 
@@ -37,7 +38,18 @@ class BlockCorrupt(Exception):
     """A block file on disk does not hash to its name; it has been removed."""
 
 
-_MAX_OPEN_BLOCKS = 64
+def _fd_budget() -> int:
+    """How many block descriptors to keep open: a quarter of the (raised) soft fd limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    limit = 65536 if soft == resource.RLIM_INFINITY else soft
+    return max(16, min(4096, limit // 4))
 
 
 class BlockStore:
@@ -51,7 +63,8 @@ class BlockStore:
         self._lock = threading.Lock()
         self._sizes: dict[bytes, int] = {}
         self._verified: dict[bytes, tuple[int, int, int]] = {}  # digest -> (ino, size, mtime)
-        self._fds: OrderedDict[bytes, int] = OrderedDict()
+        self._fds: dict[bytes, int] = {}  # digest -> open read-only fd, oldest first
+        self._max_fds = _fd_budget()
         self._leases: dict[bytes, int] = {}
         self._pinned_versions: set[bytes] = set()
         self._pinned_digests: dict[bytes, int] = {}
@@ -155,6 +168,18 @@ class BlockStore:
                 self._evict_locked()
             return d in self._sizes
 
+    def first_missing(self, digests: list[bytes | None], start: int, limit: int = 4096) -> int:
+        """Index of the first digest from `start` that is unknown or not here (one lock for the
+        whole scan; at most `limit` entries are looked at)."""
+        end = min(len(digests), start + limit)
+        with self._lock:
+            sizes = self._sizes
+            for i in range(start, end):
+                d = digests[i]
+                if d is None or d not in sizes:
+                    return i
+        return end
+
     @property
     def used(self) -> int:
         with self._lock:
@@ -206,48 +231,61 @@ class BlockStore:
             self._evict_locked()
         return actual
 
-    def open_block(self, d: bytes) -> tuple[int, int]:
+    def open_block(self, d: bytes, release: tuple[bytes, int] | None = None) -> tuple[int, int]:
         """Open a block for reading with a lease held: (fd, size). The caller must call
         `close_block(d, fd)`. Hashes the file first unless this process already verified it
         unchanged (same inode, size and mtime). Raises FileNotFoundError when absent,
-        BlockCorrupt when it fails the check. Recently used descriptors are kept open."""
-        with self._lock:
-            fd = self._fds.get(d)
-            if fd is not None:
-                self._fds.move_to_end(d)
-                self._leases[d] = self._leases.get(d, 0) + 1
+        BlockCorrupt when it fails the check. Recently used descriptors are kept open.
+        `release` = (digest, fd) of a block to close_block in the same critical section."""
+        fds = self._fds
+        fd = fds.get(d)
         if fd is None:
             fd = os.open(self._block_file(d), os.O_RDONLY)
-            with self._lock:
-                self._leases[d] = self._leases.get(d, 0) + 1
-                if d not in self._fds:
-                    self._fds[d] = fd
-                    self._trim_fds_locked()
         try:
             st = os.fstat(fd)
-            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-            with self._lock:
-                known = self._verified.get(d) == stamp
-                if d not in self._sizes:
-                    self._sizes[d] = st.st_size
-                    self._policy.insert(d, st.st_size)
-                self._policy.access(d)
-            if not known:
-                self._verify_fd(d, fd, st.st_size, self._block_file(d))
-                with self._lock:
-                    self._verified[d] = stamp
-            return fd, st.st_size
-        except BaseException:
-            self.close_block(d, fd)
+        except OSError:
+            os.close(fd)
             raise
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        close_released = False
+        with self._lock:
+            if release is not None:
+                close_released = self._unlease_locked(*release)
+            cached = fds.get(d)
+            if cached is None:
+                fds[d] = fd
+                if len(fds) > self._max_fds:
+                    self._trim_fds_locked()
+            elif cached != fd:  # another thread cached one meanwhile: use it
+                os.close(fd)
+                fd = cached
+            self._leases[d] = self._leases.get(d, 0) + 1
+            known = self._verified.get(d) == stamp
+            if d not in self._sizes:
+                self._sizes[d] = st.st_size
+                self._policy.insert(d, st.st_size)
+            self._policy.access(d)
+        if close_released:
+            os.close(release[1])  # type: ignore[index]
+        if not known:
+            try:
+                self._verify_fd(d, fd, st.st_size, self._block_file(d))
+            except BaseException:
+                self.close_block(d, fd)
+                raise
+            with self._lock:
+                self._verified[d] = stamp
+        return fd, st.st_size
 
     def _trim_fds_locked(self) -> None:
-        excess = len(self._fds) - _MAX_OPEN_BLOCKS
-        if excess <= 0:
-            return
-        for old in list(self._fds)[:excess]:
+        """Close the least recently opened descriptors that no reader holds (FIFO: cheap)."""
+        excess = len(self._fds) - self._max_fds
+        for old in list(itertools.islice(self._fds, excess + 16)):
+            if excess <= 0:
+                break
             if old not in self._leases:
                 os.close(self._fds.pop(old))
+                excess -= 1
 
     def _verify_fd(self, d: bytes, fd: int, size: int, path: str) -> None:
         data = os.pread(fd, size, 0) if size else b""
@@ -261,16 +299,20 @@ class BlockStore:
     def close_block(self, d: bytes, fd: int) -> None:
         """Release the lease `open_block` took (the descriptor may stay cached)."""
         with self._lock:
-            n = self._leases.get(d, 0) - 1
-            if n > 0:
-                self._leases[d] = n
-            else:
-                self._leases.pop(d, None)
-            cached = self._fds.get(d) == fd
-            if self._policy.used > self.capacity:
-                self._evict_locked()
-        if not cached:
+            close = self._unlease_locked(d, fd)
+        if close:
             os.close(fd)
+
+    def _unlease_locked(self, d: bytes, fd: int) -> bool:
+        """Drop one lease; True when the caller must close `fd` (it is not the cached one)."""
+        n = self._leases.get(d, 0) - 1
+        if n > 0:
+            self._leases[d] = n
+        else:
+            self._leases.pop(d, None)
+        if self._policy.used > self.capacity:
+            self._evict_locked()
+        return self._fds.get(d) != fd
 
     def read_block(self, d: bytes) -> bytes:
         """The whole verified block as bytes (for serving peers and small reads)."""

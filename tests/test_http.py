@@ -91,14 +91,14 @@ def test_persistent_failure_is_an_error_not_a_hang(origin, cache_config):
 
 
 def test_replaced_object_is_a_new_version(origin, node):
-    old = make_bytes(12 * SMALL_BLOCK, 44)
+    old = make_bytes(40 * SMALL_BLOCK, 44)
     origin.put("v.bin", old)
     url = origin.url_for("v.bin")
     f = node.open(url)
     assert f.read(100) == old[:100]
-    new = make_bytes(12 * SMALL_BLOCK, 45)
+    new = make_bytes(40 * SMALL_BLOCK, 45)
     origin.put("v.bin", new)
-    f.seek(10 * SMALL_BLOCK)
+    f.seek(35 * SMALL_BLOCK)
     with pytest.raises(ObjectChanged):  # If-Match fails: no mix of the two versions
         f.read(10)
     assert node.refresh(url).etag == origin.etag("v.bin")

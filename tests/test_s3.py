@@ -61,15 +61,15 @@ def test_s3_cold_hot_and_chained(s3_endpoint, cache_config):
 
 def test_s3_overwrite_is_a_new_version(s3_endpoint, cache_config):
     url, client = s3_endpoint
-    old = make_bytes(12 * SMALL_BLOCK, 32)
+    old = make_bytes(40 * SMALL_BLOCK, 32)
     client.put_object(Bucket="models", Key="v.bin", Body=old)
     node = Node(cache_config())
     try:
         f = node.open("s3://models/v.bin", **opts(url))
         assert f.read(10) == old[:10]
-        new = make_bytes(12 * SMALL_BLOCK, 33)
+        new = make_bytes(40 * SMALL_BLOCK, 33)
         client.put_object(Bucket="models", Key="v.bin", Body=new)
-        f.seek(10 * SMALL_BLOCK)  # not fetched yet: If-Match fails rather than mixing versions
+        f.seek(35 * SMALL_BLOCK)  # not fetched yet: If-Match fails rather than mixing versions
         with pytest.raises(ObjectChanged):
             f.read(10)
         node.refresh("s3://models/v.bin", opts(url))
