@@ -70,6 +70,23 @@ class _Ctx:
             yield bar
 
 
+def _print_mapping(mapping: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(mapping))
+        return
+    width = max(map(len, mapping), default=0)
+    for k, v in mapping.items():
+        click.echo(f"{k:>{width}}: {v}")
+
+
+def _set_total(bar: Any) -> Callable[[int], None]:
+    """An `on_total` callback that sets a progress bar's total once it is known."""
+    def total(n: int) -> None:
+        bar.total = n
+        bar.refresh()
+    return total
+
+
 def _fail(code: int, message: str) -> None:
     click.echo(f"meshcache: error: {message}", err=True)
     sys.exit(code)
@@ -195,12 +212,7 @@ def cat(obj: _Ctx, url: str, start: int | None, end: int | None) -> None:
 @_run
 def stat(obj: _Ctx, url: str, as_json: bool) -> None:
     """Show URL's size, version and how much of it is cached."""
-    st = obj.node.stat(url)
-    if as_json:
-        click.echo(json.dumps(st))
-        return
-    for k, v in st.items():
-        click.echo(f"{k:>14}: {v}")
+    _print_mapping(obj.node.stat(url), as_json)
 
 
 @cli.command()
@@ -210,10 +222,7 @@ def stat(obj: _Ctx, url: str, as_json: bool) -> None:
 def prewarm(obj: _Ctx, urls: tuple[str, ...]) -> None:
     """Fetch every block of each URL into the cache (returns when stored)."""
     with obj.bar("prewarm") as bar:
-        def total(n: int) -> None:
-            bar.total = n
-            bar.refresh()
-        done = obj.node.prewarm(list(urls), bar.update, on_total=total)
+        done = obj.node.prewarm(list(urls), bar.update, on_total=_set_total(bar))
     click.echo(f"prewarmed {len(done)} object(s), {_human(sum(done.values()))}", err=True)
 
 
@@ -233,12 +242,7 @@ def refresh(obj: _Ctx, url: str) -> None:
 @_run
 def stats(obj: _Ctx, as_json: bool) -> None:
     """Show this cache's counters and use."""
-    st = obj.node.stats()
-    if as_json:
-        click.echo(json.dumps(st))
-        return
-    for k, v in st.items():
-        click.echo(f"{k:>18}: {v}")
+    _print_mapping(obj.node.stats(), as_json)
 
 
 @cli.group()
@@ -279,10 +283,7 @@ def cache_pin(obj: _Ctx, urls: tuple[str, ...]) -> None:
     """Fetch URLs completely and keep them out of eviction."""
     for url in urls:
         with obj.bar(os.path.basename(url)) as bar:
-            def total(n: int) -> None:
-                bar.total = n
-                bar.refresh()
-            v = obj.node.pin(url, progress=bar.update, on_total=total)
+            v = obj.node.pin(url, progress=bar.update, on_total=_set_total(bar))
         click.echo(f"pinned {v.url} ({_human(v.size)})", err=True)
 
 
