@@ -17,6 +17,7 @@ import os
 import shutil
 import threading
 import uuid
+import fcntl
 import itertools
 import resource
 from pathlib import Path
@@ -377,16 +378,20 @@ class BlockStore:
     def save_manifest(self, manifest: Manifest) -> None:
         """Write a manifest atomically, merged with what another process may have written."""
         key = manifest.version.key
-        on_disk = self.load_manifest(key)
-        if on_disk is not None and on_disk.version == manifest.version:
-            manifest.merge(on_disk)
         path = self._manifest_path(key)
         tmp = None
         try:
-            tmp = self._tmp() / f"m-{to_hex(key)}.{uuid.uuid4().hex}"
-            path.parent.mkdir(exist_ok=True)
-            tmp.write_bytes(manifest.encode())
-            os.rename(tmp, path)
+            # Processes sharing the directory merge under one lock, so none loses another's
+            # digests between its read and its rename.
+            with open(self.root / "manifests" / ".lock", "a+b") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                on_disk = self.load_manifest(key)
+                if on_disk is not None and on_disk.version == manifest.version:
+                    manifest.merge(on_disk)
+                tmp = self._tmp() / f"m-{to_hex(key)}.{uuid.uuid4().hex}"
+                path.parent.mkdir(exist_ok=True)
+                tmp.write_bytes(manifest.encode())
+                os.rename(tmp, path)
         except OSError as e:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
