@@ -76,3 +76,25 @@ def test_workers_read_through_the_protocol(tmp_path, local_object, method):
     with fs.open(p) as f:
         assert f.read() == data
         assert f.stats["bytes_from_origin"] == 0
+
+
+def test_pandas_and_pyarrow_read_parquet_through_the_protocol(tmp_path):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from meshcache.lab.httporigin import OriginServer
+
+    df = pd.DataFrame({"x": range(50_000), "y": [f"row {i}" for i in range(50_000)]})
+    path = tmp_path / "t.parquet"
+    df.to_parquet(path, row_group_size=5_000)
+    opts = {"config": _cfg(tmp_path)}
+    with OriginServer(directory=tmp_path) as srv:
+        url = srv.url_for("t.parquet")
+        back = pd.read_parquet(f"meshcache::{url}", storage_options={"meshcache": opts})
+        assert back.equals(df)
+        first = srv.requests
+        fs, p = fsspec.core.url_to_fs(f"meshcache::{url}", meshcache=opts)
+        with fs.open(p) as f:  # pyarrow on the file object: column projection by ranges
+            table = pq.read_table(f, columns=["x"])
+        assert table.column("x").to_pylist() == list(range(50_000))
+        assert srv.requests == first  # every byte came from the cache the first read filled
