@@ -32,7 +32,7 @@ log = logging.getLogger("meshcache.node")
 
 STAT_KEYS = ("bytes_from_local", "bytes_from_peers", "bytes_from_origin", "origin_requests",
              "block_hits", "block_misses", "origin_errors", "store_errors", "corrupt_blocks",
-             "evicted_blocks", "version_changes")
+             "evicted_blocks", "version_changes", "bad_hints")
 
 
 @dataclass
@@ -61,6 +61,9 @@ class Node:
         self._loop.on_fork(self._after_fork)
         self._reset_async_state()
         self._closed = False
+        self.peers: Any = None  # PeerService once started (peers.py)
+        if self.config.peers or self.config.preset in ("lan", "wan"):
+            self.start_peers()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -74,6 +77,20 @@ class Node:
         self._lock = threading.Lock()
         self.store._lock = threading.Lock()
         self._reset_async_state()
+        self.peers = None  # its sockets belong to the parent; a child reads without peers
+
+    def start_peers(self) -> tuple[str, int]:
+        """Listen for peers on `config.listen` and ask `config.peers` before the origin."""
+        if self.peers is None:
+            from .peers import PeerService
+
+            async def start() -> Any:
+                service = PeerService(self)
+                await service.start()
+                return service
+
+            self.peers = self._loop.run(start())
+        return self.peers.address
 
     def _async_state(self) -> tuple[Origin, asyncio.Semaphore]:
         """Loop-bound objects, made on first use on the loop (and again after fork)."""
@@ -90,7 +107,7 @@ class Node:
             return
         self._closed = True
         self.flush()
-        if self._origin is not None:
+        if self._origin is not None or self.peers is not None:
             try:
                 self._loop.run(self._shutdown(), timeout=10)
             except Exception:
@@ -99,6 +116,8 @@ class Node:
         _forget_shared(self)
 
     async def _shutdown(self) -> None:
+        if self.peers is not None:
+            await self.peers.close()
         if self._flusher is not None:
             self._flusher.cancel()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -125,6 +144,8 @@ class Node:
         """Counters since start: where bytes came from, origin requests, hits, errors, store use."""
         with self._lock:
             out = dict(self._stats)
+        if self.peers is not None:
+            out.update(self.peers.stats)
         out["corrupt_blocks"] = self.store.corrupt_blocks
         out["evicted_blocks"] = self.store.evicted_blocks
         out["store_bytes"] = self.store.used
@@ -177,6 +198,14 @@ class Node:
             m = Manifest(version, self.block_size)
         with self._lock:
             return self._manifests.setdefault(key, m)
+
+    def known_manifest(self, version: ObjectVersion) -> Manifest | None:
+        """The manifest of a version if this node has one (memory or store); never creates."""
+        with self._lock:
+            m = self._manifests.get(version.key)
+        if m is None:
+            m = self.store.load_manifest(version.key)
+        return m
 
     def _record_digest(self, version: ObjectVersion, index: int, d: bytes) -> None:
         m = self.manifest(version)
@@ -241,15 +270,32 @@ class Node:
             return FetchResult(known, "local")
         self.count(block_misses=1)
         start, end = block_span(index, version.size, m.block_size)
+        if self.peers is not None:
+            got = await self._fetch_from_peers(version, m, index, end - start)
+            if got is not None:
+                return got
+            known = m.digests[index]
         data = await self._read_origin(version, start, end, options)
         try:
-            d = await asyncio.to_thread(self.store.put, data, known)
-        except BlockCorrupt:
-            # The manifest knew another digest: the origin's bytes are a different version.
-            with self._lock:
-                self._statcache.drop(version.url)
-            raise ObjectChanged(f"{version.url}: block {index} no longer matches the version "
-                                "first read; the object changed at the origin") from None
+            try:
+                d = await asyncio.to_thread(self.store.put, data, known)
+            except BlockCorrupt:
+                # The manifest knew another digest. The origin is the truth: if the object still
+                # has this version, the digest was a bad hint (e.g. from a peer); else it changed.
+                origin, _ = self._async_state()
+                if await origin.stat(version.url, options) != version:
+                    with self._lock:
+                        self._statcache.drop(version.url)
+                    raise ObjectChanged(f"{version.url}: block {index} no longer matches the "
+                                        "version first read; the object changed at the origin") \
+                        from None
+                log.warning("%s: block %d: the manifest's digest was wrong; using the origin's",
+                            version.url, index)
+                self.count(bad_hints=1)
+                with self._lock:
+                    m.digests[index] = None
+                known = None
+                d = await asyncio.to_thread(self.store.put, data, None)
         except StoreError as e:
             log.warning("%s; serving block %d of %s from memory", e, index, version.url)
             self.count(store_errors=1)
@@ -261,6 +307,34 @@ class Node:
             return FetchResult(d, "origin", data)
         self._record_digest(version, index, d)
         return FetchResult(d, "origin")
+
+    async def _fetch_from_peers(self, version: ObjectVersion, m: Manifest, index: int,
+                                length: int) -> FetchResult | None:
+        """Block `index` from a peer, verified and stored; None when no peer could give it."""
+        known = m.digests[index]
+        if known is None:
+            remote = await self.peers.find_manifest(version, m.block_size)
+            if remote is not None:
+                with self._lock:
+                    if m.merge(remote):
+                        self._dirty.add(version.key)
+                known = m.digests[index]
+        if known is None:
+            return None
+        got = await self.peers.fetch(known, self.block_size)
+        if got is None:
+            return None
+        data, _peer = got
+        if len(data) != length:
+            return None  # a manifest hint that does not fit this version: use the origin
+        self.count(bytes_from_peers=len(data))
+        try:
+            await asyncio.to_thread(self.store.put, data, known)
+        except StoreError as e:
+            log.warning("%s; serving block %d of %s from memory", e, index, version.url)
+            self.count(store_errors=1)
+            return FetchResult(known, "peer", data)
+        return FetchResult(known, "peer")
 
     async def _read_origin(self, version: ObjectVersion, start: int, end: int,
                            options: dict[str, Any]) -> bytes:
