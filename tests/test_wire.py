@@ -1,0 +1,232 @@
+"""Wire messages: round trips, framing, and bounded rejection of every kind of bad input."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meshcache import wire
+from meshcache.wire import WireError
+
+# ---- strategies (shared with tests/fuzz) ----------------------------------------------------------
+
+uints = st.integers(min_value=0, max_value=2**63 - 1)
+digests = st.binary(min_size=32, max_size=32)
+node_ids = st.binary(min_size=1, max_size=64)
+texts = st.text(max_size=40)
+
+messages = st.one_of(
+    st.builds(wire.Hello, node_ids, st.integers(0, 40).map(lambda e: 1 << e),
+              st.binary(max_size=64), uints, texts, st.integers(0, 65535)),
+    st.builds(wire.Auth, st.binary(max_size=64), st.binary(max_size=64)),
+    st.builds(wire.GetBlock, uints, digests),
+    st.builds(wire.GetBlock, uints, digests, texts, uints),
+    st.builds(wire.Block, uints, digests, uints),
+    st.builds(wire.Miss, uints, st.one_of(digests, st.just(b""))),
+    st.builds(wire.GetManifest, uints, texts, texts, uints),
+    st.builds(wire.ManifestMsg, uints, uints,
+              st.lists(st.one_of(st.none(), digests), max_size=20).map(tuple),
+              st.one_of(st.none(), uints)),
+    st.builds(wire.Summary, node_ids, uints, st.binary(max_size=200)),
+    st.builds(lambda n, a, b, d: wire.SummaryDelta(n, min(a, b), max(a, b) + 1, d),
+              node_ids, st.integers(0, 2**62), st.integers(0, 2**62), st.binary(max_size=200)),
+    st.builds(wire.Ping, uints),
+    st.builds(wire.Ack, uints),
+    st.builds(wire.Error, uints, texts),
+)
+
+
+def decode_or_wireerror(data: bytes) -> None:
+    """Decoding either succeeds (and re-encodes to the same message) or raises WireError."""
+    try:
+        msg = wire.decode(data)
+    except WireError:
+        return
+    assert wire.decode(wire.encode(msg)) == msg
+
+
+# ---- round trips ----------------------------------------------------------------------------------
+
+@given(messages)
+def test_round_trip(msg):
+    body = wire.encode(msg)
+    assert wire.decode(body) == msg
+    assert wire.decode(bytearray(body)) == msg
+    assert wire.decode(memoryview(body)) == msg
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(messages, max_size=8), st.lists(st.integers(1, 50), min_size=1, max_size=20))
+def test_frames_round_trip_in_any_chunking(msgs, cuts):
+    stream = b"".join(wire.encode_frame(m) for m in msgs)
+    dec = wire.FrameDecoder(payloads=False)  # no payload bytes follow these BLOCK headers
+    out, pos, i = [], 0, 0
+    while pos < len(stream):
+        step = cuts[i % len(cuts)]
+        out += dec.feed(stream[pos:pos + step])
+        pos += step
+        i += 1
+    assert out == msgs
+    assert dec.buffered == 0
+
+
+def test_block_payload_follows_its_header():
+    payload = bytes(range(256)) * 40
+    stream = (wire.encode_frame(wire.Block(7, b"d" * 32, len(payload))) + payload
+              + wire.encode_frame(wire.Ping(1)) + wire.encode_frame(wire.Block(8, b"e" * 32, 0)))
+    dec = wire.FrameDecoder()
+    out = []
+    for i in range(0, len(stream), 1000):
+        out += dec.feed(stream[i:i + 1000])
+    assert out[0] == wire.Block(7, b"d" * 32, len(payload))
+    chunks = [o for o in out if isinstance(o, wire.Payload) and o.request_id == 7]
+    assert b"".join(c.data for c in chunks) == payload
+    assert chunks[-1].end and not any(c.end for c in chunks[:-1])
+    assert wire.Ping(1) in out
+    assert out[-1] == wire.Payload(8, b"", True)
+
+
+def test_peers_usage_shapes():
+    # The call shapes meshcache/peers.py relies on.
+    assert wire.decode(wire.encode(wire.Error(wire.ERR_BAD_REQUEST, "x"))).code == 1
+    assert wire.decode(wire.encode(wire.Miss(3, b""))).digest == b""
+    m = wire.decode(wire.encode(wire.GetManifest(1, "file:///a", "etag:x", 10)))
+    assert (m.url, m.token, m.size) == ("file:///a", "etag:x", 10)
+    mm = wire.decode(wire.encode(wire.ManifestMsg(2, 1 << 22, [b"a" * 32, None])))
+    assert mm.block_size == 1 << 22 and list(mm.digests) == [b"a" * 32, None]
+    assert wire.MAX_FRAME == 1 << 20
+
+
+def test_error_text_is_truncated_when_sending():
+    assert len(wire.Error(1, "x" * 100_000).text) == wire.MAX_TEXT
+
+
+# ---- rejection ------------------------------------------------------------------------------------
+
+def envelope(*items) -> bytes:
+    return cbor2.dumps(list(items))
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"", "empty"),
+    (envelope(2, wire.Ping.TYPE, 1), "protocol version mismatch"),
+    (envelope(1, 99, 1), "unknown message type"),
+    (envelope(1, "ping", 1), "unknown message type"),
+    (envelope(1, wire.Ping.TYPE), "expected 1..1 fields"),
+    (envelope(1, wire.Ping.TYPE, 1, 2), "expected 1..1 fields"),
+    (envelope(1, wire.Ping.TYPE, 2**63), "integer out of range"),
+    (envelope(1, wire.Ping.TYPE, -1), "negative"),
+    (envelope(1, wire.Ping.TYPE, 1.5), "floats"),
+    (envelope(1, wire.Ping.TYPE, True), "seq"),
+    (envelope(1, wire.Ping.TYPE, "1"), "seq"),
+    (envelope(1, wire.Block.TYPE, 1, b"d" * 31, 5), "32-byte digest"),
+    (envelope(1, wire.Miss.TYPE, 1, b"d" * 33), "32-byte digest"),
+    (envelope(1, wire.GetBlock.TYPE, 1, b"d" * 32, "url", None), "go together"),
+    (envelope(1, wire.Hello.TYPE, b"n", 3, b"", 1, "z", 1), "power of two"),
+    (envelope(1, wire.Hello.TYPE, b"n", 4, b"", 1, "z", 70000), "not a port"),
+    (envelope(1, wire.ManifestMsg.TYPE, 1, 4, [b"x"]), "32-byte digest"),
+    (envelope(1, wire.SummaryDelta.TYPE, b"n", 5, 5, b""), "after"),
+    (cbor2.dumps({"v": 1}), "maps"),
+    (cbor2.dumps(cbor2.CBORTag(1, [1, 10, 1])), "tags"),
+    (bytes([0x9F, 0x01, 0x0A, 0x01, 0xFF]), "indefinite"),
+    (bytes([0x83, 0x01, 0x0A, 0x7B]) + b"\xff" * 8, "claims"),
+    (bytes([0x83, 0x01, 0x0A, 0x62, 0xFF, 0xFE]), "UTF-8"),
+    (wire.encode(wire.Ping(1)) + b"\x00", "trailing"),
+    (wire.encode(wire.Hello(b"n", 4, b"", 1, "z", 1))[:-1], "truncated"),
+    (b"\x01", "array"),
+])
+def test_bad_messages_raise_wireerror(data, why):
+    with pytest.raises(WireError, match=why):
+        wire.decode(data)
+
+
+def test_version_mismatch_is_clear():
+    with pytest.raises(WireError) as e:
+        wire.decode(envelope(7, wire.Hello.TYPE))
+    assert "peer speaks 7" in str(e.value) and f"speaks {wire.PROTOCOL_VERSION}" in str(e.value)
+
+
+def test_huge_claims_rejected_before_allocation():
+    t0 = time.perf_counter()
+    # A byte string header claiming 2**60 bytes.
+    with pytest.raises(WireError, match="claims"):
+        wire.decode(bytes([0x83, 0x01, 0x0A, 0x5B]) + (1 << 60).to_bytes(8, "big"))
+    # An array claiming 2**60 items.
+    with pytest.raises(WireError, match="claims"):
+        wire.decode(bytes([0x9B]) + (1 << 60).to_bytes(8, "big"))
+    # A text string claiming 2**32 - 1 characters.
+    with pytest.raises(WireError, match="claims"):
+        wire.decode(bytes([0x83, 0x01, 0x0A, 0x7A, 0xFF, 0xFF, 0xFF, 0xFF]))
+    # A frame header claiming 2**31 bytes: rejected on its 4 bytes, nothing buffered.
+    dec = wire.FrameDecoder()
+    with pytest.raises(WireError, match="exceeds the limit"):
+        dec.feed(struct.pack(">I", 1 << 31))
+    assert dec.buffered == 0
+    with pytest.raises(WireError, match="already failed"):
+        dec.feed(b"\x00")
+    # One byte over the configured limit.
+    dec = wire.FrameDecoder(max_frame=100)
+    with pytest.raises(WireError):
+        dec.feed(struct.pack(">I", 101))
+    with pytest.raises(WireError, match="exceeds the limit"):
+        wire.decode(b"\x00" * 101, max_size=100)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_deep_nesting_rejected():
+    data = bytes([0x81]) * 10_000 + b"\x01"
+    with pytest.raises(WireError, match="nesting"):
+        wire.decode(data)
+
+
+def test_block_payload_bound():
+    dec = wire.FrameDecoder(max_payload=1000)
+    with pytest.raises(WireError, match="more than"):
+        dec.feed(wire.encode_frame(wire.Block(1, b"d" * 32, 1001)))
+
+
+def test_zero_length_frame_rejected():
+    with pytest.raises(WireError):
+        wire.FrameDecoder().feed(b"\x00\x00\x00\x00")
+
+
+def test_encode_rejects_non_messages():
+    with pytest.raises(WireError):
+        wire.encode("hello")  # type: ignore[arg-type]
+    with pytest.raises(WireError):
+        wire.Block(1, b"short", 1)
+    with pytest.raises(WireError):
+        wire.Ping(-1)
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_only_raise_wireerror(data):
+    decode_or_wireerror(data)
+    try:
+        wire.FrameDecoder().feed(data)
+    except WireError:
+        pass
+
+
+@given(messages, st.data())
+def test_mutated_messages_only_raise_wireerror(msg, data):
+    body = bytearray(wire.encode(msg))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(body) - 1))
+        body[i] = data.draw(st.integers(0, 255))
+    decode_or_wireerror(bytes(body))
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers(-2**64, 2**64) | st.binary(max_size=40)
+                    | st.text(max_size=10) | st.floats(),
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=3), c,
+                                                                        max_size=3),
+                    max_leaves=20))
+def test_arbitrary_cbor_only_raises_wireerror(obj):
+    decode_or_wireerror(cbor2.dumps(obj))
+    decode_or_wireerror(cbor2.dumps([1, 12, obj, "x"]))
