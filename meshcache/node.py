@@ -62,6 +62,8 @@ class Node:
         self._reset_async_state()
         self._closed = False
         self.peers: Any = None  # PeerService once started (peers.py)
+        self.mesh: Any = None  # Mesh once started (mesh.py)
+        self._manifest_asked: dict[bytes, tuple[float, Any]] = {}  # key -> (when, who answered)
         if self.config.peers or self.config.preset in ("lan", "wan"):
             self.start_peers()
 
@@ -78,18 +80,23 @@ class Node:
         self.store._lock = threading.Lock()
         self._reset_async_state()
         self.peers = None  # its sockets belong to the parent; a child reads without peers
+        self.mesh = None
 
     def start_peers(self) -> tuple[str, int]:
         """Listen for peers on `config.listen` and ask `config.peers` before the origin."""
         if self.peers is None:
+            from .mesh import Mesh
             from .peers import PeerService
 
             async def start() -> Any:
                 service = PeerService(self)
                 await service.start()
+                self.peers = service
+                self.mesh = Mesh(self, service)
+                await self.mesh.start()
                 return service
 
-            self.peers = self._loop.run(start())
+            self._loop.run(start())
         return self.peers.address
 
     def _async_state(self) -> tuple[Origin, asyncio.Semaphore]:
@@ -116,6 +123,8 @@ class Node:
         _forget_shared(self)
 
     async def _shutdown(self) -> None:
+        if self.mesh is not None:
+            await self.mesh.close()
         if self.peers is not None:
             await self.peers.close()
         if self._flusher is not None:
@@ -146,6 +155,9 @@ class Node:
             out = dict(self._stats)
         if self.peers is not None:
             out.update(self.peers.stats)
+        if self.mesh is not None:
+            out.update(self.mesh.stats)
+            out["members"] = len(self.mesh.members)
         out["corrupt_blocks"] = self.store.corrupt_blocks
         out["evicted_blocks"] = self.store.evicted_blocks
         out["store_bytes"] = self.store.used
@@ -248,14 +260,15 @@ class Node:
                    options: Mapping[str, Any] | None = None) -> FetchResult:
         return self._loop.run(self.fetch(version, index, dict(options or {})))
 
-    async def fetch(self, version: ObjectVersion, index: int,
-                    options: dict[str, Any]) -> FetchResult:
-        """Block `index` of `version` into the store, one fetch however many ask at once."""
+    async def fetch(self, version: ObjectVersion, index: int, options: dict[str, Any],
+                    forward: bool = True) -> FetchResult:
+        """Block `index` of `version` into the store, one fetch however many ask at once.
+        `forward=False` (a peer asked us as the owner) never asks another owner."""
         return await self._flights.do((version.key, index),
-                                      lambda: self._fetch_once(version, index, options))
+                                      lambda: self._fetch_once(version, index, options, forward))
 
     async def _fetch_once(self, version: ObjectVersion, index: int,
-                          options: dict[str, Any]) -> FetchResult:
+                          options: dict[str, Any], forward: bool = True) -> FetchResult:
         m = self.manifest(version)
         known = m.digests[index]
         if known is None:
@@ -270,8 +283,8 @@ class Node:
             return FetchResult(known, "local")
         self.count(block_misses=1)
         start, end = block_span(index, version.size, m.block_size)
-        if self.peers is not None:
-            got = await self._fetch_from_peers(version, m, index, end - start)
+        if self.mesh is not None:
+            got = await self._fetch_from_mesh(version, m, index, end - start, forward)
             if got is not None:
                 return got
             known = m.digests[index]
@@ -306,35 +319,96 @@ class Node:
             self._record_digest(version, index, d)
             return FetchResult(d, "origin", data)
         self._record_digest(version, index, d)
+        if self.mesh is not None:
+            self.mesh.on_stored(d)
         return FetchResult(d, "origin")
 
-    async def _fetch_from_peers(self, version: ObjectVersion, m: Manifest, index: int,
-                                length: int) -> FetchResult | None:
-        """Block `index` from a peer, verified and stored; None when no peer could give it."""
+    async def _fetch_from_mesh(self, version: ObjectVersion, m: Manifest, index: int,
+                               length: int, forward: bool) -> FetchResult | None:
+        """Steps 2-3 of the read path: peers whose summary (or manifest) says they hold the
+        block, then the block's owner. None when the origin must be read here."""
+        mesh, peers = self.mesh, self.peers
         known = m.digests[index]
         if known is None:
-            remote = await self.peers.find_manifest(version, m.block_size)
+            await self._flights.do(("manifest", version.key),  # type: ignore[arg-type]
+                                   lambda: self._ask_manifest(version, m))
+            known = m.digests[index]
+        # The member whose manifest told us the digests likely holds the blocks, even before
+        # its summary reaches us.
+        source = self._manifest_asked.get(version.key, (0.0, None))[1]
+        if source is not None and source.node_id not in mesh.members:
+            source = None
+        if known is not None:
+            candidates = mesh.holders(known)
+            if source is not None and source not in candidates:
+                candidates.append(source)
+            candidates = [c for c in candidates if not peers.penalized(c.address)]
+            for member in candidates[:3]:
+                try:
+                    data = await peers.get_block(member.address, known, self.block_size)
+                except Exception as e:  # unreachable, stalled or lying: try the next source
+                    peers.failed(member.address, e)
+                    log.info("block %d of %s from %s: %s", index, version.url,
+                             member.address, e)
+                    continue
+                if data is not None and len(data) == length:
+                    return await self._keep(version, index, known, data, "peer")
+        owner = mesh.owner(version.key + index.to_bytes(8, "big")) if forward else None
+        if owner is None or peers.penalized(owner.address):
+            return None
+        try:
+            d, data = await peers.get_block_by_hint(owner.address, version, index, known,
+                                                    self.block_size)
+        except Exception as e:
+            peers.failed(owner.address, e)
+            log.info("owner %s of block %d of %s failed: %s; reading the origin", owner.address,
+                     index, version.url, e)
+            return None
+        if len(data) != length:
+            return None
+        return await self._keep(version, index, d, data, "peer")
+
+    async def _ask_manifest(self, version: ObjectVersion, m: Manifest) -> Any:
+        """Ask the manifest's owner (then one other member) once per version for its digests;
+        returns the member that answered, or None."""
+        now = time.monotonic()
+        last = self._manifest_asked.get(version.key)
+        if last is not None and now - last[0] < self.config.ping_interval:
+            return last[1]
+        self._manifest_asked[version.key] = (now, None)
+        mesh = self.mesh
+        owner = mesh.owner(version.key)
+        asked = [owner] if owner is not None else []
+        asked += [x for x in mesh.live() if x is not owner][:1]
+        for member in asked:
+            try:
+                remote = await self.peers.get_manifest(member.address, version, m.block_size)
+            except Exception as e:
+                log.info("manifest of %s from %s: %s", version.url, member.address, e)
+                continue
             if remote is not None:
                 with self._lock:
                     if m.merge(remote):
                         self._dirty.add(version.key)
-                known = m.digests[index]
-        if known is None:
-            return None
-        got = await self.peers.fetch(known, self.block_size)
-        if got is None:
-            return None
-        data, _peer = got
-        if len(data) != length:
-            return None  # a manifest hint that does not fit this version: use the origin
+                self._manifest_asked[version.key] = (now, member)
+                return member
+        return None
+
+    async def _keep(self, version: ObjectVersion, index: int, d: bytes, data: bytes,
+                    source: str) -> FetchResult:
+        """Store verified peer bytes and record their digest."""
         self.count(bytes_from_peers=len(data))
         try:
-            await asyncio.to_thread(self.store.put, data, known)
+            await asyncio.to_thread(self.store.put, data, d)
         except StoreError as e:
             log.warning("%s; serving block %d of %s from memory", e, index, version.url)
             self.count(store_errors=1)
-            return FetchResult(known, "peer", data)
-        return FetchResult(known, "peer")
+            self._record_digest(version, index, d)
+            return FetchResult(d, source, data)
+        self._record_digest(version, index, d)
+        if self.mesh is not None:
+            self.mesh.on_stored(d)
+        return FetchResult(d, source)
 
     async def _read_origin(self, version: ObjectVersion, start: int, end: int,
                            options: dict[str, Any]) -> bytes:

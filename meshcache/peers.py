@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import time
-from typing import Any, Iterable
+from typing import Any
 
 from . import wire
 from .auth import make_authenticator
@@ -29,6 +29,7 @@ from .version import ObjectVersion
 log = logging.getLogger("meshcache.peers")
 
 MAX_REQUEST_FRAME = 16 * 1024
+MAX_SUMMARY_FRAME = 8 << 20  # a summary of ~7M blocks; everything else is far smaller
 PENALTY_SECONDS = 30.0
 
 
@@ -56,7 +57,6 @@ class PeerService:
             authenticate=make_authenticator(credential, self.node_id))
         self.egress = RateLimiter(cfg.egress_rate, cfg.peer_egress_rate)
         self.ingress = RateLimiter(cfg.ingress_rate, cfg.peer_ingress_rate)
-        self.static_peers = [parse_address(p) for p in cfg.peers]
         self.address: tuple[str, int] | None = None
         self._penalty: dict[Any, float] = {}
         self._inflight: dict[Any, int] = {}
@@ -78,9 +78,9 @@ class PeerService:
     async def _serve(self, stream: Stream) -> None:
         conn = stream.connection
         try:
-            frame = await stream.recv_frame(MAX_REQUEST_FRAME)
+            frame = await stream.recv_frame(MAX_SUMMARY_FRAME)
             try:
-                msg = wire.decode(frame)
+                msg = wire.decode(frame, max_size=MAX_SUMMARY_FRAME)
             except wire.WireError as e:
                 await stream.send_frame(wire.encode(wire.Error(wire.ERR_BAD_REQUEST, str(e))))
                 return
@@ -89,7 +89,26 @@ class PeerService:
             elif isinstance(msg, wire.GetManifest):
                 await self._serve_manifest(stream, msg)
             elif isinstance(msg, wire.Ping):
+                mesh = self.node.mesh
+                if mesh is not None and conn.peer_node_id in mesh.members:
+                    mesh.members[conn.peer_node_id].last_seen = time.monotonic()
                 await stream.send_frame(wire.encode(wire.Ack(msg.seq)))
+            elif isinstance(msg, wire.Hello) and self.node.mesh is not None:
+                mesh = self.node.mesh
+                if msg.node_id != conn.peer_node_id:
+                    reply: Any = wire.Error(wire.ERR_AUTH, "HELLO names another node than "
+                                            "the one that authenticated")
+                elif mesh.accept_hello(msg, stream.peer.address[0]):
+                    reply = mesh.hello_message()
+                else:
+                    reply = wire.Error(wire.ERR_BLOCK_SIZE, "block size or cluster tag differ")
+                await stream.send_frame(wire.encode(reply))
+            elif isinstance(msg, (wire.Summary, wire.SummaryDelta)) and self.node.mesh is not None:
+                if msg.node_id != conn.peer_node_id:
+                    reply = wire.Error(wire.ERR_AUTH, "summary of another node")
+                else:
+                    reply = self.node.mesh.accept_summary(msg)
+                await stream.send_frame(wire.encode(reply))
             else:
                 await stream.send_frame(wire.encode(wire.Error(
                     wire.ERR_BAD_REQUEST, f"unexpected {type(msg).__name__}")))
@@ -99,7 +118,18 @@ class PeerService:
     async def _serve_block(self, stream: Stream, conn: Any, msg: Any) -> None:
         store = self.node.store
         data = None
-        if msg.digest in store:
+        d = msg.digest
+        if msg.token is not None and (d == wire.NO_DIGEST or d not in store):
+            # Asked as the block's owner: fetch it once for the zone (never forwarded further).
+            version = ObjectVersion(msg.url, msg.token, msg.size)
+            try:
+                res = await self.node.fetch(version, msg.index, {}, forward=False)
+            except Exception as e:
+                await stream.send_frame(wire.encode(wire.Error(wire.ERR_NOT_FOUND, str(e)[:500])))
+                return
+            data = res.data
+            msg = wire.GetBlock(msg.request_id, res.digest)
+        if data is None and msg.digest in store:
             try:
                 data = await asyncio.to_thread(store.read_block, msg.digest)
             except Exception:  # gone or damaged since: the store has dealt with it
@@ -127,13 +157,21 @@ class PeerService:
 
     # ---- asking --------------------------------------------------------------------------------
 
-    def candidates(self, exclude: Iterable[Any] = ()) -> list[Any]:
-        """Peers to ask, least busy first, without those in the penalty box."""
-        now = time.monotonic()
-        skip = set(exclude)
-        live = [p for p in self.static_peers
-                if p not in skip and self._penalty.get(p, 0) <= now and p != self.address]
-        return sorted(live, key=lambda p: self._inflight.get(p, 0))
+    def inflight(self, peer: Any) -> int:
+        """Requests to `peer` in flight now (candidates are chosen by load)."""
+        return self._inflight.get(peer, 0)
+
+    def penalized(self, peer: Any) -> bool:
+        """True while a peer that misbehaved or failed is being avoided."""
+        return self._penalty.get(peer, 0.0) > time.monotonic()
+
+    def failed(self, peer: Any, exc: BaseException) -> None:
+        """Count a failed request; an unreachable or stalled peer is avoided for a moment."""
+        if isinstance(exc, PeerMisbehaved):
+            return  # counted and punished where it was detected
+        self.stats["peer_errors"] += 1
+        if isinstance(exc, (TransportError, asyncio.TimeoutError, OSError)):
+            self._penalty[peer] = max(self._penalty.get(peer, 0.0), time.monotonic() + 2.0)
 
     def _punish(self, peer: Any, why: str) -> None:
         log.warning("peer %s misbehaved (%s); avoiding it for %.0f s", peer, why, PENALTY_SECONDS)
@@ -157,13 +195,7 @@ class PeerService:
                     raise self._misbehaved(peer, conn, "answered GET_BLOCK with something else")
                 if reply.size > max_size:
                     raise self._misbehaved(peer, conn, f"announced a {reply.size}-byte block")
-                buf = bytearray(reply.size)
-                got = 0
-                async for chunk in stream.recv_payload(reply.size):
-                    await self.ingress.take(conn, len(chunk))
-                    buf[got:got + len(chunk)] = chunk
-                    got += len(chunk)
-            data = bytes(buf)
+                data = await self._recv_block(stream, conn, reply.size)
             if compute_digest(data) != d:
                 raise self._misbehaved(peer, conn, f"sent bytes that do not hash to {to_hex(d)}")
             return data
@@ -188,6 +220,48 @@ class PeerService:
             self._punish(peer, "sent a manifest that does not fit the version")
             return None
 
+    async def request(self, peer: Any, msg: Any, max_reply: int = MAX_REQUEST_FRAME) -> Any:
+        """Send one message on a new stream and return the decoded reply."""
+        async with asyncio.timeout(self.node.config.request_timeout):
+            stream = await self.transport.open_stream(peer)
+            async with stream:
+                await stream.send_frame(wire.encode(msg))
+                return self._decode(await stream.recv_frame(max_reply), peer)
+
+    async def get_block_by_hint(self, peer: Any, version: ObjectVersion, index: int,
+                                known: bytes | None, max_size: int) -> tuple[bytes, bytes]:
+        """Ask the block's owner for block `index` of `version`: (digest, verified bytes)."""
+        self._inflight[peer] = self._inflight.get(peer, 0) + 1
+        try:
+            stream = await self.transport.open_stream(peer)
+            conn = stream.connection
+            async with stream:
+                await stream.send_frame(wire.encode(wire.GetBlock(
+                    next(self._ids), known or wire.NO_DIGEST, version.url, index, version.token,
+                    version.size)))
+                reply = self._decode(await stream.recv_frame(MAX_REQUEST_FRAME), peer)
+                if isinstance(reply, (wire.Error, wire.Miss)):
+                    raise TransportError(f"owner {peer} could not fetch block {index} of "
+                                         f"{version.url}: {getattr(reply, 'text', 'miss')}")
+                if not isinstance(reply, wire.Block) or reply.size > max_size or \
+                        (known is not None and reply.digest != known):
+                    raise self._misbehaved(peer, conn, "answered an owner request wrongly")
+                data = await self._recv_block(stream, conn, reply.size)
+            if compute_digest(data) != reply.digest:
+                raise self._misbehaved(peer, conn, "sent bytes that do not hash to their digest")
+            return reply.digest, data
+        finally:
+            self._inflight[peer] -= 1
+
+    async def _recv_block(self, stream: Stream, conn: Any, size: int) -> bytes:
+        buf = bytearray(size)
+        got = 0
+        async for chunk in stream.recv_payload(size):
+            await self.ingress.take(conn, len(chunk))
+            buf[got:got + len(chunk)] = chunk
+            got += len(chunk)
+        return bytes(buf)
+
     def _decode(self, frame: bytes, peer: Any) -> Any:
         try:
             return wire.decode(frame)
@@ -200,33 +274,3 @@ class PeerService:
         self.stats["peer_errors"] += 1
         asyncio.ensure_future(conn.close())
         return PeerMisbehaved(f"peer {peer} {why}")
-
-    async def fetch(self, d: bytes, max_size: int) -> tuple[bytes, Any] | None:
-        """The block from the first peer that has it and sends the right bytes, or None."""
-        for peer in self.candidates():
-            try:
-                data = await self.get_block(peer, d, max_size)
-            except (TransportError, PeerMisbehaved, OSError) as e:
-                self.stats["peer_errors"] += 1
-                log.info("block %s from %s failed: %s", to_hex(d)[:12], peer, e)
-                if isinstance(e, TransportError):
-                    self._penalty[peer] = time.monotonic() + 2.0
-                continue
-            if data is not None:
-                return data, peer
-        return None
-
-    async def find_manifest(self, version: ObjectVersion, block_size: int) -> Manifest | None:
-        """A manifest for `version` from the first peer that knows some of its digests."""
-        for peer in self.candidates():
-            try:
-                m = await self.get_manifest(peer, version, block_size)
-            except (TransportError, PeerMisbehaved, OSError) as e:
-                self.stats["peer_errors"] += 1
-                log.info("manifest of %s from %s failed: %s", version.url, peer, e)
-                if isinstance(e, TransportError):
-                    self._penalty[peer] = time.monotonic() + 2.0
-                continue
-            if m is not None:
-                return m
-        return None

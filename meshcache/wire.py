@@ -44,6 +44,7 @@ MAX_FRAME = 1 << 20  # default bound on one frame's body (bytes)
 MAX_DEPTH = 8  # CBOR nesting; our messages use 2
 FRAME_HEADER = 4
 DIGEST_SIZE = 32
+NO_DIGEST = bytes(DIGEST_SIZE)  # GET_BLOCK by hint: the asker does not know the digest yet
 MAX_UINT = (1 << 63) - 1
 
 # Field size caps (independent of the frame limit).
@@ -151,13 +152,17 @@ class Auth:
 
 @dataclass(frozen=True)
 class GetBlock:
-    """GET_BLOCK: ask for a block by digest; the hint (url, index) helps an owner fetch it."""
+    """GET_BLOCK: ask for a block by digest. The hint (url, index, and the version's token and
+    size) lets the block's owner fetch it from the origin when the digest is not known yet (the
+    digest is then all zeros: `NO_DIGEST`)."""
 
     TYPE: ClassVar[int] = 3
     request_id: int
     digest: bytes
     url: str | None = None
     index: int | None = None
+    token: str | None = None
+    size: int | None = None
 
     def __post_init__(self) -> None:
         _uint("request_id", self.request_id)
@@ -167,6 +172,12 @@ class GetBlock:
         if self.url is not None:
             _text("url", self.url, MAX_URL)
             _uint("index", self.index)
+        if (self.token is None) != (self.size is None) or \
+                (self.token is not None and self.url is None):
+            raise WireError("hint: token and size go together, with url and index")
+        if self.token is not None:
+            _text("token", self.token, MAX_TOKEN)
+            _uint("size", self.size)
 
 
 @dataclass(frozen=True)

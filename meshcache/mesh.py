@@ -1,0 +1,262 @@
+"""The zone mesh: who is alive, who may hold a digest, and who owns a cold block.
+
+Runs on the node's loop beside the PeerService (peers.py), which carries its messages:
+- HELLO: a member's node id, zone, listen port, block size and cluster tag; a node with another
+  block size or cluster tag is ignored (with a log line). Static peers are greeted every round
+  until they answer; mDNS (discovery.py) adds the others.
+- PING/ACK: each round every member is pinged; one that stays silent for `suspect_timeout` is
+  suspected and removed (its blocks are no longer asked of it, its ownerships move).
+- SUMMARY / SUMMARY_DELTA: this node's Bloom summary (summaries.py), the full filter to a member
+  that has no base, a delta when >= 1% of entries changed or every few seconds.
+- Owners: rendezvous hashing (rendezvous.py) over the live zone members and this node ranks who
+  fetches a block nobody has from the origin, once, for the whole zone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import wire
+from .rendezvous import rank
+from .summaries import LocalSummary, RemoteSummaries
+from .transport import TransportError
+from .transport.base import parse_address
+
+log = logging.getLogger("meshcache.mesh")
+
+
+def cluster_tag(credential: bytes) -> bytes:
+    """8 bytes naming the cluster in HELLO and mDNS ads; reveals nothing of the credential."""
+    return hmac.new(credential, b"meshcache cluster tag", hashlib.sha256).digest()[:8]
+
+
+@dataclass
+class Member:
+    """A live peer of this zone (or another zone, for WAN later)."""
+
+    node_id: bytes
+    address: tuple[str, int]
+    zone: str
+    last_seen: float
+    summary_generation: int = 0  # the generation of ours it holds (0: none: send full)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Mesh:
+    """Membership, summaries and ownership for one node (shell around the pure parts)."""
+
+    def __init__(self, node: Any, peers: Any) -> None:
+        cfg = node.config
+        self.node = node
+        self.peers = peers
+        self.node_id: bytes = peers.node_id
+        self.zone = cfg.zone
+        self.tag = cluster_tag(cfg.credential())
+        self.members: dict[bytes, Member] = {}
+        self.static = [parse_address(p) for p in cfg.peers]
+        self.summary = LocalSummary(max(1024, cfg.capacity // cfg.block_size))
+        self.summary.rebuild(node.store.digests())
+        self.remote = RemoteSummaries()
+        self._seq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._ignored: set[bytes] = set()
+        self._evicted_seen = node.store.evicted_blocks + node.store.corrupt_blocks
+        self.stats = {"members_up": 0, "members_down": 0, "summaries_sent": 0,
+                      "summary_bytes_sent": 0, "hellos_refused": 0}
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Greet the static peers once (so a read right after start can use them), then run
+        a round every ping_interval."""
+        try:
+            await self.round()
+        except Exception:
+            log.exception("first mesh round failed")
+        self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _run(self) -> None:
+        interval = self.node.config.ping_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad round must not stop the mesh
+                log.exception("mesh round failed")
+
+    async def round(self) -> None:
+        """Greet static peers, ping members, expire the silent, send summaries when due."""
+        now = time.monotonic()
+        known = {m.address for m in self.members.values()}
+        greet = [a for a in self.static if a not in known and a != self.peers.address]
+        pings = list(self.members.values())
+        await asyncio.gather(*(self._hello(a) for a in greet),
+                             *(self._ping(m) for m in pings), return_exceptions=True)
+        limit = self.node.config.suspect_timeout
+        for m in list(self.members.values()):
+            if now - m.last_seen > limit:
+                self._down(m, f"silent for {now - m.last_seen:.1f} s")
+        evicted = self.node.store.evicted_blocks + self.node.store.corrupt_blocks
+        if evicted > self._evicted_seen:
+            self.summary.removed(evicted - self._evicted_seen)
+            self._evicted_seen = evicted
+        if self.summary.needs_rebuild():
+            self.summary.rebuild(self.node.store.digests())
+        if self.members and self.summary.due(now):
+            await self._send_summaries(now)
+
+    # ---- members -------------------------------------------------------------------------------
+
+    def hello_message(self) -> Any:
+        port = self.peers.address[1] if self.peers.address else 0
+        return wire.Hello(self.node_id, self.node.block_size, self.tag,
+                          self.node.config.max_datagram_size, self.zone, port)
+
+    def accept_hello(self, msg: Any, host: str) -> bool:
+        """Admit a member from its HELLO; False (and one log line) when it does not fit."""
+        if msg.block_size != self.node.block_size or msg.cluster_tag != self.tag:
+            if msg.node_id not in self._ignored:
+                self._ignored.add(msg.node_id)
+                log.warning("ignoring node %s at %s: block size %d / cluster tag %s differ "
+                            "from ours (%d / %s)", msg.node_id.hex()[:12], host, msg.block_size,
+                            msg.cluster_tag.hex(), self.node.block_size, self.tag.hex())
+            self.stats["hellos_refused"] += 1
+            return False
+        if msg.node_id == self.node_id:
+            return False
+        now = time.monotonic()
+        m = self.members.get(msg.node_id)
+        if m is None:
+            self.members[msg.node_id] = Member(msg.node_id, (host, msg.port), msg.zone, now)
+            self.stats["members_up"] += 1
+            log.info("member up: %s at %s:%d zone %s", msg.node_id.hex()[:12], host, msg.port,
+                     msg.zone)
+        else:
+            m.last_seen = now
+            m.address = (host, msg.port)
+        return True
+
+    def add_discovered(self, node_id: bytes, address: tuple[str, int]) -> None:
+        """mDNS saw a peer: greet it (it becomes a member when it answers HELLO)."""
+        if node_id != self.node_id and node_id not in self.members and address not in self.static:
+            self.static.append(address)
+
+    def _down(self, m: Member, why: str) -> None:
+        if self.members.pop(m.node_id, None) is not None:
+            self.remote.forget(m.node_id)
+            self.stats["members_down"] += 1
+            log.info("member down: %s (%s)", m.node_id.hex()[:12], why)
+
+    def leave(self, node_id: bytes) -> None:
+        m = self.members.get(node_id)
+        if m is not None:
+            self._down(m, "left")
+
+    def live(self, zone: str | None = None) -> list[Member]:
+        z = self.zone if zone is None else zone
+        return [m for m in self.members.values() if m.zone == z]
+
+    async def _hello(self, address: tuple[str, int]) -> None:
+        try:
+            reply = await self.peers.request(address, self.hello_message())
+        except (TransportError, OSError, asyncio.TimeoutError, Exception) as e:
+            self.peers.stats["peer_errors"] += 1
+            log.info("HELLO to %s:%d failed: %s", address[0], address[1], e)
+            return
+        if isinstance(reply, wire.Hello):
+            self.accept_hello(reply, address[0])
+
+    async def _ping(self, m: Member) -> None:
+        self._seq += 1
+        try:
+            reply = await self.peers.request(m.address, wire.Ping(self._seq))
+        except (TransportError, OSError, asyncio.TimeoutError):
+            return
+        if isinstance(reply, wire.Ack):
+            m.last_seen = time.monotonic()
+
+    # ---- summaries -----------------------------------------------------------------------------
+
+    def on_stored(self, digest: bytes) -> None:
+        self.summary.add(digest)
+
+    def on_evicted(self, count: int) -> None:
+        self.summary.removed(count)
+
+    async def _send_summaries(self, now: float) -> None:
+        generation, delta, full = self.summary.publish(now)
+
+        async def send(m: Member) -> None:
+            if delta is not None and m.summary_generation == generation - 1:
+                msg: Any = wire.SummaryDelta(self.node_id, generation - 1, generation, delta)
+                size = len(delta)
+            else:
+                msg, size = wire.Summary(self.node_id, generation, full), len(full)
+            try:
+                reply = await self.peers.request(m.address, msg, max_reply=wire.MAX_FRAME)
+            except (TransportError, OSError, asyncio.TimeoutError):
+                m.summary_generation = 0
+                return
+            if isinstance(reply, wire.Ack) and reply.seq == generation:
+                m.summary_generation = generation
+                self.stats["summaries_sent"] += 1
+                self.stats["summary_bytes_sent"] += size
+            else:
+                m.summary_generation = 0  # it lacked the base: the full filter next time
+
+        await asyncio.gather(*(send(m) for m in list(self.members.values())))
+
+    def accept_summary(self, msg: Any) -> Any:
+        """Apply a SUMMARY or SUMMARY_DELTA; the reply (ACK of the generation, or ERROR)."""
+        if msg.node_id not in self.members:
+            return wire.Error(wire.ERR_NOT_FOUND, "send HELLO first")
+        try:
+            if isinstance(msg, wire.Summary):
+                self.remote.apply_full(msg.node_id, msg.generation, msg.bloom)
+                return wire.Ack(msg.generation)
+            if self.remote.apply_delta(msg.node_id, msg.from_generation, msg.to_generation,
+                                       msg.delta):
+                return wire.Ack(msg.to_generation)
+            return wire.Error(wire.ERR_NOT_FOUND, "no base for this delta: send the full filter")
+        except wire.WireError as e:
+            return wire.Error(wire.ERR_BAD_REQUEST, str(e))
+
+    # ---- the read path's questions -------------------------------------------------------------
+
+    def holders(self, digest: bytes) -> list[Member]:
+        """Live members whose summary may hold `digest`, least busy first."""
+        ids = self.remote.holders(digest, self.members)
+        load = self.peers.inflight
+        return sorted((self.members[i] for i in ids), key=lambda m: load(m.address))
+
+    def owner(self, key: bytes) -> Member | None:
+        """The zone member that owns `key`; None when it is this node."""
+        ranked = rank(key, [self.node_id] + [m.node_id for m in self.live()])
+        if not ranked or ranked[0] == self.node_id:
+            return None
+        return self.members.get(ranked[0])
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Live members with zone, address and summary size (for `meshcache peers`)."""
+        now = time.monotonic()
+        return [{"node_id": m.node_id.hex(), "address": f"{m.address[0]}:{m.address[1]}",
+                 "zone": m.zone, "summary_bytes": self.remote.size(m.node_id),
+                 "summary_generation": self.remote.generation(m.node_id),
+                 "last_seen_s": round(now - m.last_seen, 2)}
+                for m in sorted(self.members.values(), key=lambda m: m.node_id)]
