@@ -66,6 +66,7 @@ class Mesh:
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._ignored: set[bytes] = set()
+        self._pinging: dict[Any, asyncio.Task[Any]] = {}  # background pings and summary sends
         self._evicted_seen = node.store.evicted_blocks + node.store.corrupt_blocks
         self.stats = {"members_up": 0, "members_down": 0, "summaries_sent": 0,
                       "summary_bytes_sent": 0, "hellos_refused": 0}
@@ -82,6 +83,8 @@ class Mesh:
         self._task = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
+        for task in list(self._pinging.values()):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -105,9 +108,12 @@ class Mesh:
         now = time.monotonic()
         known = {m.address for m in self.members.values()}
         greet = [a for a in self.static if a not in known and a != self.peers.address]
-        pings = list(self.members.values())
-        await asyncio.gather(*(self._hello(a) for a in greet),
-                             *(self._ping(m) for m in pings), return_exceptions=True)
+        # Greetings are awaited (a first round must know the static peers); pings run in the
+        # background so a dead member's timeout never delays the others' liveness.
+        await asyncio.gather(*(self._hello(a) for a in greet), return_exceptions=True)
+        for m in list(self.members.values()):
+            if m.node_id not in self._pinging:
+                self._spawn(self._ping(m), ("ping", m.node_id))
         limit = self.node.config.suspect_timeout
         for m in list(self.members.values()):
             if now - m.last_seen > limit:
@@ -118,8 +124,21 @@ class Mesh:
             self._evicted_seen = evicted
         if self.summary.needs_rebuild():
             self.summary.rebuild(self.node.store.digests())
-        if self.members and self.summary.due(now):
-            await self._send_summaries(now)
+        if self.members and self.summary.due(now) and "summaries" not in self._pinging:
+            self._spawn(self._send_summaries(now), "summaries")
+
+    def _spawn(self, coro: Any, key: Any) -> None:
+        """Run `coro` in the background, at most one per key at a time."""
+        task = asyncio.ensure_future(coro)
+        self._pinging[key if not isinstance(key, tuple) else key[1]] = task
+        task.add_done_callback(lambda t, k=key: self._done(k, t))
+
+    def _done(self, key: Any, task: "asyncio.Task[Any]") -> None:
+        k = key if not isinstance(key, tuple) else key[1]
+        if self._pinging.get(k) is task:
+            del self._pinging[k]
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("mesh task %s failed: %s", key, task.exception())
 
     # ---- members -------------------------------------------------------------------------------
 
@@ -184,8 +203,9 @@ class Mesh:
 
     async def _ping(self, m: Member) -> None:
         self._seq += 1
+        timeout = max(self.node.config.ping_interval, self.node.config.suspect_timeout / 3)
         try:
-            reply = await self.peers.request(m.address, wire.Ping(self._seq))
+            reply = await self.peers.request(m.address, wire.Ping(self._seq), timeout=timeout)
         except (TransportError, OSError, asyncio.TimeoutError):
             return
         if isinstance(reply, wire.Ack):

@@ -171,7 +171,9 @@ class PeerService:
             return  # counted and punished where it was detected
         self.stats["peer_errors"] += 1
         if isinstance(exc, (TransportError, asyncio.TimeoutError, OSError)):
-            self._penalty[peer] = max(self._penalty.get(peer, 0.0), time.monotonic() + 2.0)
+            # Avoid it until membership has had time to decide whether it is gone.
+            hold = max(2.0, self.node.config.suspect_timeout)
+            self._penalty[peer] = max(self._penalty.get(peer, 0.0), time.monotonic() + hold)
 
     def _punish(self, peer: Any, why: str) -> None:
         log.warning("peer %s misbehaved (%s); avoiding it for %.0f s", peer, why, PENALTY_SECONDS)
@@ -220,9 +222,10 @@ class PeerService:
             self._punish(peer, "sent a manifest that does not fit the version")
             return None
 
-    async def request(self, peer: Any, msg: Any, max_reply: int = MAX_REQUEST_FRAME) -> Any:
+    async def request(self, peer: Any, msg: Any, max_reply: int = MAX_REQUEST_FRAME,
+                      timeout: float | None = None) -> Any:
         """Send one message on a new stream and return the decoded reply."""
-        async with asyncio.timeout(self.node.config.request_timeout):
+        async with asyncio.timeout(timeout or self.node.config.request_timeout):
             stream = await self.transport.open_stream(peer)
             async with stream:
                 await stream.send_frame(wire.encode(msg))

@@ -1,0 +1,110 @@
+"""A zone of nodes on 127.0.0.1: owners single-flight cold blocks for the whole zone, summaries
+find replicas, a node with another block size is ignored, a member that goes away is dropped."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from meshcache import Config, Node
+from meshcache.lab.httporigin import OriginServer
+
+from .conftest import SMALL_BLOCK, make_bytes
+
+SECRET = "zone-secret"
+
+
+def zone(tmp_path, n, **kw):
+    nodes: list[Node] = []
+    for i in range(n):
+        cfg = dict(cache_dir=str(tmp_path / f"n{i}"), block_size=SMALL_BLOCK, fsync=False,
+                   cluster_secret=SECRET, listen="127.0.0.1:0", ping_interval=0.2,
+                   suspect_timeout=1.5, request_timeout=3.0, readahead=4,
+                   peers=["%s:%d" % x.peers.address for x in nodes])
+        cfg.update(kw)
+        node = Node(Config.local(**cfg))
+        node.start_peers()
+        nodes.append(node)
+    deadline = time.monotonic() + 10
+    while any(len(x.mesh.members) < n - 1 for x in nodes):
+        assert time.monotonic() < deadline, [len(x.mesh.members) for x in nodes]
+        time.sleep(0.05)
+    return nodes
+
+
+def read_all(nodes, url, data):
+    ok = []
+
+    def read(node):
+        with node.open(url) as f:
+            ok.append(f.read() == data)
+
+    threads = [threading.Thread(target=read, args=(x,)) for x in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ok
+
+
+@pytest.fixture
+def origin():
+    with OriginServer() as srv:
+        yield srv
+
+
+def test_owners_make_one_origin_read_per_block(tmp_path, origin):
+    nodes = zone(tmp_path, 3)
+    try:
+        data = make_bytes(24 * SMALL_BLOCK + 3, 71)
+        origin.put("model.bin", data)
+        url = origin.url_for("model.bin")
+        assert read_all(nodes, url, data) == [True] * 3
+        spans = origin.spans("model.bin")
+        assert len(spans) == 25 and len(set(spans)) == 25  # every block once, for the zone
+        from_peers = sum(x.stats()["bytes_from_peers"] for x in nodes)
+        assert from_peers >= 2 * len(data) - 2 * SMALL_BLOCK  # the other copies came by peers
+        fetched_by = [x.stats()["origin_requests"] for x in nodes]
+        assert all(f > 0 for f in fetched_by)  # the origin reads are spread over the owners
+        # summaries: a fourth node finds replicas without asking the origin
+        late = zone(tmp_path / "late", 1, peers=["%s:%d" % nodes[0].peers.address])[0]
+        time.sleep(1.0)
+        with late.open(url) as f:
+            assert f.read() == data and f.stats["bytes_from_origin"] == 0
+        late.close()
+    finally:
+        for x in nodes:
+            x.close()
+
+
+def test_other_block_size_is_ignored(tmp_path):
+    a = zone(tmp_path / "a", 1)[0]
+    try:
+        b = Node(Config.local(cache_dir=str(tmp_path / "b"), block_size=2 * SMALL_BLOCK,
+                              cluster_secret=SECRET, listen="127.0.0.1:0", ping_interval=0.2,
+                              peers=["%s:%d" % a.peers.address]))
+        time.sleep(0.5)
+        assert b.mesh.members == {} and a.mesh.members == {}
+        assert a.stats()["hellos_refused"] + b.stats()["hellos_refused"] >= 1
+        b.close()
+    finally:
+        a.close()
+
+
+def test_a_member_that_goes_away_is_dropped_and_reads_complete(tmp_path, origin):
+    nodes = zone(tmp_path, 3)
+    try:
+        data = make_bytes(30 * SMALL_BLOCK, 72)
+        origin.put("m.bin", data)
+        url = origin.url_for("m.bin")
+        nodes[2].close()  # gone without a word
+        assert read_all(nodes[:2], url, data) == [True, True]
+        deadline = time.monotonic() + 5
+        while any(len(x.mesh.members) != 1 for x in nodes[:2]):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        for x in nodes:
+            x.close()
