@@ -245,6 +245,40 @@ def stats(obj: _Ctx, as_json: bool) -> None:
     _print_mapping(obj.node.stats(), as_json)
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_run
+def peers(obj: _Ctx, as_json: bool) -> None:
+    """List the live members the local meshcached sees: zone, address, summary size."""
+    import time as _time
+
+    from .mesh import STATUS_FILE
+
+    path = os.path.join(obj.config.cache_dir, STATUS_FILE)
+    try:
+        with open(path) as f:
+            status = json.load(f)
+    except (OSError, ValueError):
+        _fail(EXIT_STORE, f"no running meshcached for {obj.config.cache_dir} ({path} is "
+                          "missing or unreadable)")
+    age = _time.time() - status.get("time", 0)
+    if age > max(10.0, 5 * status.get("ping_interval", 1.0)):
+        _fail(EXIT_STORE, f"meshcached for {obj.config.cache_dir} is not running "
+                          f"(its status is {age:.0f} s old)")
+    if as_json:
+        click.echo(json.dumps(status))
+        return
+    click.echo(f"this node {status['node_id'][:16]} at {status['address']} zone {status['zone']}"
+               f", summary {_human(status['summary_bytes'])} gen {status['summary_generation']}")
+    click.echo(f"{'node':<18}{'zone':<12}{'address':<24}{'summary':>10}  seen")
+    for m in status["members"]:
+        click.echo(f"{m['node_id'][:16]:<18}{m['zone']:<12}{m['address']:<24}"
+                   f"{_human(m['summary_bytes']):>10}  {m['last_seen_s']:.1f} s ago")
+    if not status["members"]:
+        click.echo("(no live members)")
+
+
 @cli.group()
 def cache() -> None:
     """Inspect and manage the local cache: ls, du, pin, unpin, evict."""

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,8 @@ from .transport import TransportError
 from .transport.base import parse_address
 
 log = logging.getLogger("meshcache.mesh")
+
+STATUS_FILE = "mesh.json"
 
 
 def cluster_tag(credential: bytes) -> bytes:
@@ -83,8 +87,14 @@ class Mesh:
         self._task = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
+        """Leave gracefully: tell every member (briefly), then stop the rounds."""
         for task in list(self._pinging.values()):
             task.cancel()
+        if self.members:
+            await asyncio.gather(*(self.peers.request(m.address, wire.Leave(self.node_id),
+                                                      timeout=0.5)
+                                   for m in list(self.members.values())),
+                                 return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -124,6 +134,7 @@ class Mesh:
             self._evicted_seen = evicted
         if self.summary.needs_rebuild():
             self.summary.rebuild(self.node.store.digests())
+        self._write_status()
         if self.members and self.summary.due(now) and "summaries" not in self._pinging:
             self._spawn(self._send_summaries(now), "summaries")
 
@@ -271,6 +282,22 @@ class Mesh:
         if not ranked or ranked[0] == self.node_id:
             return None
         return self.members.get(ranked[0])
+
+    def _write_status(self) -> None:
+        """mesh.json in the cache directory: what `meshcache peers` shows (atomic replace)."""
+        status = {"node_id": self.node_id.hex(), "zone": self.zone, "pid": os.getpid(),
+                  "address": "%s:%d" % self.peers.address if self.peers.address else None,
+                  "time": time.time(), "ping_interval": self.node.config.ping_interval,
+                  "summary_generation": self.summary.generation,
+                  "summary_bytes": self.summary.filter.nbytes, "members": self.describe()}
+        path = os.path.join(self.node.config.cache_dir, STATUS_FILE)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(status, f)
+            os.replace(tmp, path)
+        except OSError as e:
+            log.debug("cannot write %s: %s", path, e)
 
     def describe(self) -> list[dict[str, Any]]:
         """Live members with zone, address and summary size (for `meshcache peers`)."""

@@ -103,6 +103,10 @@ class PeerService:
                 else:
                     reply = wire.Error(wire.ERR_BLOCK_SIZE, "block size or cluster tag differ")
                 await stream.send_frame(wire.encode(reply))
+            elif isinstance(msg, wire.Leave) and self.node.mesh is not None:
+                if msg.node_id == conn.peer_node_id:
+                    self.node.mesh.leave(msg.node_id)
+                await stream.send_frame(wire.encode(wire.Ack(0)))
             elif isinstance(msg, (wire.Summary, wire.SummaryDelta)) and self.node.mesh is not None:
                 if msg.node_id != conn.peer_node_id:
                     reply = wire.Error(wire.ERR_AUTH, "summary of another node")

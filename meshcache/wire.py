@@ -319,12 +319,23 @@ class Error:
         _text("text", self.text, MAX_TEXT)
 
 
+@dataclass(frozen=True)
+class Leave:
+    """LEAVE: the sender is shutting down; drop it from membership now (graceful leave)."""
+
+    TYPE: ClassVar[int] = 13
+    node_id: bytes
+
+    def __post_init__(self) -> None:
+        _bytes("node_id", self.node_id, MAX_ID, 1)
+
+
 Message = Union[Hello, Auth, GetBlock, Block, Miss, GetManifest, ManifestMsg, Summary,
-                SummaryDelta, Ping, Ack, Error]
+                SummaryDelta, Ping, Ack, Error, Leave]
 
 _TYPES: dict[int, type] = {c.TYPE: c for c in (Hello, Auth, GetBlock, Block, Miss, GetManifest,
                                                 ManifestMsg, Summary, SummaryDelta, Ping, Ack,
-                                                Error)}
+                                                Error, Leave)}
 _FIELDS: dict[type, tuple[str, ...]] = {c: tuple(f.name for f in fields(c))
                                         for c in _TYPES.values()}
 

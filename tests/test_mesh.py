@@ -99,12 +99,29 @@ def test_a_member_that_goes_away_is_dropped_and_reads_complete(tmp_path, origin)
         data = make_bytes(30 * SMALL_BLOCK, 72)
         origin.put("m.bin", data)
         url = origin.url_for("m.bin")
-        nodes[2].close()  # gone without a word
+        nodes[2].mesh.members.clear()  # so it sends no LEAVE: gone without a word
+        nodes[2].close()
         assert read_all(nodes[:2], url, data) == [True, True]
         deadline = time.monotonic() + 5
         while any(len(x.mesh.members) != 1 for x in nodes[:2]):
             assert time.monotonic() < deadline
             time.sleep(0.1)
+    finally:
+        for x in nodes:
+            x.close()
+
+
+def test_graceful_leave_is_seen_at_once(tmp_path):
+    nodes = zone(tmp_path, 3, suspect_timeout=30.0)
+    try:
+        t = time.monotonic()
+        nodes[1].close()
+        while any(len(x.mesh.members) != 1 for x in (nodes[0], nodes[2])):
+            assert time.monotonic() - t < 2.0  # far sooner than the 30 s suspicion timeout
+            time.sleep(0.05)
+        time.sleep(0.5)  # the next round rewrites mesh.json, what `meshcache peers` reads
+        status = __import__("json").loads((tmp_path / "n0" / "mesh.json").read_text())
+        assert [m["node_id"] for m in status["members"]] == [nodes[2].mesh.node_id.hex()]
     finally:
         for x in nodes:
             x.close()
