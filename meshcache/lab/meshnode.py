@@ -1,0 +1,75 @@
+"""A lab host's meshcache process: start a node, wait for the zone, read one object, report.
+
+    python -m meshcache.lab.meshnode --cache-dir D --listen ADDR:PORT --peer A:P ... \\
+        --secret S --url URL [--go FILE] [--members N] [--block-size B]
+
+Prints one JSON line when its node is up ({"ready": ...}), waits until it sees `--members` live
+members and the `--go` file exists (so every host starts reading at once), reads the object,
+and prints one JSON line with its timings, counters and the BLAKE3 of what it read. It then
+keeps serving its peers until SIGTERM, as a meshcached would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+from meshcache import Config, Node
+from meshcache.digest import digest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--listen", required=True)
+    p.add_argument("--peer", action="append", default=[])
+    p.add_argument("--secret", required=True)
+    p.add_argument("--url")
+    p.add_argument("--go", help="wait for this file before reading")
+    p.add_argument("--members", type=int, default=0, help="wait for this many live members")
+    p.add_argument("--block-size", type=int, default=4 << 20)
+    p.add_argument("--mdns", action="store_true")
+    p.add_argument("--interface", action="append", default=[])
+    p.add_argument("--max-datagram-size", type=int, default=8952)
+    p.add_argument("--readahead", type=int, default=8)
+    a = p.parse_args(argv)
+    cfg = Config.lan(cache_dir=a.cache_dir, listen=a.listen, peers=a.peer, cluster_secret=a.secret,
+                     block_size=a.block_size, mdns=a.mdns, interfaces=a.interface,
+                     max_datagram_size=a.max_datagram_size, readahead=a.readahead,
+                     ping_interval=0.5, suspect_timeout=3.0, request_timeout=10.0, fsync=False)
+    node = Node(cfg)
+    print(json.dumps({"ready": node.mesh.node_id.hex(), "address": a.listen}), flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    deadline = time.monotonic() + 60
+    while len(node.mesh.members) < a.members and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while a.go and not os.path.exists(a.go) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if a.url:
+        t0 = time.monotonic()
+        try:
+            with node.open(a.url) as f:
+                data = f.read()
+            st = node.stats()
+            out = {"seconds": time.monotonic() - t0, "digest": digest(data).hex(),
+                   "size": len(data), "members": len(node.mesh.members),
+                   **{k: st[k] for k in ("bytes_from_local", "bytes_from_peers",
+                                         "bytes_from_origin", "origin_requests", "peer_errors",
+                                         "bad_peers")}}
+        except Exception as e:  # report, do not hide: the test asserts on it
+            out = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(out), flush=True)
+    while not stop.wait(0.5):
+        pass
+    node.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

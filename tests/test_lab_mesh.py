@@ -1,0 +1,129 @@
+"""The LAN mesh on real network hosts: network namespaces on a bridge (MTU 9000), one meshcache
+process per host, an HTTP origin on its own host. Needs root (skips with the reason otherwise)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import time
+
+import pytest
+
+from meshcache.digest import digest
+from meshcache.lab.httporigin import make_file
+
+from tests.lab_fixtures import lab, needs_lab  # noqa: F401
+
+BLOCK = 256 * 1024
+PORT = 7946
+SECRET = "lab-secret"
+
+
+def readline(proc, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if r:
+            line = proc.stdout.readline()
+            if line:
+                return json.loads(line)
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+    raise TimeoutError("no line in time")
+
+
+def start_origin(lab_, directory):
+    proc = lab_.origin.python(["-m", "meshcache.lab.httporigin", "--dir", str(directory),
+                               "--host", lab_.origin.address, "--port", "8080"],
+                              stdout=subprocess.PIPE, text=True)
+    base = proc.stdout.readline().strip()
+    assert base.startswith("http://"), base
+    return proc, base
+
+
+def start_nodes(lab_, hosts, tmp_path, url, go, secret=SECRET, members=None, peer_hosts=None):
+    procs = []
+    for h in hosts:
+        peers = [f"{o.address}:{PORT}" for o in (peer_hosts or hosts) if o is not h]
+        args = ["-m", "meshcache.lab.meshnode", "--cache-dir", str(tmp_path / h.name),
+                "--listen", f"{h.address}:{PORT}", "--secret", secret, "--url", url,
+                "--go", str(go), "--block-size", str(BLOCK),
+                "--members", str(len(hosts) - 1 if members is None else members)]
+        for p in peers:
+            args += ["--peer", p]
+        procs.append(h.python(args, stdout=subprocess.PIPE, text=True))
+    for p in procs:
+        assert "ready" in readline(p, 60)
+    return procs
+
+
+@pytest.mark.timeout(240)
+def test_eight_hosts_read_one_object_and_the_origin_serves_each_block_once(lab, tmp_path):
+    lab8 = lab(8, origin=True)
+    size = 48 * BLOCK + 1234
+    make_file(tmp_path / "model.bin", size, seed=3)
+    want = digest((tmp_path / "model.bin").read_bytes()).hex()
+    origin, base = start_origin(lab8, tmp_path)
+    go = tmp_path / "go"
+    procs = start_nodes(lab8, lab8.hosts, tmp_path, f"{base}/model.bin", go)
+    time.sleep(1.0)  # members settle, summaries go out
+    go.write_text("go")
+    results = [readline(p, 120) for p in procs]
+    for p in procs:
+        p.terminate()
+    origin.terminate()
+    for r in results:
+        assert "error" not in r, r
+        assert r["digest"] == want and r["members"] == 7
+    total_origin = sum(r["bytes_from_origin"] for r in results)
+    assert total_origin == size, (total_origin, size)  # every block left the origin once
+    assert sum(r["origin_requests"] for r in results) == 49
+    assert sum(r["bytes_from_peers"] for r in results) == 7 * size
+
+
+@pytest.mark.timeout(240)
+def test_member_killed_mid_read_leaves_the_others_complete(lab, tmp_path):
+    lab4 = lab(4, origin=True)
+    size = 64 * BLOCK
+    make_file(tmp_path / "m.bin", size, seed=4)
+    want = digest((tmp_path / "m.bin").read_bytes()).hex()
+    origin, base = start_origin(lab4, tmp_path)
+    go = tmp_path / "go"
+    # the origin is slow (8 Mbit/s) so the kill lands mid-read
+    lab4.cap_egress(lab4.origin, 80e6)
+    procs = start_nodes(lab4, lab4.hosts, tmp_path, f"{base}/m.bin", go)
+    go.write_text("go")
+    time.sleep(0.6)
+    procs[3].kill()
+    results = [readline(p, 150) for p in procs[:3]]
+    for p in procs:
+        p.terminate()
+    origin.terminate()
+    for r in results:
+        assert "error" not in r, r
+        assert r["digest"] == want
+
+
+@pytest.mark.timeout(180)
+def test_wrong_credential_learns_nothing(lab, tmp_path):
+    lab3 = lab(3, origin=True)
+    size = 8 * BLOCK
+    make_file(tmp_path / "m.bin", size, seed=5)
+    want = digest((tmp_path / "m.bin").read_bytes()).hex()
+    origin, base = start_origin(lab3, tmp_path)
+    go = tmp_path / "go"
+    go.write_text("go")
+    good = start_nodes(lab3, lab3.hosts[:2], tmp_path, f"{base}/m.bin", go)
+    good_results = [readline(p, 60) for p in good]
+    bad = start_nodes(lab3, [lab3.hosts[2]], tmp_path, f"{base}/m.bin", go, secret="wrong",
+                      members=0, peer_hosts=lab3.hosts)
+    # it is told about the good hosts but cannot join them
+    bad_result = readline(bad[0], 60)
+    for p in good + bad:
+        p.terminate()
+    origin.terminate()
+    assert all(r["digest"] == want for r in good_results)
+    assert bad_result["digest"] == want  # from the origin
+    assert bad_result["members"] == 0 and bad_result["bytes_from_peers"] == 0
