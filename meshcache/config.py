@@ -83,7 +83,8 @@ class Config:
     cluster_secret_file: str = ""
     mdns: bool = False
     interfaces: list[str] = field(default_factory=list)
-    max_datagram_size: int = 1452
+    # QUIC datagram size; both ends must agree. 0: from the MTU of the listen interface.
+    max_datagram_size: int = 0
     egress_rate: int = 0
     ingress_rate: int = 0
     peer_egress_rate: int = 0
@@ -105,7 +106,7 @@ class Config:
     @classmethod
     def lan(cls, **overrides: Any) -> "Config":
         """A datacenter LAN: mDNS discovery, fast failure detection, credential required."""
-        base = dict(preset="lan", mdns=True, max_datagram_size=1452, ping_interval=1.0,
+        base = dict(preset="lan", mdns=True, ping_interval=1.0,
                     suspect_timeout=5.0, request_timeout=10.0)
         base.update(overrides)
         return cls(**base).validated()
@@ -178,9 +179,12 @@ class Config:
             raise ConfigError(
                 f"block_size: must be a power of two between {MIN_BLOCK_SIZE} and "
                 f"{MAX_BLOCK_SIZE} bytes, got {b}")
-        for key in ("capacity", "readahead", "origin_concurrency", "max_datagram_size"):
+        for key in ("capacity", "readahead", "origin_concurrency"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+        if self.max_datagram_size and not 1200 <= self.max_datagram_size <= 65527:
+            raise ConfigError(f"max_datagram_size: must be 0 (from the MTU) or 1200..65527, "
+                              f"got {self.max_datagram_size}")
         for key in ("metadata_ttl", "origin_timeout", "request_timeout", "ping_interval",
                     "suspect_timeout", "origin_retries", "egress_rate", "ingress_rate",
                     "peer_egress_rate", "peer_ingress_rate"):

@@ -156,7 +156,7 @@ class Mesh:
     def hello_message(self) -> Any:
         port = self.peers.address[1] if self.peers.address else 0
         return wire.Hello(self.node_id, self.node.block_size, self.tag,
-                          self.node.config.max_datagram_size, self.zone, port)
+                          self.peers.datagram_size, self.zone, port)
 
     def accept_hello(self, msg: Any, host: str) -> bool:
         """Admit a member from its HELLO; False (and one log line) when it does not fit."""
@@ -170,6 +170,11 @@ class Mesh:
             return False
         if msg.node_id == self.node_id:
             return False
+        if msg.max_datagram_size != self.peers.datagram_size and msg.node_id not in self.members:
+            log.warning("node %s at %s uses %d-byte QUIC datagrams, this node %d: set "
+                        "max_datagram_size alike on both (no path-MTU discovery)",
+                        msg.node_id.hex()[:12], host, msg.max_datagram_size,
+                        self.peers.datagram_size)
         now = time.monotonic()
         m = self.members.get(msg.node_id)
         if m is None:

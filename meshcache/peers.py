@@ -21,6 +21,7 @@ from .auth import make_authenticator
 from .digest import digest as compute_digest
 from .digest import to_hex
 from .manifest import Manifest, ManifestError
+from .mtu import auto_datagram_size
 from .ratelimit import CHUNK, RateLimiter
 from .transport import Stream, TransportConfig, TransportError
 from .transport.base import parse_address
@@ -52,8 +53,11 @@ class PeerService:
         self.node = node
         self.identity = load_or_create_identity(os.path.join(cfg.cache_dir, "identity"))
         self.node_id = bytes.fromhex(self.identity[2])
+        self.datagram_size = cfg.max_datagram_size or auto_datagram_size(
+            parse_address(cfg.listen)[0])
         self.transport = QuicTransport(
-            TransportConfig.from_config(cfg), identity=self.identity,
+            TransportConfig.from_config(cfg, max_datagram_size=self.datagram_size),
+            identity=self.identity,
             authenticate=make_authenticator(credential, self.node_id))
         self.egress = RateLimiter(cfg.egress_rate, cfg.peer_egress_rate)
         self.ingress = RateLimiter(cfg.ingress_rate, cfg.peer_ingress_rate)

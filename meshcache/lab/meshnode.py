@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-size", type=int, default=4 << 20)
     p.add_argument("--mdns", action="store_true")
     p.add_argument("--interface", action="append", default=[])
-    p.add_argument("--max-datagram-size", type=int, default=8952)
+    p.add_argument("--max-datagram-size", type=int, default=0)
     p.add_argument("--readahead", type=int, default=8)
     a = p.parse_args(argv)
     cfg = Config.lan(cache_dir=a.cache_dir, listen=a.listen, peers=a.peer, cluster_secret=a.secret,
