@@ -71,6 +71,7 @@ class Mesh:
         self._task: asyncio.Task[None] | None = None
         self._ignored: set[bytes] = set()
         self._pinging: dict[Any, asyncio.Task[Any]] = {}  # background pings and summary sends
+        self.discovery: Any = None
         self._evicted_seen = node.store.evicted_blocks + node.store.corrupt_blocks
         self.stats = {"members_up": 0, "members_down": 0, "summaries_sent": 0,
                       "summary_bytes_sent": 0, "hellos_refused": 0}
@@ -80,11 +81,29 @@ class Mesh:
     async def start(self) -> None:
         """Greet the static peers once (so a read right after start can use them), then run
         a round every ping_interval."""
+        if self.node.config.mdns:
+            await self._start_discovery()
         try:
             await self.round()
         except Exception:
             log.exception("first mesh round failed")
         self._task = asyncio.ensure_future(self._run())
+
+    async def _start_discovery(self) -> None:
+        from .discovery import Discovery
+
+        cfg = self.node.config
+        host, port = self.peers.address
+        advertise = [host] if host not in ("0.0.0.0", "::", "") else None
+        self.discovery = Discovery(
+            self.node_id, port, self.zone, self.node.block_size, self.tag, list(cfg.interfaces),
+            lambda ad: self.add_discovered(ad.node_id, (ad.addresses[0], ad.port)),
+            advertise=advertise)
+        try:
+            await self.discovery.start()
+        except OSError as e:  # no multicast here: static peers still work
+            log.warning("mDNS discovery is off: %s", e)
+            self.discovery = None
 
     async def close(self) -> None:
         """Leave gracefully: tell every member (briefly), then stop the rounds."""
@@ -95,6 +114,11 @@ class Mesh:
                                                       timeout=0.5)
                                    for m in list(self.members.values())),
                                  return_exceptions=True)
+        if self.discovery is not None:
+            try:
+                await self.discovery.stop()
+            except Exception as e:
+                log.debug("mDNS stop: %s", e)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -188,9 +212,10 @@ class Mesh:
         return True
 
     def add_discovered(self, node_id: bytes, address: tuple[str, int]) -> None:
-        """mDNS saw a peer: greet it (it becomes a member when it answers HELLO)."""
+        """mDNS saw a peer: greet it now (it becomes a member when it answers HELLO)."""
         if node_id != self.node_id and node_id not in self.members and address not in self.static:
             self.static.append(address)
+            self._spawn(self._hello(address), ("hello", address))
 
     def _down(self, m: Member, why: str) -> None:
         if self.members.pop(m.node_id, None) is not None:

@@ -64,7 +64,7 @@ class Node:
         self.peers: Any = None  # PeerService once started (peers.py)
         self.mesh: Any = None  # Mesh once started (mesh.py)
         self._manifest_asked: dict[bytes, tuple[float, Any]] = {}  # key -> (when, who answered)
-        if self.config.peers or self.config.preset in ("lan", "wan"):
+        if self.config.peers or self.config.mdns or self.config.preset in ("lan", "wan"):
             self.start_peers()
 
     # ---- lifecycle ---------------------------------------------------------------------------

@@ -127,3 +127,26 @@ def test_wrong_credential_learns_nothing(lab, tmp_path):
     assert all(r["digest"] == want for r in good_results)
     assert bad_result["digest"] == want  # from the origin
     assert bad_result["members"] == 0 and bad_result["bytes_from_peers"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_three_hosts_find_each_other_by_mdns(lab, tmp_path):
+    lab3 = lab(3)
+    procs = []
+    for h in lab3.hosts:
+        procs.append(h.python(["-m", "meshcache.lab.meshnode", "--cache-dir",
+                               str(tmp_path / h.name), "--listen", f"{h.address}:{PORT}",
+                               "--secret", SECRET, "--mdns", "--interface", h.address,
+                               "--members", "2", "--block-size", str(BLOCK),
+                               "--report-members"],
+                              stdout=subprocess.PIPE, text=True))
+    try:
+        for p in procs:
+            assert "ready" in readline(p, 60)
+        t = time.monotonic()
+        seen = [readline(p, 30) for p in procs]
+        assert all(s["members"] == 2 for s in seen), seen
+        assert max(s["waited"] for s in seen) < 5.0  # "within a few seconds"
+    finally:
+        for p in procs:
+            p.terminate()

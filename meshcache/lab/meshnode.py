@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interface", action="append", default=[])
     p.add_argument("--max-datagram-size", type=int, default=0)
     p.add_argument("--readahead", type=int, default=8)
+    p.add_argument("--report-members", action="store_true",
+                   help="print how many members it saw and how long that took")
     a = p.parse_args(argv)
     cfg = Config.lan(cache_dir=a.cache_dir, listen=a.listen, peers=a.peer, cluster_secret=a.secret,
                      block_size=a.block_size, mdns=a.mdns, interfaces=a.interface,
@@ -46,9 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"ready": node.mesh.node_id.hex(), "address": a.listen}), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    deadline = time.monotonic() + 60
+    t0 = time.monotonic()
+    deadline = t0 + 60
     while len(node.mesh.members) < a.members and time.monotonic() < deadline:
         time.sleep(0.05)
+    if a.report_members:
+        print(json.dumps({"members": len(node.mesh.members),
+                          "waited": time.monotonic() - t0}), flush=True)
     while a.go and not os.path.exists(a.go) and time.monotonic() < deadline:
         time.sleep(0.01)
     if a.url:
