@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .blocks import block_count, block_span
 from .config import Config
 from .digest import digest as compute_digest
+from .gate import Gate
 from .loop import LoopThread
 from .manifest import Manifest
 from .origin import ObjectChanged, ObjectNotFound, Origin, OriginError, normalize_url
@@ -72,7 +73,7 @@ class Node:
     def _reset_async_state(self) -> None:
         self._origin: Origin | None = None
         self._flights: SingleFlight[FetchResult] = SingleFlight()
-        self._origin_sem: asyncio.Semaphore | None = None
+        self._origin_sem: Gate | None = None
         self._flusher: asyncio.Task[None] | None = None
 
     def _after_fork(self) -> None:
@@ -99,12 +100,17 @@ class Node:
             self._loop.run(start())
         return self.peers.address
 
-    def _async_state(self) -> tuple[Origin, asyncio.Semaphore]:
+    def _origin_limit(self) -> int:
+        """Origin reads this node may have in flight: its share of the zone's."""
+        n = 1 + (len(self.mesh.live()) if self.mesh is not None else 0)
+        return -(-self.config.origin_concurrency // n)
+
+    def _async_state(self) -> tuple[Origin, Gate]:
         """Loop-bound objects, made on first use on the loop (and again after fork)."""
         if self._origin is None or self._origin_sem is None:
             loop = asyncio.get_running_loop()
             self._origin = Origin(loop, self.config.origin_timeout)
-            self._origin_sem = asyncio.Semaphore(self.config.origin_concurrency)
+            self._origin_sem = Gate(self._origin_limit)
             self._flusher = loop.create_task(self._flush_manifests_periodically())
         return self._origin, self._origin_sem
 

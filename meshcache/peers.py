@@ -250,7 +250,12 @@ class PeerService:
                 await stream.send_frame(wire.encode(wire.GetBlock(
                     next(self._ids), known or wire.NO_DIGEST, version.url, index, version.token,
                     version.size)))
-                reply = self._decode(await stream.recv_frame(MAX_REQUEST_FRAME), peer)
+                # The owner may be reading a congested origin for the whole zone: wait as long
+                # as an origin read may take rather than read the origin a second time.
+                cfg = self.node.config
+                wait = cfg.origin_timeout * (cfg.origin_retries + 1) + cfg.request_timeout
+                reply = self._decode(await stream.recv_frame(MAX_REQUEST_FRAME, timeout=wait),
+                                     peer)
                 if isinstance(reply, (wire.Error, wire.Miss)):
                     raise TransportError(f"owner {peer} could not fetch block {index} of "
                                          f"{version.url}: {getattr(reply, 'text', 'miss')}")
