@@ -291,6 +291,44 @@ def measure(args: argparse.Namespace, mode: str, work: str, manifest: str) -> di
         server.wait(10)
 
 
+def measure_nodes(work: str, size: int, datagram_size: int) -> float:
+    """The whole product path: a `meshcached` serving its store, a Node in this process reading
+    an object through the mesh (GET_BLOCK, rate limiter, BLAKE3 check, store put). MB/s."""
+    from meshcache import Config, Node
+    from meshcache.lab.httporigin import OriginServer
+
+    secret = "transfer-bench"
+    with OriginServer(directory=work) as srv:
+        make_file(os.path.join(work, "object.bin"), size, seed=99)
+        url = srv.url_for("object.bin")
+        a_dir = os.path.join(work, "node-a")
+        seed = Node(Config.local(cache_dir=a_dir, fsync=False))
+        seed.prewarm(url)
+        seed.close()
+        env = dict(os.environ, MESHCACHE_CLUSTER_SECRET=secret, MESHCACHE_CACHE_DIR=a_dir,
+                   MESHCACHE_LISTEN="127.0.0.1:0", MESHCACHE_FSYNC="0",
+                   MESHCACHE_MAX_DATAGRAM_SIZE=str(datagram_size))
+        proc = subprocess.Popen([sys.executable, "-m", "meshcache.daemon"], env=env,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            addr = json.loads(proc.stdout.readline())["address"]
+            node = Node(Config.local(cache_dir=os.path.join(work, "node-b"), fsync=False,
+                                     cluster_secret=secret, listen="127.0.0.1:0", peers=[addr],
+                                     max_datagram_size=datagram_size))
+            buf = bytearray(4 * MiB)
+            t = time.perf_counter()
+            with node.open(url) as f:
+                while f.readinto(buf):
+                    pass
+                assert f.stats["bytes_from_peers"] == size, f.stats
+            seconds = time.perf_counter() - t
+            node.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return size / seconds / 1e6
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="256 MiB per transport (< 2 minutes)")
@@ -305,6 +343,8 @@ def main() -> None:
     p.add_argument("--sockbuf", type=int, default=4 * MiB, help="QUIC SO_RCVBUF/SO_SNDBUF")
     p.add_argument("--max-cwnd", type=int, default=4 * MiB, help="QUIC congestion window cap")
     # child processes
+    p.add_argument("--no-nodes", action="store_true",
+                   help="skip the meshcached -> Node measurement of the whole product path")
     p.add_argument("--role", choices=("server", "client"), help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
@@ -370,6 +410,13 @@ def main() -> None:
                 x["client"] for x in runs[mode])
         if "quic_MBps" in result and "tls_tcp_MBps" in result:
             result["ratio_vs_tls"] = result["quic_MBps"] / result["tls_tcp_MBps"]
+        if not args.no_nodes:
+            result["node_to_node_MBps"] = measure_nodes(work, min(moved, 256 * MiB),
+                                                        args.datagram_size)
+            log(f"nodes    {result['node_to_node_MBps']:7.1f} MB/s (meshcached store -> "
+                "Node store, verified)")
+            if "tls_tcp_MBps" in result:
+                result["node_ratio_vs_tls"] = result["node_to_node_MBps"] / result["tls_tcp_MBps"]
         emit(result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
