@@ -271,9 +271,9 @@ def peers(obj: _Ctx, as_json: bool) -> None:
         return
     click.echo(f"this node {status['node_id'][:16]} at {status['address']} zone {status['zone']}"
                f", summary {_human(status['summary_bytes'])} gen {status['summary_generation']}")
-    click.echo(f"{'node':<18}{'zone':<12}{'address':<24}{'summary':>10}  seen")
+    click.echo(f"{'node':<18}{'zone':<12}{'address':<24}{'state':<9}{'summary':>10}  seen")
     for m in status["members"]:
-        click.echo(f"{m['node_id'][:16]:<18}{m['zone']:<12}{m['address']:<24}"
+        click.echo(f"{m['node_id'][:16]:<18}{m['zone']:<12}{m['address']:<24}{m['state']:<9}"
                    f"{_human(m['summary_bytes']):>10}  {m['last_seen_s']:.1f} s ago")
     if not status["members"]:
         click.echo("(no live members)")

@@ -49,6 +49,7 @@ class Member:
     zone: str
     last_seen: float
     summary_generation: int = 0  # the generation of ours it holds (0: none: send full)
+    suspect: bool = False  # silent for half the suspect timeout: not asked, not an owner
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,8 +151,14 @@ class Mesh:
                 self._spawn(self._ping(m), ("ping", m.node_id))
         limit = self.node.config.suspect_timeout
         for m in list(self.members.values()):
-            if now - m.last_seen > limit:
-                self._down(m, f"silent for {now - m.last_seen:.1f} s")
+            silent = now - m.last_seen
+            if silent > limit:
+                self._down(m, f"silent for {silent:.1f} s")
+            elif silent > limit / 2 and not m.suspect:
+                # Suspected: no longer an owner or a source, but kept (and pinged) a while in
+                # case it was only slow; an ACK clears it (Lifeguard's suspicion, simplified).
+                m.suspect = True
+                log.info("member suspect: %s (silent for %.1f s)", m.node_id.hex()[:12], silent)
         evicted = self.node.store.evicted_blocks + self.node.store.corrupt_blocks
         if evicted > self._evicted_seen:
             self.summary.removed(evicted - self._evicted_seen)
@@ -230,7 +237,7 @@ class Mesh:
 
     def live(self, zone: str | None = None) -> list[Member]:
         z = self.zone if zone is None else zone
-        return [m for m in self.members.values() if m.zone == z]
+        return [m for m in self.members.values() if m.zone == z and not m.suspect]
 
     async def _hello(self, address: tuple[str, int]) -> None:
         try:
@@ -251,6 +258,7 @@ class Mesh:
             return
         if isinstance(reply, wire.Ack):
             m.last_seen = time.monotonic()
+            m.suspect = False
 
     # ---- summaries -----------------------------------------------------------------------------
 
@@ -302,7 +310,7 @@ class Mesh:
 
     def holders(self, digest: bytes) -> list[Member]:
         """Live members whose summary may hold `digest`, least busy first."""
-        ids = self.remote.holders(digest, self.members)
+        ids = self.remote.holders(digest, [i for i, m in self.members.items() if not m.suspect])
         load = self.peers.inflight
         return sorted((self.members[i] for i in ids), key=lambda m: load(m.address))
 
@@ -333,7 +341,8 @@ class Mesh:
         """Live members with zone, address and summary size (for `meshcache peers`)."""
         now = time.monotonic()
         return [{"node_id": m.node_id.hex(), "address": f"{m.address[0]}:{m.address[1]}",
-                 "zone": m.zone, "summary_bytes": self.remote.size(m.node_id),
+                 "zone": m.zone, "state": "suspect" if m.suspect else "alive",
+                 "summary_bytes": self.remote.size(m.node_id),
                  "summary_generation": self.remote.generation(m.node_id),
                  "last_seen_s": round(now - m.last_seen, 2)}
                 for m in sorted(self.members.values(), key=lambda m: m.node_id)]

@@ -95,7 +95,9 @@ class PeerService:
             elif isinstance(msg, wire.Ping):
                 mesh = self.node.mesh
                 if mesh is not None and conn.peer_node_id in mesh.members:
-                    mesh.members[conn.peer_node_id].last_seen = time.monotonic()
+                    member = mesh.members[conn.peer_node_id]
+                    member.last_seen = time.monotonic()
+                    member.suspect = False
                 await stream.send_frame(wire.encode(wire.Ack(msg.seq)))
             elif isinstance(msg, wire.Hello) and self.node.mesh is not None:
                 mesh = self.node.mesh

@@ -125,3 +125,23 @@ def test_graceful_leave_is_seen_at_once(tmp_path):
     finally:
         for x in nodes:
             x.close()
+
+
+def test_silent_member_is_suspected_before_it_is_removed(tmp_path):
+    nodes = zone(tmp_path, 2, suspect_timeout=2.0)
+    try:
+        silent = nodes[1]
+        silent.mesh.members.clear()  # no LEAVE
+        silent.close()
+        a = nodes[0].mesh
+        t = time.monotonic()
+        while not any(m.suspect for m in a.members.values()):
+            assert time.monotonic() - t < 2.0
+            time.sleep(0.05)
+        assert a.live() == [] and a.owner(b"any key") is None  # no longer an owner
+        while a.members:
+            assert time.monotonic() - t < 4.0
+            time.sleep(0.05)
+    finally:
+        for x in nodes:
+            x.close()

@@ -178,3 +178,33 @@ def test_garbage_datagrams_leave_the_server_serving(tmp_path, origin):
         node.close()
     finally:
         stop(proc)
+
+
+def test_malformed_messages_get_an_error_and_the_server_keeps_serving(tmp_path, origin):
+    from meshcache import wire
+
+    data = make_bytes(4 * SMALL_BLOCK, 55)
+    origin.put("m.bin", data)
+    url = origin.url_for("m.bin")
+    warm(tmp_path, url)
+    proc, addr = start_daemon(tmp_path / "a")
+    try:
+        node = reader_node(tmp_path, [addr])
+        host, port = addr.rsplit(":", 1)
+
+        async def garbage(frame):
+            stream = await node.peers.transport.open_stream((host, int(port)))
+            async with stream:
+                await stream.send_frame(frame)
+                return wire.decode(await stream.recv_frame())
+
+        for frame in (b"\xff" * 40, wire.encode(wire.Ping(1))[:-1], b"\x9f" + b"\x00" * 30,
+                      bytes([0x83, 0x01, 0x03, 0x5b]) + b"\xff" * 8):  # a string of 2**64 bytes
+            reply = node._loop.run(garbage(frame))
+            assert isinstance(reply, wire.Error) and reply.code == wire.ERR_BAD_REQUEST
+        with node.open(url) as f:
+            assert f.read() == data and f.stats["bytes_from_peers"] == len(data)
+        assert proc.poll() is None
+        node.close()
+    finally:
+        stop(proc)
