@@ -33,6 +33,17 @@ def _line(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
     raise TimeoutError("meshnode said nothing in time")
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every process, then SIGKILL what has not exited after 10 s."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def run_meshcache(lab: Any, origin_url: str, size: int, rate_bits: float,
                   block_size: int = 4 << 20, timeout: float = 600) -> dict[str, Any]:
     """Time 8 (or len(lab.hosts)) meshcache nodes reading `origin_url` at once."""
@@ -62,13 +73,7 @@ def run_meshcache(lab: Any, origin_url: str, size: int, rate_bits: float,
             done_at.append(time.monotonic() - t0)
         origin_bytes = tx_bytes(lab.origin) - before
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
     errors = [r["error"] for r in results if "error" in r]
     if errors:
         raise RuntimeError(f"meshcache nodes failed: {errors}")

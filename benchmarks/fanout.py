@@ -19,7 +19,7 @@ import warnings
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # libtorrent's 1.x-style API
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import GiB, MiB, emit, log, make_file, parse  # noqa: E402
-from _mesh_fanout import _line, run_meshcache, tx_bytes  # noqa: E402
+from _mesh_fanout import _line, run_meshcache, stop_all, tx_bytes  # noqa: E402
 
 from meshcache.lab.netns import Lab, requires_root  # noqa: E402
 
@@ -60,13 +60,7 @@ def run_libtorrent(lab: Lab, torrent: str, work: str, timeout: float) -> dict:
         done = [_line(p, timeout)["done"] for p in procs]
         origin_bytes = tx_bytes(lab.origin) - before
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
     return {"libtorrent_s": max(done), "libtorrent_origin_bytes": origin_bytes}
 
 
