@@ -145,3 +145,32 @@ def test_silent_member_is_suspected_before_it_is_removed(tmp_path):
     finally:
         for x in nodes:
             x.close()
+
+
+def test_meshcache_peers_lists_the_members(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    nodes = zone(tmp_path, 3)
+    try:
+        time.sleep(0.5)  # a round writes mesh.json
+        env = dict(os.environ, MESHCACHE_CACHE_DIR=str(tmp_path / "n0"))
+        out = subprocess.run([sys.executable, "-m", "meshcache.cli", "peers", "--json"],
+                             env=env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        status = json.loads(out.stdout)
+        assert {m["node_id"] for m in status["members"]} == \
+            {x.mesh.node_id.hex() for x in nodes[1:]}
+        assert all(m["zone"] == "default" and m["state"] == "alive" for m in status["members"])
+        text = subprocess.run([sys.executable, "-m", "meshcache.cli", "peers"], env=env,
+                              capture_output=True, text=True, timeout=30).stdout
+        assert nodes[1].mesh.node_id.hex()[:16] in text
+    finally:
+        for x in nodes:
+            x.close()
+    env = dict(os.environ, MESHCACHE_CACHE_DIR=str(tmp_path / "nothing-here"))
+    gone = subprocess.run([sys.executable, "-m", "meshcache.cli", "peers"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 5 and "no running meshcached" in gone.stderr
