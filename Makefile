@@ -38,7 +38,7 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: install
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
+	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
 
 fuzz: install
 	$(PY) -m pytest -q tests/fuzz -p no:cacheprovider
