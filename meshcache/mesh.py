@@ -218,6 +218,16 @@ class Mesh:
             m.address = (host, msg.port)
         return True
 
+    def touch(self, node_id: bytes | None = None, address: Any = None) -> None:
+        """Any exchange with a member proves it alive, not only an ACK to a PING: a member busy
+        serving blocks on a loaded host must not be suspected for answering pings late."""
+        m = self.members.get(node_id) if node_id is not None else None
+        if m is None and address is not None:
+            m = next((x for x in self.members.values() if x.address == address), None)
+        if m is not None:
+            m.last_seen = time.monotonic()
+            m.suspect = False
+
     def add_discovered(self, node_id: bytes, address: tuple[str, int]) -> None:
         """mDNS saw a peer: greet it now (it becomes a member when it answers HELLO)."""
         if node_id != self.node_id and node_id not in self.members and address not in self.static:

@@ -81,6 +81,8 @@ class PeerService:
 
     async def _serve(self, stream: Stream) -> None:
         conn = stream.connection
+        if self.node.mesh is not None:
+            self.node.mesh.touch(conn.peer_node_id)
         try:
             frame = await stream.recv_frame(MAX_SUMMARY_FRAME)
             try:
@@ -167,6 +169,10 @@ class PeerService:
 
     # ---- asking --------------------------------------------------------------------------------
 
+    def _alive(self, peer: Any) -> None:
+        if self.node.mesh is not None:
+            self.node.mesh.touch(address=peer)
+
     def inflight(self, peer: Any) -> int:
         """Requests to `peer` in flight now (candidates are chosen by load)."""
         return self._inflight.get(peer, 0)
@@ -210,6 +216,7 @@ class PeerService:
                 data = await self._recv_block(stream, conn, reply.size)
             if compute_digest(data) != d:
                 raise self._misbehaved(peer, conn, f"sent bytes that do not hash to {to_hex(d)}")
+            self._alive(peer)
             return data
         finally:
             self._inflight[peer] -= 1
@@ -267,6 +274,7 @@ class PeerService:
                 data = await self._recv_block(stream, conn, reply.size)
             if compute_digest(data) != reply.digest:
                 raise self._misbehaved(peer, conn, "sent bytes that do not hash to their digest")
+            self._alive(peer)
             return reply.digest, data
         finally:
             self._inflight[peer] -= 1

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config.lan(cache_dir=a.cache_dir, listen=a.listen, peers=a.peer, cluster_secret=a.secret,
                      block_size=a.block_size, mdns=a.mdns, interfaces=a.interface,
                      max_datagram_size=a.max_datagram_size, readahead=a.readahead,
-                     ping_interval=0.5, suspect_timeout=3.0, request_timeout=10.0, fsync=False)
+                     ping_interval=0.5, suspect_timeout=5.0, request_timeout=10.0, fsync=False)
     node = Node(cfg)
     print(json.dumps({"ready": node.mesh.node_id.hex(), "address": a.listen}), flush=True)
     stop = threading.Event()
