@@ -46,8 +46,20 @@ def main(argv: list[str] | None = None) -> int:
                      ping_interval=0.5, suspect_timeout=5.0, request_timeout=10.0, fsync=False)
     node = Node(cfg)
     print(json.dumps({"ready": node.mesh.node_id.hex(), "address": a.listen}), flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def on_term(*_: object) -> None:
+        raise SystemExit(0)  # also interrupts a read in progress
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return _run(a, node)
+    except SystemExit:
+        return 0
+    finally:
+        node.close()
+
+
+def _run(a: argparse.Namespace, node: Node) -> int:
     t0 = time.monotonic()
     deadline = t0 + 60
     while len(node.mesh.members) < a.members and time.monotonic() < deadline:
@@ -71,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # report, do not hide: the test asserts on it
             out = {"error": f"{type(e).__name__}: {e}"}
         print(json.dumps(out), flush=True)
-    while not stop.wait(0.5):
-        pass
-    node.close()
+    threading.Event().wait()  # serve peers until SIGTERM
     return 0
 
 
