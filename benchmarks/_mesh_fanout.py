@@ -85,4 +85,6 @@ def run_meshcache(lab: Any, origin_url: str, size: int, rate_bits: float,
             "meshcache_origin_bytes": origin_bytes,
             "meshcache_origin_requests": sum(r["origin_requests"] for r in results),
             "meshcache_bytes_from_peers": sum(r["bytes_from_peers"] for r in results),
+            "meshcache_owner_failures": sum(r.get("owner_failures", 0) for r in results),
+            "meshcache_peer_errors": sum(r.get("peer_errors", 0) for r in results),
             "meshcache_digest": digests.pop(), "slowest_s": slowest}

@@ -33,7 +33,7 @@ log = logging.getLogger("meshcache.node")
 
 STAT_KEYS = ("bytes_from_local", "bytes_from_peers", "bytes_from_origin", "origin_requests",
              "block_hits", "block_misses", "origin_errors", "store_errors", "corrupt_blocks",
-             "evicted_blocks", "version_changes", "bad_hints")
+             "evicted_blocks", "version_changes", "bad_hints", "owner_failures")
 
 
 @dataclass
@@ -362,14 +362,24 @@ class Node:
         owner = mesh.owner(version.key + index.to_bytes(8, "big")) if forward else None
         if owner is None or peers.penalized(owner.address):
             return None
-        try:
-            d, data = await peers.get_block_by_hint(owner.address, version, index, known,
-                                                    self.block_size)
-        except Exception as e:
-            peers.failed(owner.address, e)
-            log.info("owner %s of block %d of %s failed: %s; reading the origin", owner.address,
-                     index, version.url, e)
-            return None
+        from .peers import PeerMisbehaved
+
+        for attempt in (1, 2):
+            try:
+                d, data = await peers.get_block_by_hint(owner.address, version, index, known,
+                                                        self.block_size)
+                break
+            except Exception as e:
+                peers.failed(owner.address, e)
+                self.count(owner_failures=1)
+                # An owner that is still connected is busy, not gone: ask it once more (a
+                # retry joins its fetch) before reading the origin a second time for the zone.
+                again = attempt == 1 and peers.reachable(owner.address) \
+                    and not isinstance(e, PeerMisbehaved)
+                log.info("owner %s of block %d of %s failed: %s; %s", owner.address, index,
+                         version.url, e, "asking again" if again else "reading the origin")
+                if not again:
+                    return None
         if len(data) != length:
             return None
         return await self._keep(version, index, d, data, "peer")

@@ -181,13 +181,18 @@ class PeerService:
         """True while a peer that misbehaved or failed is being avoided."""
         return self._penalty.get(peer, 0.0) > time.monotonic()
 
+    def reachable(self, peer: Any) -> bool:
+        """True while an authenticated connection to `peer` is open."""
+        key = parse_address(peer)
+        return any(parse_address(c.peer.address) == key for c in self.transport.connections)
+
     def failed(self, peer: Any, exc: BaseException) -> None:
-        """Count a failed request; an unreachable or stalled peer is avoided for a moment."""
+        """Count a failed request. A peer we cannot reach is avoided until membership has had
+        time to decide whether it is gone; one that is only slow (busy) is not."""
         if isinstance(exc, PeerMisbehaved):
             return  # counted and punished where it was detected
         self.stats["peer_errors"] += 1
-        if isinstance(exc, (TransportError, asyncio.TimeoutError, OSError)):
-            # Avoid it until membership has had time to decide whether it is gone.
+        if not self.reachable(peer):
             hold = max(2.0, self.node.config.suspect_timeout)
             self._penalty[peer] = max(self._penalty.get(peer, 0.0), time.monotonic() + hold)
 

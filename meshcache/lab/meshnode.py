@@ -79,7 +79,7 @@ def _run(a: argparse.Namespace, node: Node) -> int:
                    "size": len(data), "members": len(node.mesh.members),
                    **{k: st[k] for k in ("bytes_from_local", "bytes_from_peers",
                                          "bytes_from_origin", "origin_requests", "peer_errors",
-                                         "bad_peers")}}
+                                         "bad_peers", "owner_failures")}}
         except Exception as e:  # report, do not hide: the test asserts on it
             out = {"error": f"{type(e).__name__}: {e}"}
         print(json.dumps(out), flush=True)
