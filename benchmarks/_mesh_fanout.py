@@ -56,6 +56,8 @@ def run_meshcache(lab: Any, origin_url: str, size: int, rate_bits: float,
                 "--listen", f"{h.address}:{PORT}", "--secret", "fanout-secret",
                 "--url", origin_url, "--go", go, "--members", str(len(hosts) - 1),
                 "--block-size", str(block_size)]
+        if os.environ.get("FANOUT_LOGS"):
+            args += ["--log", os.path.join(os.environ["FANOUT_LOGS"], h.name + ".log")]
         for o in hosts:
             if o is not h:
                 args += ["--peer", f"{o.address}:{PORT}"]
@@ -86,5 +88,8 @@ def run_meshcache(lab: Any, origin_url: str, size: int, rate_bits: float,
             "meshcache_origin_requests": sum(r["origin_requests"] for r in results),
             "meshcache_bytes_from_peers": sum(r["bytes_from_peers"] for r in results),
             "meshcache_owner_failures": sum(r.get("owner_failures", 0) for r in results),
+            "meshcache_origin_errors": sum(r.get("origin_errors", 0) for r in results),
+            "meshcache_members_down": sum(r.get("members_down", 0) for r in results),
+            "meshcache_origin_requests_per_host": [r["origin_requests"] for r in results],
             "meshcache_peer_errors": sum(r.get("peer_errors", 0) for r in results),
             "meshcache_digest": digests.pop(), "slowest_s": slowest}

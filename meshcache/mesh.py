@@ -69,6 +69,7 @@ class Mesh:
         self.summary.rebuild(node.store.digests())
         self.remote = RemoteSummaries()
         self._seq = 0
+        self._last_round: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._ignored: set[bytes] = set()
         self._pinging: dict[Any, asyncio.Task[Any]] = {}  # background pings and summary sends
@@ -141,6 +142,7 @@ class Mesh:
     async def round(self) -> None:
         """Greet static peers, ping members, expire the silent, send summaries when due."""
         now = time.monotonic()
+        self._forgive_own_stall(now)
         known = {m.address for m in self.members.values()}
         greet = [a for a in self.static if a not in known and a != self.peers.address]
         # Greetings are awaited (a first round must know the static peers); pings run in the
@@ -168,6 +170,19 @@ class Mesh:
         self._write_status()
         if self.members and self.summary.due(now) and "summaries" not in self._pinging:
             self._spawn(self._send_summaries(now), "summaries")
+
+    def _forgive_own_stall(self, now: float) -> None:
+        """When this round runs late, this process (or its whole host) was stalled, not the
+        members: nothing they sent could be read meanwhile. Their silence clocks skip the stall,
+        as Lifeguard's local health does, or one frozen second would drop the whole zone."""
+        interval = self.node.config.ping_interval
+        if self._last_round is not None:
+            stall = now - self._last_round - 2 * interval
+            if stall > 0:
+                log.info("mesh round %.1f s late: not counted as members' silence", stall)
+                for m in self.members.values():
+                    m.last_seen = min(now, m.last_seen + stall)
+        self._last_round = now
 
     def _spawn(self, coro: Any, key: Any) -> None:
         """Run `coro` in the background, at most one per key at a time."""

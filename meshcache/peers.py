@@ -58,7 +58,7 @@ class PeerService:
         self.transport = QuicTransport(
             TransportConfig.from_config(cfg, max_datagram_size=self.datagram_size),
             identity=self.identity,
-            authenticate=make_authenticator(credential, self.node_id))
+            authenticate=self._authenticator(make_authenticator(credential, self.node_id)))
         self.egress = RateLimiter(cfg.egress_rate, cfg.peer_egress_rate)
         self.ingress = RateLimiter(cfg.ingress_rate, cfg.peer_ingress_rate)
         self.address: tuple[str, int] | None = None
@@ -67,6 +67,20 @@ class PeerService:
         self._ids = itertools.count(1)
         self.stats = {"peer_errors": 0, "peer_misses": 0, "bytes_to_peers": 0,
                       "blocks_to_peers": 0, "bad_peers": 0}
+
+    def _authenticator(self, authenticate: Any) -> Any:
+        """`authenticate`, then count any packet of the now trusted peer as a sign of life (a
+        member busy streaming blocks may answer a PING late: its ACK waits behind the data)."""
+
+        async def hook(conn: Any) -> None:
+            await authenticate(conn)
+            conn.on_heard = self._heard
+
+        return hook
+
+    def _heard(self, conn: Any) -> None:
+        if self.node.mesh is not None and conn.peer_node_id is not None:
+            self.node.mesh.touch(conn.peer_node_id)
 
     # ---- serving -------------------------------------------------------------------------------
 

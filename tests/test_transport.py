@@ -153,6 +153,38 @@ def test_8mib_payload_streamed_intact(kind: str) -> None:
     run(main())
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_on_heard_counts_any_traffic_rate_limited(kind: str) -> None:
+    """Packets of a stream still in progress call the connection's on_heard (a peer busy
+    streaming is alive before it finishes), at most once per HEARD_INTERVAL."""
+    from meshcache.transport.base import HEARD_INTERVAL
+
+    async def serve(stream: Any) -> None:
+        await stream.recv_frame()
+        for _ in range(12):  # ~1.2 s of data, no frame the client waits for
+            await stream.send_payload([b"x" * 4096])
+            await asyncio.sleep(0.1)
+        await stream.finish()
+
+    async def main() -> None:
+        async with Pair(kind, serve) as p:
+            s = await p.client.open_stream(p.addr)
+            calls: list[float] = []
+            loop = asyncio.get_running_loop()
+            s.connection.on_heard = lambda conn: calls.append(loop.time())
+            await s.send_frame(b"go")
+            t0 = loop.time()
+            async for _ in s.recv_payload(12 * 4096):
+                pass
+            assert loop.time() - t0 >= 1.0
+            assert len(calls) >= 3, calls
+            gaps = [b - a for a, b in zip(calls, calls[1:])]
+            assert min(gaps) >= HEARD_INTERVAL - 0.01, gaps
+            assert len(calls) <= (calls[-1] - calls[0]) / HEARD_INTERVAL + 1
+
+    run(main())
+
+
 def test_quic_default_datagram_size() -> None:
     """1452-byte datagrams (the LAN default) carry a payload too."""
     block = payload(1 * MiB, 3)

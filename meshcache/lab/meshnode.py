@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -39,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readahead", type=int, default=8)
     p.add_argument("--report-members", action="store_true",
                    help="print how many members it saw and how long that took")
+    p.add_argument("--log", help="append INFO logs (with times) to this file")
     a = p.parse_args(argv)
+    if a.log:
+        logging.basicConfig(filename=a.log, level=logging.INFO,
+                            format="%(relativeCreated)8.0f %(name)s: %(message)s")
     cfg = Config.lan(cache_dir=a.cache_dir, listen=a.listen, peers=a.peer, cluster_secret=a.secret,
                      block_size=a.block_size, mdns=a.mdns, interfaces=a.interface,
                      max_datagram_size=a.max_datagram_size, readahead=a.readahead,
@@ -79,7 +84,8 @@ def _run(a: argparse.Namespace, node: Node) -> int:
                    "size": len(data), "members": len(node.mesh.members),
                    **{k: st[k] for k in ("bytes_from_local", "bytes_from_peers",
                                          "bytes_from_origin", "origin_requests", "peer_errors",
-                                         "bad_peers", "owner_failures")}}
+                                         "bad_peers", "owner_failures", "origin_errors")},
+                   "members_down": node.mesh.stats["members_down"]}
         except Exception as e:  # report, do not hide: the test asserts on it
             out = {"error": f"{type(e).__name__}: {e}"}
         print(json.dumps(out), flush=True)

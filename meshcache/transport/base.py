@@ -36,6 +36,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import math
 from functools import partial
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -47,6 +48,7 @@ MiB = 1024 * KiB
 
 FRAME_HEADER = 4  # bytes of the big-endian frame length
 ALPN = "meshcache/1"
+HEARD_INTERVAL = 0.25  # seconds between two Connection.on_heard calls
 
 # Application error codes carried by stream resets and connection closes.
 ERR_NONE = 0
@@ -493,6 +495,17 @@ class Connection(abc.ABC):
         self._closed_exc: ConnectionClosed | None = None
         self._closed_event = asyncio.Event()
         self._streams: dict[int, Stream] = {}
+        # Called (with this connection) when packets from the peer arrive, at most every
+        # HEARD_INTERVAL seconds: liveness can count any traffic, not only replies to pings.
+        self.on_heard: Callable[["Connection"], None] | None = None
+        self._heard_at = -math.inf
+
+    def _heard(self, now: float) -> None:
+        """The transport received a packet from the peer at `now` (cheap: hot path)."""
+        if now - self._heard_at >= HEARD_INTERVAL:
+            self._heard_at = now
+            if self.on_heard is not None:
+                self.on_heard(self)
 
     def __repr__(self) -> str:
         side = "client" if self.is_client else "server"

@@ -65,6 +65,7 @@ class MemoryStream(Stream):
         self._announce()
         self.bytes_sent += len(data)
         other._feed(data)
+        other.connection._heard(asyncio.get_running_loop().time())
         # let the reader run; with a large backlog, wait until it took some
         while other._buffered > self.config.stream_send_buffer and not other._closed \
                 and other._error is None and self._send_error is None:

@@ -377,7 +377,10 @@ class _Protocol(QuicConnectionProtocol):
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         try:
-            self._quic.receive_datagram(cast(bytes, data), addr, now=self._loop.time())
+            now = self._loop.time()
+            self._quic.receive_datagram(cast(bytes, data), addr, now=now)
+            if self.conn is not None:
+                self.conn._heard(now)
             self._process_events()
         except Exception:  # aioquic should not raise here; never let one peer stop the loop
             log.exception("error handling a datagram from %r", addr)
