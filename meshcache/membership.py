@@ -84,6 +84,7 @@ class Member:
     since: float = 0.0  # when `state` was entered (this node's clock)
     suspect_deadline: float = 0.0  # SUSPECT: when it is declared dead unless refuted
     knows_us: bool = False  # it has sent us a PING/PING_REQ/SYNC: our own ALIVE is not needed
+    told_at: float = -math.inf  # when `heard_from` last told it of its suspicion
 
 
 def _copy(m: Member) -> Member:
@@ -319,7 +320,9 @@ class Membership:
         self._sync_gap = self.sync_interval
         self._tombstones: deque[tuple[float, bytes]] = deque()
         self._max_sends = retransmit_mult  # sends per rumor: mult * ceil(log10(n + 2))
-        self.stats = {"probes": 0, "probes_failed": 0, "indirect_probes": 0, "refutations": 0}
+        self.stats = {"probes": 0, "probes_failed": 0, "indirect_probes": 0, "refutations": 0,
+                      "stalls_forgiven": 0}
+        self._last_tick: float | None = None  # the last handle_timer (stall detection)
 
     # ---- inputs ----------------------------------------------------------------------------------
 
@@ -367,7 +370,10 @@ class Membership:
             if msg.node_id == from_id:
                 self.on_leave(msg.node_id, now, msg.incarnation)
         elif isinstance(msg, Sync):
-            self.on_sync(from_id, msg.members, msg.reply, now)
+            answer = self.on_sync(from_id, msg.members, msg.reply, now)
+            addr = self._addr(from_id)
+            if answer is not None and addr is not None:
+                self._send(addr, answer)
         elif isinstance(msg, Gossip):
             self.apply_updates(msg.updates, now)
         else:
@@ -418,8 +424,11 @@ class Membership:
         inc = m.incarnation if incarnation is None else incarnation
         self.apply_updates([Update(node_id, inc, State.LEFT)], now)
 
-    def on_sync(self, from_id: bytes, table: Iterable[Update], reply: bool, now: float) -> None:
-        """A push-pull SYNC: merge the sender's table; answer with ours when asked."""
+    def on_sync(self, from_id: bytes, table: Iterable[Update], reply: bool,
+                now: float) -> Sync | None:
+        """A push-pull SYNC: merge the sender's table; return our answer when asked (None when
+        not asked, the sender is unknown, or we left)."""
+        table = tuple(table)
         # memberlist's rule: a "dead" from a full-state sync is only a suspicion here.
         news = self.apply_updates(table, now, from_sync=from_id)
         if news and not self.left:
@@ -435,7 +444,22 @@ class Membership:
                 # The pull half: only the rows the sender does not already have as we do.
                 theirs = {u[0]: u for u in table}
                 delta = [r for r in self._rows.values() if theirs.get(r[0]) != r]
-                self._send(m.addr, Sync((self._self_update(), *delta), reply=False))
+                return Sync((self._self_update(), *delta), reply=False)
+        return None
+
+    def heard_from(self, node_id: bytes, now: float) -> None:
+        """Some other exchange with `node_id` succeeded (a block served, a request answered):
+        it counts as an ACK to a probe of it in progress, so a member too busy to answer PINGs
+        on time is not suspected. If we hold it suspect, tell it now (Lifeguard's buddy
+        system, at most once an interval) so that it refutes."""
+        p = self._probe
+        if p is not None and p.target == node_id:
+            p.acked = True
+        m = self.members.get(node_id)
+        if m is not None and m.state == State.SUSPECT and now - m.told_at >= self.ping_interval \
+                and not self.left:
+            m.told_at = now
+            self._send(m.addr, Gossip((Update(node_id, m.incarnation, State.SUSPECT),)))
 
     def on_alive(self, node_id: bytes, incarnation: int, addr: str, zone: str, now: float) -> None:
         """Gossip: `node_id` is alive at `incarnation`."""
@@ -525,6 +549,11 @@ class Membership:
         """Run everything due by `now`: indirect probes, probe rounds, suspicion expiry, syncs."""
         if self.left:
             return
+        if self._last_tick is not None and self._probe is not None:
+            stall = now - self._last_tick - 2 * self.ping_interval
+            if stall > 0:
+                self._forgive_stall(stall)
+        self._last_tick = now
         p = self._probe
         if p is not None and not p.acked and not p.indirect_sent and now >= p.indirect_at:
             self._indirect(p, now)
@@ -618,6 +647,22 @@ class Membership:
                            if m.state in (State.ALIVE, State.SUSPECT)]
             self.rng.shuffle(self._order)
         return None
+
+    def _forgive_stall(self, stall: float) -> None:
+        """The timer ran `stall` s later than it can (this process or its host was frozen): the
+        silence was ours, not the members'. The probe in progress does not count as failed and
+        suspicions get the stall added to their time to be refuted (in the spirit of Lifeguard's
+        local health: a node that cannot keep time does not accuse others)."""
+        self.stats["stalls_forgiven"] += 1
+        p = self._probe
+        if p is not None and not p.acked:
+            p.acked = True  # not a failure: nobody could have been heard meanwhile
+        if self._suspects:
+            self._suspects = [(d + stall, nid) for d, nid in self._suspects]
+            heapq.heapify(self._suspects)
+            for m in self.members.values():
+                if m.state == State.SUSPECT:
+                    m.suspect_deadline += stall
 
     def _insert_order(self, node_id: bytes) -> None:
         """Put a new member at a random place of the probe order (swap in: O(1))."""

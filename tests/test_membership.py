@@ -274,6 +274,43 @@ def test_news_of_a_failure_is_pushed_at_once():
     assert m.messages_to_send() == []  # not news any more: not pushed again
 
 
+def test_any_exchange_counts_as_an_ack_and_a_suspect_is_told():
+    m = Membership(nid(0), "a0", "z", ping_interval=1.0, suspect_timeout=5.0, seed=10)
+    for i in (1, 2):
+        m.add_member(nid(i), f"a{i}", "z", 0.0)
+    m.messages_to_send()
+    m.handle_timer(0.0)
+    (addr, ping), = m.messages_to_send()
+    m.heard_from(nid(int(addr[1:])), 0.7)  # e.g. it served a block; its ACK is late
+    m.handle_timer(1.0)
+    assert all(x.state == State.ALIVE for x in m.live_members())
+    assert [type(x) for _, x in m.messages_to_send()] == [Ping]  # no PING_REQ, no suspicion
+    m.on_suspect(nid(1), 0, 1.1)
+    m.messages_to_send()
+    m.heard_from(nid(1), 1.2)
+    assert m.messages_to_send() == [("a1", Gossip((Update(nid(1), 0, State.SUSPECT),)))]
+    m.heard_from(nid(1), 1.3)  # told once an interval, not on every exchange
+    assert m.messages_to_send() == []
+
+
+def test_own_stall_is_not_blamed_on_the_members():
+    m = Membership(nid(0), "a0", "z", ping_interval=1.0, suspect_timeout=5.0, seed=11)
+    for i in (1, 2, 3):
+        m.add_member(nid(i), f"a{i}", "z", 0.0)
+    m.handle_timer(0.0)
+    m.on_suspect(nid(3), 0, 0.1)
+    m.messages_to_send()
+    list(iter(m.next_event, None))
+    m.handle_timer(9.5)  # frozen for 9.5 s: no answer could be read meanwhile
+    assert m.stats["stalls_forgiven"] == 1
+    assert [type(e) for e in iter(m.next_event, None)] == []  # no suspicion, no death
+    assert m.member(nid(3)).state == State.SUSPECT
+    assert m.member(nid(3)).suspect_deadline == pytest.approx(5.1 + 7.5)
+    # Without the stall the same silence does count.
+    m.handle_timer(10.5)
+    assert [type(e) for e in iter(m.next_event, None)] == [MemberSuspect]
+
+
 # ---- hypothesis: the core never crashes and keeps its invariants under arbitrary input --------------
 
 _ids = st.integers(0, 5).map(nid)
