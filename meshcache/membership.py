@@ -34,6 +34,10 @@ choices of hashicorp/memberlist):
   sync; gossip stays free for failures), which is what lets 1000 nodes joining at once converge
   in seconds.
 - Graceful leave: `leave(now)` sends LEAVE to every member and gossips LEFT.
+- Outside evidence: `heard_from(node, now)` (the shell saw another exchange with it succeed)
+  counts as an ACK to a probe of it, and tells it at once if we hold it suspect.
+- Own stalls: a `handle_timer` more than 2 intervals late does not fail the probe in progress
+  and moves suspicion deadlines by the stall (this node was frozen, not the members).
 
 Left out: Lifeguard's dynamic suspicion timeout (confirmations shorten it) and its local health
 multiplier (a slow node probes less eagerly); memberlist's gossip-to-the-dead; any encryption

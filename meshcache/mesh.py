@@ -12,8 +12,10 @@ Runs on the node's loop beside the PeerService (peers.py), which carries its mes
   buddy system), removal after `suspect_timeout` unrefuted, GOSSIP pushes of failure news,
   push-pull SYNC on join and for anti-entropy, LEAVE on shutdown. Any other successful exchange
   with a member (`touch`) counts as an ACK: a busy member that answers pings late is not
-  suspected. A suspect is not asked for blocks and is no owner; a dead or left one is dropped.
-  Left out: Lifeguard's dynamic suspicion timeout and local health multiplier.
+  suspected. A member suspected for suspect_timeout/2 is not asked for blocks and is no owner
+  (a live one refutes long before); a dead or left one is dropped. A membership timer that runs
+  late (this host froze) does not blame the members. Left out: Lifeguard's dynamic suspicion
+  timeout and local health multiplier. docs/architecture.md has the details.
 - SUMMARY / SUMMARY_DELTA: this node's Bloom summary (summaries.py), the full filter to a member
   that has no base, a delta when >= 1% of entries changed or every few seconds.
 - Owners: rendezvous hashing (rendezvous.py) over the live zone members and this node ranks who
