@@ -1,4 +1,4 @@
-"""SWIM membership with Lifeguard's refutation, as a pure sans-I/O object: who is alive, and since when.
+"""SWIM membership with parts of Lifeguard, as a pure sans-I/O object: who is alive, and since when.
 
 Shaped like aioquic's QuicConnection: inputs take the current time (`add_member`, `receive` or
 the `on_*` methods, `handle_timer(now)`), outputs are drained by the shell (`messages_to_send()`,
@@ -45,8 +45,8 @@ or authentication (the shell's transport does that).
 
 Messages are small frozen dataclasses (`Ping`, `Ack`, `PingReq`, `Leave`, `Sync`, `Gossip`,
 each field an int, bytes, str or a tuple of `Update`, a NamedTuple) so the shell can map them
-one to one onto CBOR arrays in wire.py. The shell must know who sent each message (the authenticated connection's node id)
-and pass it as `from_id`. Events: `MemberUp` (new, or back from suspect/dead), `MemberSuspect`,
+one to one onto CBOR arrays in wire.py. The shell must know who sent each message (the
+authenticated connection's node id) and pass it as `from_id`. Events: `MemberUp` (new, or back from suspect/dead), `MemberSuspect`,
 `MemberDown` (dead), `MemberLeft`.
 """
 
@@ -294,7 +294,8 @@ class Membership:
             raise ValueError("ping_timeout must be in (0, ping_interval]")
         self.suspect_timeout = suspect_timeout
         self.indirect_checks = indirect_checks
-        self.incarnation = incarnation  # pass e.g. wall-clock seconds so a restart outranks old rumors
+        # Pass e.g. wall-clock seconds, so that a restart outranks rumors of the old life.
+        self.incarnation = incarnation
         self.max_piggyback = max_piggyback
         self.retransmit_mult = retransmit_mult
         self.sync_interval = 30 * ping_interval if sync_interval is None else sync_interval
@@ -303,8 +304,8 @@ class Membership:
         self.rng = random.Random(seed)
         self.members: dict[bytes, Member] = {}
         self._changes = 0  # rows changed so far (news counter for push-pull pacing)
-        self._rows: dict[bytes, Update] = {}
-        self._urgent: dict[bytes, Update] = {}  # news to push at the next messages_to_send()  # each member's row of the SYNC table, kept current
+        self._rows: dict[bytes, Update] = {}  # each member's row of the SYNC table, kept current
+        self._urgent: dict[bytes, Update] = {}  # news to push at the next messages_to_send()
         self.left = False
         self._out: list[tuple[str, Message]] = []
         self._events: deque[Event] = deque()
@@ -728,7 +729,8 @@ class Membership:
             if m.state == State.ALIVE and m.node_id not in skip:
                 skip.add(m.node_id)
                 out.append(m)
-        rest = [m for m in self.members.values() if m.state == State.ALIVE and m.node_id not in skip]
+        rest = [m for m in self.members.values()
+                if m.state == State.ALIVE and m.node_id not in skip]
         return out + self.rng.sample(rest, min(k - len(out), len(rest)))
 
     def _about_me(self, u: Update) -> None:

@@ -148,6 +148,23 @@ def test_silent_member_is_suspected_before_it_is_removed(tmp_path):
             x.close()
 
 
+def test_a_stalled_host_does_not_drop_the_zone(tmp_path):
+    """When every node froze at once for longer than suspect_timeout (a stalled host or VM),
+    they keep each other: the silence was their own, not their members'. (The same test as on
+    main, where the old mesh forgives its own stall; here membership.py does.)"""
+    nodes = zone(tmp_path, 3, suspect_timeout=1.0)
+    try:
+        before = [x.mesh.stats["members_down"] for x in nodes]
+        for x in nodes:
+            x._loop.call_soon(time.sleep, 2.5)  # blocks each event loop, as a frozen host would
+        time.sleep(3.5)  # the stall, then rounds that ping the members again
+        assert [len(x.mesh.members) for x in nodes] == [2, 2, 2]
+        assert [x.mesh.stats["members_down"] for x in nodes] == before
+    finally:
+        for x in nodes:
+            x.close()
+
+
 def test_meshcache_peers_lists_the_members(tmp_path):
     import json
     import os
