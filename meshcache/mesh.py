@@ -12,7 +12,7 @@ Runs on the node's loop beside the PeerService (peers.py), which carries its mes
   buddy system), removal after `suspect_timeout` unrefuted, GOSSIP pushes of failure news,
   push-pull SYNC on join and for anti-entropy, LEAVE on shutdown. Any other successful exchange
   with a member (`touch`) counts as an ACK: a busy member that answers pings late is not
-  suspected. A member suspected for suspect_timeout/2 is not asked for blocks and is no owner
+  suspected. A member silent for suspect_timeout/2 is not asked for blocks and is no owner
   (a live one refutes long before); a dead or left one is dropped. A membership timer that runs
   late (this host froze) does not blame the members. Left out: Lifeguard's dynamic suspicion
   timeout and local health multiplier. docs/architecture.md has the details.
@@ -61,7 +61,7 @@ class Member:
     zone: str
     last_seen: float
     summary_generation: int = 0  # the generation of ours it holds (0: none: send full)
-    suspect: bool = False  # suspected for suspect_timeout/2: not asked, not an owner
+    suspect: bool = False  # silent for suspect_timeout/2: not asked, not an owner
     suspect_since: float | None = None  # when membership began to suspect it (None: it does not)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -104,9 +104,11 @@ class Mesh:
             suspect_timeout=cfg.suspect_timeout, indirect_checks=cfg.indirect_checks,
             sync_interval=cfg.sync_interval, incarnation=int(time.time()))
         self._task: asyncio.Task[None] | None = None
-        self._timer_task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None  # membership's next handle_timer
+        self._timer_at: float | None = None
         self._ignored: set[bytes] = set()
+        self._pending: dict[bytes, Member] = {}  # answered HELLO, but membership holds it gone
         self._pinging: dict[Any, asyncio.Task[Any]] = {}  # greetings and summary sends
         self._sending: set[asyncio.Task[Any]] = set()  # membership messages in flight
         self._closing = False
@@ -121,6 +123,7 @@ class Mesh:
     async def start(self) -> None:
         """Greet the static peers once (so a read right after start can use them), then run
         a round every ping_interval and the membership timer."""
+        self._loop = asyncio.get_running_loop()
         self.membership.self_addr = _addr(self._advertised_address())
         if self.node.config.mdns:
             await self._start_discovery()
@@ -129,7 +132,7 @@ class Mesh:
         except Exception:
             log.exception("first mesh round failed")
         self._task = asyncio.ensure_future(self._run())
-        self._timer_task = asyncio.ensure_future(self._run_membership())
+        self._arm()
 
     def _advertised_address(self) -> tuple[str, int]:
         """Where the others reach this node: the listen address, or with a wildcard host the
@@ -171,9 +174,11 @@ class Mesh:
         self._closing = True
         for task in [*self._pinging.values(), *self._sending]:
             task.cancel()
-        for task in (self._task, self._timer_task):
-            if task is not None:
-                task.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.membership.leave(time.monotonic())
         self.membership.messages_to_send()  # its LEAVEs: sent below, to admitted members only
         if self.members:
@@ -186,12 +191,11 @@ class Mesh:
                 await self.discovery.stop()
             except Exception as e:
                 log.debug("mDNS stop: %s", e)
-        for task in (self._task, self._timer_task):
-            if task is not None:
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+        if self._task is not None:
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
 
     async def _run(self) -> None:
         interval = self.node.config.ping_interval
@@ -234,8 +238,8 @@ class Mesh:
                 self._update_suspect(m, state.state == ms.State.SUSPECT, now)
 
     def _update_suspect(self, m: Member, suspected: bool, now: float) -> None:
-        """Stop using a member once membership has suspected it for half the suspect timeout.
-        A live member refutes a suspicion within round trips, so a brief one (a late ACK on a
+        """Stop using a member once it has been silent for half the suspect timeout (the failed
+        probe's interval, then suspicion for the rest), as before SWIM. A live member refutes a suspicion within round trips, so a brief one (a late ACK on a
         loaded host) must not move its ownerships; one still suspected after that is likely
         gone, and a read should not wait on it (the rest of the timeout until it is dropped)."""
         if not suspected:
@@ -245,7 +249,8 @@ class Mesh:
             return
         if m.suspect_since is None:
             m.suspect_since = now
-        if not m.suspect and now - m.suspect_since >= self.node.config.suspect_timeout / 2:
+        wait = self.node.config.suspect_timeout / 2 - self.membership.ping_interval
+        if not m.suspect and now - m.suspect_since >= wait:
             m.suspect = True
             self.stats["suspicions"] += 1
             log.info("member suspect: %s (for %.1f s)", m.node_id.hex()[:12],
@@ -266,22 +271,26 @@ class Mesh:
 
     # ---- membership: driving the pure SWIM core ------------------------------------------------
 
-    async def _run_membership(self) -> None:
-        """Run the membership timer: sleep until it is due or an input changed it."""
-        m = self.membership
-        while True:
-            t = m.get_timer()
-            self._wake.clear()
-            delay = None if t is None else max(0.0, t - time.monotonic())
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
-            try:
-                m.handle_timer(time.monotonic())
-                self._flush()
-            except Exception:  # never let one bad input stop failure detection
-                log.exception("membership timer failed")
+    def _arm(self) -> None:
+        """Schedule `handle_timer` for when membership wants it (a loop timer, as aioquic's
+        shells do; no task to cancel)."""
+        t = None if self._closing or self._loop is None else self.membership.get_timer()
+        if t == self._timer_at and (t is None or self._timer is not None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = t
+        if t is not None and self._loop is not None:
+            self._timer = self._loop.call_later(max(0.0, t - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, None
+        try:
+            self.membership.handle_timer(time.monotonic())
+        except Exception:  # never let one bad input stop failure detection
+            log.exception("membership timer failed")
+        self._flush()
 
     def _flush(self) -> None:
         """After any input to membership: apply its events, send its messages, rearm."""
@@ -295,7 +304,7 @@ class Mesh:
                 task.add_done_callback(self._sending.discard)
         for key in ("refutations", "indirect_probes"):
             self.stats[key] = m.stats[key]
-        self._wake.set()
+        self._arm()
 
     async def _send(self, addr: str, msg: ms.Message) -> None:
         """One membership message as a request; an ACK to a PING and the answer to a SYNC go
@@ -317,6 +326,8 @@ class Mesh:
         if peer_id is None or self._closing:
             return
         now = time.monotonic()
+        if not isinstance(reply, wire.Error):
+            self.touch(peer_id)  # an answer is an exchange like any other (and `last_seen`)
         if isinstance(msg, ms.Ping) and isinstance(reply, wire.Ack):
             self.membership.receive(peer_id, ms.Ack(reply.seq, reply.updates), now)
         elif isinstance(msg, ms.Sync) and isinstance(reply, wire.Sync):
@@ -359,6 +370,8 @@ class Mesh:
         if isinstance(event, ms.MemberUp):
             if m is not None:
                 self._update_suspect(m, False, time.monotonic())
+            elif event.node_id in self._pending:  # it answered HELLO and now refuted its death
+                self._admit(self._pending.pop(event.node_id))
             elif event.node_id not in self._ignored and not self._closing and event.addr:
                 try:
                     address = parse_address(event.addr)
@@ -370,7 +383,9 @@ class Mesh:
             if m is not None:
                 log.debug("membership suspects %s", event.node_id.hex()[:12])
                 self._update_suspect(m, True, time.monotonic())
-        elif m is not None:
+        elif m is None:
+            self._pending.pop(event.node_id, None)
+        else:
             self._down(m, "left" if isinstance(event, ms.MemberLeft) else
                        f"suspected for {self.node.config.suspect_timeout:.1f} s, not refuted")
 
@@ -402,21 +417,26 @@ class Mesh:
         address = (host, msg.port)
         self.membership.add_member(msg.node_id, _addr(address), msg.zone, now)
         state = self.membership.member(msg.node_id)
-        m = self.members.get(msg.node_id)
+        m = self.members.get(msg.node_id) or self._pending.get(msg.node_id)
         if m is None:
             m = Member(msg.node_id, address, msg.zone, now)
-            self.members[msg.node_id] = m
-            self.stats["members_up"] += 1
-            log.info("member up: %s at %s:%d zone %s", msg.node_id.hex()[:12], host, msg.port,
-                     msg.zone)
         else:
             m.last_seen = now
             m.address = address
-        # Held dead by membership (a restart it has not heard refuted yet): it answered, so it
-        # is back; the SYNC add_member sent makes it refute with a higher incarnation.
-        self._update_suspect(m, state is not None and state.state == ms.State.SUSPECT, now)
+        if state is not None and state.state in (ms.State.DEAD, ms.State.LEFT):
+            # Membership holds it dead or left: admitted once it refutes that (a restarted node
+            # does so at the SYNC add_member just sent it); a node that is leaving never will.
+            self._pending[msg.node_id] = m
+        elif msg.node_id not in self.members:
+            self._admit(m)
         self._flush()
         return True
+
+    def _admit(self, m: Member) -> None:
+        self.members[m.node_id] = m
+        self.stats["members_up"] += 1
+        log.info("member up: %s at %s:%d zone %s", m.node_id.hex()[:12], m.address[0],
+                 m.address[1], m.zone)
 
     def touch(self, node_id: bytes | None = None, address: Any = None) -> None:
         """Any exchange with a member proves it alive, not only an ACK to a PING: it is fed to
