@@ -328,6 +328,7 @@ _ops = st.lists(st.one_of(
     st.tuples(st.just("add"), _ids, st.sampled_from(["a1", "a2", "a4"])),
     st.tuples(st.just("recv"), _ids, _msgs),
     st.tuples(st.just("timer"), st.floats(0, 3)),
+    st.tuples(st.just("heard"), _ids),
     st.tuples(st.just("leave"))), max_size=60)
 
 
@@ -344,6 +345,8 @@ def test_arbitrary_input_keeps_invariants(ops):
         elif op[0] == "timer":
             now += op[1]
             m.handle_timer(now)
+        elif op[0] == "heard":
+            m.heard_from(op[1], now)
         else:
             m.leave(now)
         timer = m.get_timer()
