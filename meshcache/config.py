@@ -90,8 +90,15 @@ class Config:
     peer_egress_rate: int = 0
     peer_ingress_rate: int = 0
     request_timeout: float = 10.0
+    # SWIM membership (membership.py, mesh.py): every ping_interval one member is probed; no ACK
+    # within half of it -> `indirect_checks` other members probe it for us; none by the end of
+    # the interval -> suspected (gossiped); not refuted within suspect_timeout -> removed.
     ping_interval: float = 1.0
     suspect_timeout: float = 5.0
+    indirect_checks: int = 3
+    # Seconds between push-pull syncs of the whole member table once nothing changes (while
+    # syncs bring news they run every 2 ping_intervals).
+    sync_interval: float = 30.0
     # Unix socket of a local meshcached; the library uses it when present ("" = none).
     daemon_socket: str = ""
     log_level: str = "WARNING"
@@ -106,16 +113,17 @@ class Config:
     @classmethod
     def lan(cls, **overrides: Any) -> "Config":
         """A datacenter LAN: mDNS discovery, fast failure detection, credential required."""
-        base = dict(preset="lan", mdns=True, ping_interval=1.0,
-                    suspect_timeout=5.0, request_timeout=10.0)
+        base = dict(preset="lan", mdns=True, ping_interval=1.0, suspect_timeout=5.0,
+                    indirect_checks=3, sync_interval=30.0, request_timeout=10.0)
         base.update(overrides)
         return cls(**base).validated()
 
     @classmethod
     def wan(cls, **overrides: Any) -> "Config":
         """Zones over slow links: tolerant timings, credential required (B stays mesh-wide)."""
-        base = dict(preset="wan", mdns=True, ping_interval=5.0,
-                    suspect_timeout=30.0, request_timeout=60.0, metadata_ttl=60.0)
+        base = dict(preset="wan", mdns=True, ping_interval=5.0, suspect_timeout=30.0,
+                    indirect_checks=3, sync_interval=60.0, request_timeout=60.0,
+                    metadata_ttl=60.0)
         base.update(overrides)
         return cls(**base).validated()
 
@@ -186,7 +194,8 @@ class Config:
             raise ConfigError(f"max_datagram_size: must be 0 (from the MTU) or 1200..65527, "
                               f"got {self.max_datagram_size}")
         for key in ("metadata_ttl", "origin_timeout", "request_timeout", "ping_interval",
-                    "suspect_timeout", "origin_retries", "egress_rate", "ingress_rate",
+                    "suspect_timeout", "indirect_checks", "sync_interval", "origin_retries",
+                    "egress_rate", "ingress_rate",
                     "peer_egress_rate", "peer_ingress_rate"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")

@@ -1,11 +1,21 @@
 """The zone mesh: who is alive, who may hold a digest, and who owns a cold block.
 
 Runs on the node's loop beside the PeerService (peers.py), which carries its messages:
-- HELLO: a member's node id, zone, listen port, block size and cluster tag; a node with another
-  block size or cluster tag is ignored (with a log line). Static peers are greeted every round
-  until they answer; mDNS (discovery.py) adds the others.
-- PING/ACK: each round every member is pinged; one that stays silent for `suspect_timeout` is
-  suspected and removed (its blocks are no longer asked of it, its ownerships move).
+- HELLO: admission. A member's node id, zone, listen port, block size and cluster tag; a node
+  with another block size or cluster tag is ignored (with a log line). Static peers are greeted
+  every round until they answer; mDNS (discovery.py) adds others, and so does membership gossip
+  (a node learned from a SYNC or a rumor is greeted before it is used).
+- Liveness is SWIM with parts of Lifeguard, in the pure `membership.Membership` this shell drives
+  (timer, messages, events): one member probed per `ping_interval`, PING_REQ through
+  `indirect_checks` others when it does not answer in half an interval, suspicion gossiped and
+  refuted by the member with a higher incarnation (the suspect is told directly: Lifeguard's
+  buddy system), removal after `suspect_timeout` unrefuted, GOSSIP pushes of failure news,
+  push-pull SYNC on join and for anti-entropy, LEAVE on shutdown. Any other successful exchange
+  with a member (`touch`) counts as an ACK: a busy member that answers pings late is not
+  suspected. A member silent for suspect_timeout/2 is not asked for blocks and is no owner
+  (a live one refutes long before); a dead or left one is dropped. A membership timer that runs
+  late (this host froze) does not blame the members. Left out: Lifeguard's dynamic suspicion
+  timeout and local health multiplier. docs/architecture.md has the details.
 - SUMMARY / SUMMARY_DELTA: this node's Bloom summary (summaries.py), the full filter to a member
   that has no base, a delta when >= 1% of entries changed or every few seconds.
 - Owners: rendezvous hashing (rendezvous.py) over the live zone members and this node ranks who
@@ -20,10 +30,12 @@ import hmac
 import json
 import logging
 import os
+import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from . import membership as ms
 from . import wire
 from .rendezvous import rank
 from .summaries import LocalSummary, RemoteSummaries
@@ -42,15 +54,32 @@ def cluster_tag(credential: bytes) -> bytes:
 
 @dataclass
 class Member:
-    """A live peer of this zone (or another zone, for WAN later)."""
+    """An admitted peer (it passed HELLO) that membership holds alive or suspect."""
 
     node_id: bytes
     address: tuple[str, int]
     zone: str
     last_seen: float
     summary_generation: int = 0  # the generation of ours it holds (0: none: send full)
-    suspect: bool = False  # silent for half the suspect timeout: not asked, not an owner
+    suspect: bool = False  # silent for suspect_timeout/2: not asked, not an owner
+    suspect_since: float | None = None  # when membership began to suspect it (None: it does not)
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def astuple_shallow(msg: Any) -> tuple[Any, ...]:
+    """The fields of a dataclass message in order, not copied (dataclasses.astuple recurses)."""
+    return tuple(getattr(msg, f.name) for f in fields(msg))
+
+
+def _addr(address: tuple[str, int]) -> str:
+    """(host, port) as the "host:port" string membership and the wire use."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Membership messages, pure -> wire. The wire classes take the same fields in the same order.
+_TO_WIRE: dict[type, type] = {ms.Ping: wire.Ping, ms.Ack: wire.Ack, ms.PingReq: wire.PingReq,
+                              ms.Sync: wire.Sync, ms.Gossip: wire.Gossip, ms.Leave: wire.Leave}
 
 
 class Mesh:
@@ -68,21 +97,34 @@ class Mesh:
         self.summary = LocalSummary(max(1024, cfg.capacity // cfg.block_size))
         self.summary.rebuild(node.store.digests())
         self.remote = RemoteSummaries()
-        self._seq = 0
-        self._last_round: float | None = None
+        interval = max(cfg.ping_interval, 0.01)
+        # The incarnation starts at the wall clock: a restarted node outranks its old rumors.
+        self.membership = ms.Membership(
+            self.node_id, "", self.zone, ping_interval=interval,
+            suspect_timeout=cfg.suspect_timeout, indirect_checks=cfg.indirect_checks,
+            sync_interval=cfg.sync_interval, incarnation=int(time.time()))
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None  # membership's next handle_timer
+        self._timer_at: float | None = None
         self._ignored: set[bytes] = set()
-        self._pinging: dict[Any, asyncio.Task[Any]] = {}  # background pings and summary sends
+        self._pending: dict[bytes, Member] = {}  # answered HELLO, but membership holds it gone
+        self._pinging: dict[Any, asyncio.Task[Any]] = {}  # greetings and summary sends
+        self._sending: set[asyncio.Task[Any]] = set()  # membership messages in flight
+        self._closing = False
         self.discovery: Any = None
         self._evicted_seen = node.store.evicted_blocks + node.store.corrupt_blocks
         self.stats = {"members_up": 0, "members_down": 0, "summaries_sent": 0,
-                      "summary_bytes_sent": 0, "hellos_refused": 0}
+                      "summary_bytes_sent": 0, "hellos_refused": 0, "suspicions": 0,
+                      "refutations": 0, "indirect_probes": 0}
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Greet the static peers once (so a read right after start can use them), then run
-        a round every ping_interval."""
+        a round every ping_interval and the membership timer."""
+        self._loop = asyncio.get_running_loop()
+        self.membership.self_addr = _addr(self._advertised_address())
         if self.node.config.mdns:
             await self._start_discovery()
         try:
@@ -90,6 +132,26 @@ class Mesh:
         except Exception:
             log.exception("first mesh round failed")
         self._task = asyncio.ensure_future(self._run())
+        self._arm()
+
+    def _advertised_address(self) -> tuple[str, int]:
+        """Where the others reach this node: the listen address, or with a wildcard host the
+        local address of the route to the first static peer (no packet is sent)."""
+        host, port = self.peers.address
+        if host not in ("0.0.0.0", "::", ""):
+            return host, port
+        for peer in self.static:
+            try:
+                family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+                with socket.socket(family, socket.SOCK_DGRAM) as s:
+                    s.connect(peer)
+                    return s.getsockname()[0], port
+            except OSError:
+                continue
+        try:
+            return socket.gethostbyname(socket.gethostname()), port
+        except OSError:
+            return "127.0.0.1", port
 
     async def _start_discovery(self) -> None:
         from .discovery import Discovery
@@ -108,12 +170,20 @@ class Mesh:
             self.discovery = None
 
     async def close(self) -> None:
-        """Leave gracefully: tell every member (briefly), then stop the rounds."""
-        for task in list(self._pinging.values()):
+        """Leave gracefully: LEAVE to every member (briefly), then stop the rounds."""
+        self._closing = True
+        for task in [*self._pinging.values(), *self._sending]:
             task.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.membership.leave(time.monotonic())
+        self.membership.messages_to_send()  # its LEAVEs: sent below, to admitted members only
         if self.members:
-            await asyncio.gather(*(self.peers.request(m.address, wire.Leave(self.node_id),
-                                                      timeout=0.5)
+            leave = wire.Leave(self.node_id, self.membership.incarnation)
+            await asyncio.gather(*(self.peers.request(m.address, leave, timeout=0.5)
                                    for m in list(self.members.values())),
                                  return_exceptions=True)
         if self.discovery is not None:
@@ -122,7 +192,6 @@ class Mesh:
             except Exception as e:
                 log.debug("mDNS stop: %s", e)
         if self._task is not None:
-            self._task.cancel()
             try:
                 await self._task
             except (asyncio.CancelledError, Exception):
@@ -140,27 +209,13 @@ class Mesh:
                 log.exception("mesh round failed")
 
     async def round(self) -> None:
-        """Greet static peers, ping members, expire the silent, send summaries when due."""
+        """Greet static peers not yet members, write the status, send summaries when due."""
         now = time.monotonic()
-        self._forgive_own_stall(now)
         known = {m.address for m in self.members.values()}
         greet = [a for a in self.static if a not in known and a != self.peers.address]
-        # Greetings are awaited (a first round must know the static peers); pings run in the
-        # background so a dead member's timeout never delays the others' liveness.
+        # Greetings are awaited (a first round must know the static peers).
         await asyncio.gather(*(self._hello(a) for a in greet), return_exceptions=True)
-        for m in list(self.members.values()):
-            if m.node_id not in self._pinging:
-                self._spawn(self._ping(m), ("ping", m.node_id))
-        limit = self.node.config.suspect_timeout
-        for m in list(self.members.values()):
-            silent = now - m.last_seen
-            if silent > limit:
-                self._down(m, f"silent for {silent:.1f} s")
-            elif silent > limit / 2 and not m.suspect:
-                # Suspected: no longer an owner or a source, but kept (and pinged) a while in
-                # case it was only slow; an ACK clears it (Lifeguard's suspicion, simplified).
-                m.suspect = True
-                log.info("member suspect: %s (silent for %.1f s)", m.node_id.hex()[:12], silent)
+        self._reconcile(time.monotonic())
         evicted = self.node.store.evicted_blocks + self.node.store.corrupt_blocks
         if evicted > self._evicted_seen:
             self.summary.removed(evicted - self._evicted_seen)
@@ -171,18 +226,36 @@ class Mesh:
         if self.members and self.summary.due(now) and "summaries" not in self._pinging:
             self._spawn(self._send_summaries(now), "summaries")
 
-    def _forgive_own_stall(self, now: float) -> None:
-        """When this round runs late, this process (or its whole host) was stalled, not the
-        members: nothing they sent could be read meanwhile. Their silence clocks skip the stall,
-        as Lifeguard's local health does, or one frozen second would drop the whole zone."""
-        interval = self.node.config.ping_interval
-        if self._last_round is not None:
-            stall = now - self._last_round - 2 * interval
-            if stall > 0:
-                log.info("mesh round %.1f s late: not counted as members' silence", stall)
-                for m in self.members.values():
-                    m.last_seen = min(now, m.last_seen + stall)
-        self._last_round = now
+    def _reconcile(self, now: float) -> None:
+        """Keep `members` within what membership holds live. A member admitted by HELLO while
+        membership held it dead gets suspect_timeout to refute that before it is dropped."""
+        for m in list(self.members.values()):
+            state = self.membership.member(m.node_id)
+            if state is None or state.state in (ms.State.DEAD, ms.State.LEFT):
+                if now - m.last_seen > self.node.config.suspect_timeout:
+                    self._down(m, "not alive in membership")
+            else:
+                self._update_suspect(m, state.state == ms.State.SUSPECT, now)
+
+    def _update_suspect(self, m: Member, suspected: bool, now: float) -> None:
+        """Stop using a member once it has been silent for half the suspect timeout (the failed
+        probe's interval, then suspicion for the rest), as before SWIM. A live member refutes a
+        suspicion within round trips, so a brief one (a late ACK on a loaded host) must not move
+        its ownerships; one still suspected after that is likely
+        gone, and a read should not wait on it (the rest of the timeout until it is dropped)."""
+        if not suspected:
+            if m.suspect:
+                log.info("member alive again: %s", m.node_id.hex()[:12])
+            m.suspect, m.suspect_since = False, None
+            return
+        if m.suspect_since is None:
+            m.suspect_since = now
+        wait = self.node.config.suspect_timeout / 2 - self.membership.ping_interval
+        if not m.suspect and now - m.suspect_since >= wait:
+            m.suspect = True
+            self.stats["suspicions"] += 1
+            log.info("member suspect: %s (for %.1f s)", m.node_id.hex()[:12],
+                     now - m.suspect_since)
 
     def _spawn(self, coro: Any, key: Any) -> None:
         """Run `coro` in the background, at most one per key at a time."""
@@ -196,6 +269,126 @@ class Mesh:
             del self._pinging[k]
         if not task.cancelled() and task.exception() is not None:
             log.debug("mesh task %s failed: %s", key, task.exception())
+
+    # ---- membership: driving the pure SWIM core ------------------------------------------------
+
+    def _arm(self) -> None:
+        """Schedule `handle_timer` for when membership wants it (a loop timer, as aioquic's
+        shells do; no task to cancel)."""
+        t = None if self._closing or self._loop is None else self.membership.get_timer()
+        if t == self._timer_at and (t is None or self._timer is not None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = t
+        if t is not None and self._loop is not None:
+            self._timer = self._loop.call_later(max(0.0, t - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, None
+        try:
+            self.membership.handle_timer(time.monotonic())
+        except Exception:  # never let one bad input stop failure detection
+            log.exception("membership timer failed")
+        self._flush()
+
+    def _flush(self) -> None:
+        """After any input to membership: apply its events, send its messages, rearm."""
+        m = self.membership
+        while (event := m.next_event()) is not None:
+            self._on_event(event)
+        if not self._closing:
+            for addr, msg in m.messages_to_send():
+                task = asyncio.ensure_future(self._send(addr, msg))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+        for key in ("refutations", "indirect_probes"):
+            self.stats[key] = m.stats[key]
+        self._arm()
+
+    async def _send(self, addr: str, msg: ms.Message) -> None:
+        """One membership message as a request; an ACK to a PING and the answer to a SYNC go
+        back into membership, other answers are a plain ACK."""
+        cfg = self.node.config
+        try:
+            peer = parse_address(addr)
+            body = _TO_WIRE[type(msg)](*astuple_shallow(msg))
+            if isinstance(msg, ms.Sync):
+                reply, peer_id = await self.peers.exchange(peer, body, max_reply=wire.MAX_FRAME,
+                                                           timeout=cfg.request_timeout)
+            else:
+                reply, peer_id = await self.peers.exchange(
+                    peer, body, timeout=max(2 * cfg.ping_interval, 1.0))
+        except Exception as e:  # unreachable, timed out, or misbehaved (counted where detected):
+            # for membership a lost message, which is what the protocol is built to survive
+            log.debug("membership %s to %s failed: %s", type(msg).__name__, addr, e)
+            return
+        if peer_id is None or self._closing:
+            return
+        now = time.monotonic()
+        if not isinstance(reply, wire.Error):
+            self.touch(peer_id)  # an answer is an exchange like any other (and `last_seen`)
+        if isinstance(msg, ms.Ping) and isinstance(reply, wire.Ack):
+            self.membership.receive(peer_id, ms.Ack(reply.seq, reply.updates), now)
+        elif isinstance(msg, ms.Sync) and isinstance(reply, wire.Sync):
+            self.membership.on_sync(peer_id, reply.members, False, now)
+        else:
+            return
+        self._flush()
+
+    def on_membership(self, msg: Any, peer_id: bytes | None) -> Any:
+        """A membership message from the authenticated node `peer_id`: the reply to send."""
+        if peer_id is None:
+            return wire.Error(wire.ERR_AUTH, "unauthenticated")
+        m, now = self.membership, time.monotonic()
+        reply: Any = wire.Ack(0)
+        if isinstance(msg, wire.Ping):
+            ack = m.on_ping(peer_id, msg.seq, now, msg.updates)
+            reply = wire.Ack(msg.seq, ack.updates) if ack is not None else \
+                wire.Error(wire.ERR_NOT_FOUND, "leaving")
+        elif isinstance(msg, wire.Sync):
+            answer = m.on_sync(peer_id, msg.members, msg.reply, now)
+            if answer is not None:
+                reply = wire.Sync(answer.members, False)
+        elif isinstance(msg, wire.Leave):
+            if msg.node_id != peer_id:
+                return wire.Error(wire.ERR_AUTH, "LEAVE of another node")
+            m.receive(peer_id, ms.Leave(msg.node_id, msg.incarnation), now)
+            self.leave(msg.node_id)  # at once, even for a member membership never heard of
+        elif isinstance(msg, wire.PingReq):
+            m.on_ping_req(peer_id, msg.seq, msg.target_id, msg.target_addr, now, msg.updates)
+        elif isinstance(msg, wire.Gossip):
+            m.apply_updates(msg.updates, now)
+        elif isinstance(msg, wire.Ack):  # an ACK forwarded for our PING_REQ
+            m.on_ack(peer_id, msg.seq, now, msg.updates)
+        self._flush()
+        return reply
+
+    def _on_event(self, event: ms.Event) -> None:
+        """Membership changed its mind about a node: admit, suspect or drop it here."""
+        m = self.members.get(event.node_id)
+        if isinstance(event, ms.MemberUp):
+            if m is not None:
+                self._update_suspect(m, False, time.monotonic())
+            elif event.node_id in self._pending:  # it answered HELLO and now refuted its death
+                self._admit(self._pending.pop(event.node_id))
+            elif event.node_id not in self._ignored and not self._closing and event.addr:
+                try:
+                    address = parse_address(event.addr)
+                except ValueError:
+                    return
+                if ("hello", address) not in self._pinging:  # learned by gossip: greet it
+                    self._spawn(self._hello(address), ("hello", address))
+        elif isinstance(event, ms.MemberSuspect):
+            if m is not None:
+                log.debug("membership suspects %s", event.node_id.hex()[:12])
+                self._update_suspect(m, True, time.monotonic())
+        elif m is None:
+            self._pending.pop(event.node_id, None)
+        else:
+            self._down(m, "left" if isinstance(event, ms.MemberLeft) else
+                       f"suspected for {self.node.config.suspect_timeout:.1f} s, not refuted")
 
     # ---- members -------------------------------------------------------------------------------
 
@@ -222,26 +415,42 @@ class Mesh:
                         msg.node_id.hex()[:12], host, msg.max_datagram_size,
                         self.peers.datagram_size)
         now = time.monotonic()
-        m = self.members.get(msg.node_id)
+        address = (host, msg.port)
+        self.membership.add_member(msg.node_id, _addr(address), msg.zone, now)
+        state = self.membership.member(msg.node_id)
+        m = self.members.get(msg.node_id) or self._pending.get(msg.node_id)
         if m is None:
-            self.members[msg.node_id] = Member(msg.node_id, (host, msg.port), msg.zone, now)
-            self.stats["members_up"] += 1
-            log.info("member up: %s at %s:%d zone %s", msg.node_id.hex()[:12], host, msg.port,
-                     msg.zone)
+            m = Member(msg.node_id, address, msg.zone, now)
         else:
             m.last_seen = now
-            m.address = (host, msg.port)
+            m.address = address
+        if state is not None and state.state in (ms.State.DEAD, ms.State.LEFT):
+            # Membership holds it dead or left: admitted once it refutes that (a restarted node
+            # does so at the SYNC add_member just sent it); a node that is leaving never will.
+            self._pending[msg.node_id] = m
+        elif msg.node_id not in self.members:
+            self._admit(m)
+        self._flush()
         return True
 
+    def _admit(self, m: Member) -> None:
+        self.members[m.node_id] = m
+        self.stats["members_up"] += 1
+        log.info("member up: %s at %s:%d zone %s", m.node_id.hex()[:12], m.address[0],
+                 m.address[1], m.zone)
+
     def touch(self, node_id: bytes | None = None, address: Any = None) -> None:
-        """Any exchange with a member proves it alive, not only an ACK to a PING: a member busy
-        serving blocks on a loaded host must not be suspected for answering pings late."""
+        """Any exchange with a member proves it alive, not only an ACK to a PING: it is fed to
+        membership as an ACK, so a member busy serving blocks on a loaded host is not suspected
+        for answering pings late."""
         m = self.members.get(node_id) if node_id is not None else None
         if m is None and address is not None:
-            m = next((x for x in self.members.values() if x.address == address), None)
+            key = parse_address(address) if not isinstance(address, tuple) else address
+            m = next((x for x in self.members.values() if x.address == key), None)
         if m is not None:
             m.last_seen = time.monotonic()
-            m.suspect = False
+            self.membership.heard_from(m.node_id, m.last_seen)
+            self._flush()
 
     def add_discovered(self, node_id: bytes, address: tuple[str, int]) -> None:
         """mDNS saw a peer: greet it now (it becomes a member when it answers HELLO)."""
@@ -256,6 +465,7 @@ class Mesh:
             log.info("member down: %s (%s)", m.node_id.hex()[:12], why)
 
     def leave(self, node_id: bytes) -> None:
+        """`node_id` said LEAVE: drop it now."""
         m = self.members.get(node_id)
         if m is not None:
             self._down(m, "left")
@@ -273,17 +483,6 @@ class Mesh:
             return
         if isinstance(reply, wire.Hello):
             self.accept_hello(reply, address[0])
-
-    async def _ping(self, m: Member) -> None:
-        self._seq += 1
-        timeout = max(self.node.config.ping_interval, self.node.config.suspect_timeout / 3)
-        try:
-            reply = await self.peers.request(m.address, wire.Ping(self._seq), timeout=timeout)
-        except (TransportError, OSError, asyncio.TimeoutError):
-            return
-        if isinstance(reply, wire.Ack):
-            m.last_seen = time.monotonic()
-            m.suspect = False
 
     # ---- summaries -----------------------------------------------------------------------------
 

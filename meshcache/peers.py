@@ -108,12 +108,17 @@ class PeerService:
                 await self._serve_block(stream, conn, msg)
             elif isinstance(msg, wire.GetManifest):
                 await self._serve_manifest(stream, msg)
-            elif isinstance(msg, wire.Ping):
-                mesh = self.node.mesh
-                if mesh is not None and conn.peer_node_id in mesh.members:
-                    member = mesh.members[conn.peer_node_id]
-                    member.last_seen = time.monotonic()
-                    member.suspect = False
+            elif isinstance(msg, (wire.Ping, wire.Ack, wire.PingReq, wire.Sync, wire.Gossip,
+                                  wire.Leave)) and self.node.mesh is not None:
+                # SWIM membership (mesh.py drives membership.py); the reply is an ACK (with
+                # gossip for a PING), a SYNC answer, or ERROR.
+                reply = self.node.mesh.on_membership(msg, conn.peer_node_id)
+                max_reply = wire.MAX_FRAME if isinstance(reply, wire.Sync) else None
+                body = wire.encode(reply)
+                if max_reply is None and len(body) > MAX_REQUEST_FRAME:
+                    body = wire.encode(wire.Error(wire.ERR_TOO_LARGE, "reply too large"))
+                await stream.send_frame(body)
+            elif isinstance(msg, wire.Ping):  # no mesh (yet): a bare liveness answer
                 await stream.send_frame(wire.encode(wire.Ack(msg.seq)))
             elif isinstance(msg, wire.Hello) and self.node.mesh is not None:
                 mesh = self.node.mesh
@@ -125,10 +130,6 @@ class PeerService:
                 else:
                     reply = wire.Error(wire.ERR_BLOCK_SIZE, "block size or cluster tag differ")
                 await stream.send_frame(wire.encode(reply))
-            elif isinstance(msg, wire.Leave) and self.node.mesh is not None:
-                if msg.node_id == conn.peer_node_id:
-                    self.node.mesh.leave(msg.node_id)
-                await stream.send_frame(wire.encode(wire.Ack(0)))
             elif isinstance(msg, (wire.Summary, wire.SummaryDelta)) and self.node.mesh is not None:
                 if msg.node_id != conn.peer_node_id:
                     reply = wire.Error(wire.ERR_AUTH, "summary of another node")
@@ -261,11 +262,17 @@ class PeerService:
     async def request(self, peer: Any, msg: Any, max_reply: int = MAX_REQUEST_FRAME,
                       timeout: float | None = None) -> Any:
         """Send one message on a new stream and return the decoded reply."""
+        return (await self.exchange(peer, msg, max_reply, timeout))[0]
+
+    async def exchange(self, peer: Any, msg: Any, max_reply: int = MAX_REQUEST_FRAME,
+                       timeout: float | None = None) -> tuple[Any, bytes | None]:
+        """`request`, and the authenticated node id of who answered (membership needs it)."""
         async with asyncio.timeout(timeout or self.node.config.request_timeout):
             stream = await self.transport.open_stream(peer)
             async with stream:
                 await stream.send_frame(wire.encode(msg))
-                return self._decode(await stream.recv_frame(max_reply), peer)
+                reply = self._decode(await stream.recv_frame(max_reply), peer)
+                return reply, stream.connection.peer_node_id
 
     async def get_block_by_hint(self, peer: Any, version: ObjectVersion, index: int,
                                 known: bytes | None, max_size: int) -> tuple[bytes, bytes]:

@@ -30,10 +30,13 @@ from typing import ClassVar, Union
 
 import cbor2
 
+from .membership import State, Update
+
 __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "MAX_DEPTH", "FRAME_HEADER", "DIGEST_SIZE", "WireError",
     "Hello", "Auth", "GetBlock", "Block", "Miss", "GetManifest", "ManifestMsg", "Summary",
-    "SummaryDelta", "Ping", "Ack", "Error", "Message", "Payload", "encode", "decode",
+    "SummaryDelta", "Ping", "Ack", "Error", "Leave", "PingReq", "Sync", "Gossip", "Update",
+    "State", "Message", "Payload", "encode", "decode",
     "encode_frame", "FrameDecoder",
     "ERR_BAD_REQUEST", "ERR_VERSION", "ERR_BLOCK_SIZE", "ERR_AUTH", "ERR_TOO_LARGE",
     "ERR_BUSY", "ERR_INTERNAL", "ERR_NOT_FOUND",
@@ -54,6 +57,9 @@ MAX_URL = 8192
 MAX_TOKEN = 1024
 MAX_ZONE = 256
 MAX_TEXT = 4096
+MAX_ADDR = 300  # "host:port" of a member (an IPv6 literal with a zone id fits)
+MAX_UPDATES = 64  # gossip rows on one PING/ACK/PING_REQ/GOSSIP (membership sends at most 16)
+MAX_MEMBERS = 16384  # rows of one SYNC table
 
 # ERROR codes.
 ERR_BAD_REQUEST = 1
@@ -95,6 +101,29 @@ def _text(name: str, v: object, max_len: int) -> str:
         raise WireError(f"{name}: expected a string of at most {max_len} characters, "
                         f"got {_show(v)}")
     return v
+
+
+def _updates(name: str, v: object, max_rows: int) -> tuple[Update, ...]:
+    """A list of membership rows [node_id, incarnation, state, addr, zone], each checked."""
+    if not isinstance(v, (list, tuple)) or len(v) > max_rows:
+        raise WireError(f"{name}: expected a list of at most {max_rows} rows, got {_show(v)}")
+    out = []
+    for row in v:
+        if not isinstance(row, (list, tuple)) or len(row) != 5:
+            raise WireError(f"{name}[]: expected [node_id, incarnation, state, addr, zone], "
+                            f"got {_show(row)}")
+        node_id, inc, state, addr, zone = row
+        _bytes(f"{name}[].node_id", node_id, MAX_ID, 1)
+        _uint(f"{name}[].incarnation", inc)
+        if type(state) not in (int, State) or state not in _STATES:
+            raise WireError(f"{name}[].state: expected 0..3, got {_show(state)}")
+        _text(f"{name}[].addr", addr, MAX_ADDR)
+        _text(f"{name}[].zone", zone, MAX_ZONE)
+        out.append(Update(node_id, inc, State(state), addr, zone))
+    return tuple(out)
+
+
+_STATES = frozenset(int(s) for s in State)
 
 
 def _show(v: object) -> str:
@@ -284,24 +313,29 @@ class SummaryDelta:
 
 @dataclass(frozen=True)
 class Ping:
-    """PING: liveness probe; answered by ACK with the same seq."""
+    """PING: SWIM probe, answered by ACK with the same seq; carries membership gossip."""
 
     TYPE: ClassVar[int] = 10
     seq: int
+    updates: tuple[Update, ...] = ()
 
     def __post_init__(self) -> None:
         _uint("seq", self.seq)
+        object.__setattr__(self, "updates", _updates("updates", self.updates, MAX_UPDATES))
 
 
 @dataclass(frozen=True)
 class Ack:
-    """ACK: the answer to PING `seq`."""
+    """ACK: the answer to PING `seq` (also the plain answer to LEAVE, GOSSIP, SUMMARY...);
+    carries membership gossip."""
 
     TYPE: ClassVar[int] = 11
     seq: int
+    updates: tuple[Update, ...] = ()
 
     def __post_init__(self) -> None:
         _uint("seq", self.seq)
+        object.__setattr__(self, "updates", _updates("updates", self.updates, MAX_UPDATES))
 
 
 @dataclass(frozen=True)
@@ -321,21 +355,66 @@ class Error:
 
 @dataclass(frozen=True)
 class Leave:
-    """LEAVE: the sender is shutting down; drop it from membership now (graceful leave)."""
+    """LEAVE: the sender is shutting down at `incarnation`; drop it now (graceful leave)."""
 
     TYPE: ClassVar[int] = 13
     node_id: bytes
+    incarnation: int = 0
 
     def __post_init__(self) -> None:
         _bytes("node_id", self.node_id, MAX_ID, 1)
+        _uint("incarnation", self.incarnation)
+
+
+@dataclass(frozen=True)
+class PingReq:
+    """PING_REQ: SWIM's indirect probe: ping `target_id` at `target_addr` for the sender and
+    send it ACK(seq) if the target answers."""
+
+    TYPE: ClassVar[int] = 14
+    seq: int
+    target_id: bytes
+    target_addr: str
+    updates: tuple[Update, ...] = ()
+
+    def __post_init__(self) -> None:
+        _uint("seq", self.seq)
+        _bytes("target_id", self.target_id, MAX_ID, 1)
+        _text("target_addr", self.target_addr, MAX_ADDR)
+        object.__setattr__(self, "updates", _updates("updates", self.updates, MAX_UPDATES))
+
+
+@dataclass(frozen=True)
+class Sync:
+    """SYNC: push-pull of the membership table; `reply` asks for the receiver's rows back."""
+
+    TYPE: ClassVar[int] = 15
+    members: tuple[Update, ...]
+    reply: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", _updates("members", self.members, MAX_MEMBERS))
+        if type(self.reply) is not bool:
+            raise WireError(f"reply: expected true or false, got {_show(self.reply)}")
+
+
+@dataclass(frozen=True)
+class Gossip:
+    """GOSSIP: membership news (a suspicion, death, leave or refutation) pushed at once."""
+
+    TYPE: ClassVar[int] = 16
+    updates: tuple[Update, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "updates", _updates("updates", self.updates, MAX_UPDATES))
 
 
 Message = Union[Hello, Auth, GetBlock, Block, Miss, GetManifest, ManifestMsg, Summary,
-                SummaryDelta, Ping, Ack, Error, Leave]
+                SummaryDelta, Ping, Ack, Error, Leave, PingReq, Sync, Gossip]
 
 _TYPES: dict[int, type] = {c.TYPE: c for c in (Hello, Auth, GetBlock, Block, Miss, GetManifest,
                                                 ManifestMsg, Summary, SummaryDelta, Ping, Ack,
-                                                Error, Leave)}
+                                                Error, Leave, PingReq, Sync, Gossip)}
 _FIELDS: dict[type, tuple[str, ...]] = {c: tuple(f.name for f in fields(c))
                                         for c in _TYPES.values()}
 
@@ -351,7 +430,11 @@ def encode(msg: Message) -> bytes:
     values: list[object] = [PROTOCOL_VERSION, cls.TYPE]
     for name in names:
         v = getattr(msg, name)
-        values.append(list(v) if isinstance(v, tuple) else v)
+        if isinstance(v, tuple):
+            # Membership rows (NamedTuples with an IntEnum) go out as plain arrays of plain ints.
+            v = [[u[0], int(u[1]), int(u[2]), u[3], u[4]] if isinstance(u, Update) else u
+                 for u in v]
+        values.append(v)
     return cbor2.dumps(values)
 
 

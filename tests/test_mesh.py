@@ -10,6 +10,7 @@ import pytest
 
 from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
+from meshcache.membership import State
 
 from .conftest import SMALL_BLOCK, make_bytes
 
@@ -190,3 +191,27 @@ def test_meshcache_peers_lists_the_members(tmp_path):
     gone = subprocess.run([sys.executable, "-m", "meshcache.cli", "peers"], env=env,
                           capture_output=True, text=True, timeout=30)
     assert gone.returncode == 5 and "no running meshcached" in gone.stderr
+
+
+def test_a_node_that_knows_one_seed_learns_the_zone_by_swim(tmp_path):
+    """Each node is configured with only the first node as a peer: the others come from the
+    SYNC on join and membership gossip (then HELLO admits them), and probes flow both ways."""
+    seed = zone(tmp_path / "seed", 1)[0]
+    addr = "%s:%d" % seed.peers.address
+    others = [zone(tmp_path / f"o{i}", 1, peers=[addr])[0] for i in range(3)]
+    nodes = [seed, *others]
+    try:
+        deadline = time.monotonic() + 10
+        while any(len(x.mesh.members) != 3 for x in nodes):
+            assert time.monotonic() < deadline, [len(x.mesh.members) for x in nodes]
+            time.sleep(0.05)
+        time.sleep(1.0)
+        for x in nodes:
+            table = x.mesh.membership.live_members()
+            assert {m.node_id for m in table} == set(x.mesh.members)
+            assert all(m.state == State.ALIVE for m in table)
+            assert x.mesh.membership.stats["probes"] > 0
+            assert all(not m.suspect for m in x.mesh.members.values())
+    finally:
+        for x in nodes:
+            x.close()

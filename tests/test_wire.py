@@ -19,6 +19,9 @@ uints = st.integers(min_value=0, max_value=2**63 - 1)
 digests = st.binary(min_size=32, max_size=32)
 node_ids = st.binary(min_size=1, max_size=64)
 texts = st.text(max_size=40)
+rows = st.builds(wire.Update, node_ids, uints, st.sampled_from(list(wire.State)),
+                 st.text(max_size=30), st.text(max_size=10))
+row_lists = st.lists(rows, max_size=6).map(tuple)
 
 messages = st.one_of(
     st.builds(wire.Hello, node_ids, st.integers(0, 40).map(lambda e: 1 << e),
@@ -37,7 +40,13 @@ messages = st.one_of(
               node_ids, st.integers(0, 2**62), st.integers(0, 2**62), st.binary(max_size=200)),
     st.builds(wire.Ping, uints),
     st.builds(wire.Ack, uints),
+    st.builds(wire.Ping, uints, row_lists),
+    st.builds(wire.Ack, uints, row_lists),
     st.builds(wire.Error, uints, texts),
+    st.builds(wire.Leave, node_ids, uints),
+    st.builds(wire.PingReq, uints, node_ids, st.text(max_size=30), row_lists),
+    st.builds(wire.Sync, row_lists, st.booleans()),
+    st.builds(wire.Gossip, row_lists),
 )
 
 
@@ -102,6 +111,28 @@ def test_peers_usage_shapes():
     assert wire.MAX_FRAME == 1 << 20
 
 
+def test_membership_messages_round_trip_to_membership_rows():
+    row = wire.Update(b"n" * 32, 7, wire.State.SUSPECT, "", "")
+    alive = wire.Update(b"m" * 32, 2, wire.State.ALIVE, "10.0.0.2:7946", "z")
+    for msg in (wire.Ping(3, (row, alive)), wire.Ack(3, (alive,)), wire.Gossip((row,)),
+                wire.PingReq(4, b"t" * 32, "10.0.0.3:7946", (row,)),
+                wire.Sync((alive, row), True), wire.Leave(b"n" * 32, 9)):
+        got = wire.decode(wire.encode(msg))
+        assert got == msg
+    got = wire.decode(wire.encode(wire.Sync((alive, row), True)))
+    assert got.members[1].state is wire.State.SUSPECT and isinstance(got.members[0], wire.Update)
+    # An old peer's PING (no updates) still decodes.
+    assert wire.decode(envelope(1, wire.Ping.TYPE, 5)) == wire.Ping(5)
+
+
+def test_a_sync_table_is_bounded():
+    big = [[i.to_bytes(4, "big"), 0, 0, "a", "z"] for i in range(wire.MAX_MEMBERS + 1)]
+    with pytest.raises(WireError, match="at most"):
+        wire.decode(envelope(1, wire.Sync.TYPE, big))
+    ok = wire.decode(envelope(1, wire.Sync.TYPE, big[:-1]))
+    assert len(ok.members) == wire.MAX_MEMBERS
+
+
 def test_error_text_is_truncated_when_sending():
     assert len(wire.Error(1, "x" * 100_000).text) == wire.MAX_TEXT
 
@@ -117,8 +148,18 @@ def envelope(*items) -> bytes:
     (envelope(2, wire.Ping.TYPE, 1), "protocol version mismatch"),
     (envelope(1, 99, 1), "unknown message type"),
     (envelope(1, "ping", 1), "unknown message type"),
-    (envelope(1, wire.Ping.TYPE), "expected 1..1 fields"),
-    (envelope(1, wire.Ping.TYPE, 1, 2), "expected 1..1 fields"),
+    (envelope(1, wire.Ping.TYPE), "expected 1..2 fields"),
+    (envelope(1, wire.Ping.TYPE, 1, [], 2), "expected 1..2 fields"),
+    (envelope(1, wire.Ping.TYPE, 1, 2), "updates: expected a list"),
+    (envelope(1, wire.Ping.TYPE, 1, [[b"n", 1, 0, "a"]]), r"updates\[\]: expected"),
+    (envelope(1, wire.Ping.TYPE, 1, [[b"n", 1, 4, "a", "z"]]), r"state: expected 0..3"),
+    (envelope(1, wire.Ping.TYPE, 1, [[b"", 1, 0, "a", "z"]]), r"node_id"),
+    (envelope(1, wire.Ack.TYPE, 1, [[b"n", 1, 0, "a" * 301, "z"]]), r"addr"),
+    (envelope(1, wire.Ack.TYPE, 1, [[b"n", 1, 0, "a", "z"]] * 65), r"at most 64 rows"),
+    (envelope(1, wire.Sync.TYPE, [], 1), "reply: expected true or false"),
+    (envelope(1, wire.Sync.TYPE, [[b"n", 2**63, 0, "a", "z"]]), "integer out of range"),
+    (envelope(1, wire.PingReq.TYPE, 1, b"t"), "expected 3..4 fields"),
+    (envelope(1, wire.Gossip.TYPE, [[b"n", 1, True, "a", "z"]]), "state"),
     (envelope(1, wire.Ping.TYPE, 2**63), "integer out of range"),
     (envelope(1, wire.Ping.TYPE, -1), "negative"),
     (envelope(1, wire.Ping.TYPE, 1.5), "floats"),
