@@ -99,8 +99,6 @@ class Config:
     # Seconds between push-pull syncs of the whole member table once nothing changes (while
     # syncs bring news they run every 2 ping_intervals).
     sync_interval: float = 30.0
-    # Unix socket of a local meshcached; the library uses it when present ("" = none).
-    daemon_socket: str = ""
     log_level: str = "WARNING"
 
     # ---- presets ---------------------------------------------------------------------------------
