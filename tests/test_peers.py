@@ -64,11 +64,17 @@ def warm(tmp_path, url, name="a"):
     n.close()
 
 
-def test_two_nodes_exchange_blocks(tmp_path, origin):
-    data = make_bytes(12 * SMALL_BLOCK + 5, 51)
-    origin.put("model.bin", data)
-    url = origin.url_for("model.bin")
+def warmed_object(tmp_path, origin, size, seed, name="m.bin"):
+    """`size` bytes at the origin, already in the store of node "a"; returns (data, url)."""
+    data = make_bytes(size, seed)
+    origin.put(name, data)
+    url = origin.url_for(name)
     warm(tmp_path, url)
+    return data, url
+
+
+def test_two_nodes_exchange_blocks(tmp_path, origin):
+    data, url = warmed_object(tmp_path, origin, 12 * SMALL_BLOCK + 5, 51, name="model.bin")
     origin.reset_stats()
     proc, addr = start_daemon(tmp_path / "a")
     try:
@@ -85,10 +91,7 @@ def test_two_nodes_exchange_blocks(tmp_path, origin):
 
 
 def test_peer_without_the_credential_gets_nothing(tmp_path, origin):
-    data = make_bytes(4 * SMALL_BLOCK, 52)
-    origin.put("m.bin", data)
-    url = origin.url_for("m.bin")
-    warm(tmp_path, url)
+    data, url = warmed_object(tmp_path, origin, 4 * SMALL_BLOCK, 52)
     proc, addr = start_daemon(tmp_path / "a")
     try:
         node = reader_node(tmp_path, [addr], secret="not-the-secret")
@@ -129,10 +132,7 @@ LIAR = textwrap.dedent("""
 
 @pytest.mark.parametrize("mode", ["corrupt", "stall"])
 def test_bad_peer_is_dropped_and_the_read_completes(tmp_path, origin, mode):
-    data = make_bytes(3 * SMALL_BLOCK, 53)
-    origin.put("m.bin", data)
-    url = origin.url_for("m.bin")
-    warm(tmp_path, url)
+    data, url = warmed_object(tmp_path, origin, 3 * SMALL_BLOCK, 53)
     proc, addr = start_daemon(tmp_path / "a", code=LIAR, extra_env={"LIAR_MODE": mode})
     try:
         node = reader_node(tmp_path, [addr])
@@ -154,10 +154,7 @@ def test_bad_peer_is_dropped_and_the_read_completes(tmp_path, origin, mode):
 
 
 def test_garbage_datagrams_leave_the_server_serving(tmp_path, origin):
-    data = make_bytes(4 * SMALL_BLOCK, 54)
-    origin.put("m.bin", data)
-    url = origin.url_for("m.bin")
-    warm(tmp_path, url)
+    data, url = warmed_object(tmp_path, origin, 4 * SMALL_BLOCK, 54)
     proc, addr = start_daemon(tmp_path / "a")
     try:
         host, port = addr.rsplit(":", 1)
@@ -183,10 +180,7 @@ def test_garbage_datagrams_leave_the_server_serving(tmp_path, origin):
 def test_malformed_messages_get_an_error_and_the_server_keeps_serving(tmp_path, origin):
     from meshcache import wire
 
-    data = make_bytes(4 * SMALL_BLOCK, 55)
-    origin.put("m.bin", data)
-    url = origin.url_for("m.bin")
-    warm(tmp_path, url)
+    data, url = warmed_object(tmp_path, origin, 4 * SMALL_BLOCK, 55)
     proc, addr = start_daemon(tmp_path / "a")
     try:
         node = reader_node(tmp_path, [addr])
