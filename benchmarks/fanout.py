@@ -26,29 +26,12 @@ from typing import Any
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # libtorrent's 1.x-style API
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import GiB, MiB, emit, log, make_file, parse  # noqa: E402
-from _mesh_fanout import stop_all, tx_bytes  # noqa: E402
+from _mesh_fanout import run_meshcache, stop_all, tx_bytes  # noqa: E402
 
 from meshcache.lab.netns import Lab, requires_root  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PIECE = 4 * MiB
-
-
-# --------------------------------------------------------------------------- meshcache half
-
-def run_meshcache(lab: Lab, origin_url: str, size: int, rate_bits: float,
-                  timeout: float = 600) -> dict[str, Any]:
-    """MESHCACHE HALF -- owned by the lead.
-
-    Every lab host reads `origin_url` (`size` bytes) at once through meshcache; returns at least
-    {"meshcache_s": slowest host's seconds, "meshcache_origin_bytes": bytes the origin's eth0
-    sent meanwhile, "slowest_s": same as meshcache_s}. Raise NotImplementedError to have
-    fanout.py skip this half (its keys are then null)."""
-    try:
-        from _mesh_fanout import run_meshcache as impl
-    except ImportError as e:
-        raise NotImplementedError(f"benchmarks/_mesh_fanout.py: {e}") from e
-    return impl(lab, origin_url, size, rate_bits, timeout=timeout)
 
 
 # --------------------------------------------------------------------------- libtorrent half
@@ -193,15 +176,11 @@ def main() -> None:
                 if args.skip_meshcache:
                     log("meshcache: skipped (--skip-meshcache 1)")
                 else:
-                    try:
-                        mesh = run_meshcache(lab, url, size, args.rate, timeout=timeout)
-                    except NotImplementedError as e:
-                        log(f"meshcache: SKIPPED, run_meshcache is not implemented yet ({e})")
-                    else:
-                        mesh.pop("meshcache_digest", None)
-                        log(f"meshcache: slowest host {mesh['meshcache_s']:.1f} s, origin sent "
-                            f"{mesh['meshcache_origin_bytes'] / size:.3f}x the object")
-                        result.update(mesh)
+                    mesh = run_meshcache(lab, url, size, args.rate, timeout=timeout)
+                    mesh.pop("meshcache_digest", None)
+                    log(f"meshcache: slowest host {mesh['meshcache_s']:.1f} s, origin sent "
+                        f"{mesh['meshcache_origin_bytes'] / size:.3f}x the object")
+                    result.update(mesh)
                 if args.skip_libtorrent:
                     log("libtorrent: skipped (--skip-libtorrent 1)")
                 else:
