@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import Timer, emit, log, parse  # noqa: E402
 
-from meshcache.bloom import BloomFilter  # noqa: E402
+from meshcache.core.bloom import BloomFilter  # noqa: E402
 
 N = 1_000_000
 

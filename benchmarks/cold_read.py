@@ -22,7 +22,7 @@ from _common import GiB, MiB, Timer, emit, log, make_file, parse  # noqa: E402
 import fsspec  # noqa: E402
 
 import meshcache  # noqa: E402
-from meshcache.digest import digest  # noqa: E402
+from meshcache.core.digest import digest  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ sys.path.insert(0, HERE)
 import blake3  # noqa: E402
 
 from _common import GiB, MiB, emit, log, make_file  # noqa: E402
-from meshcache.loop import new_event_loop  # noqa: E402
+from meshcache.read.loop import new_event_loop  # noqa: E402
 
 STATS = "__stats__"
 BLOCK = 8 * MiB

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from .config import Config, ConfigError
-from .node import Node, shared_node
-from .origin import ObjectChanged, ObjectNotFound, OriginError
-from .reader import Reader
-from .store import BlockCorrupt, StoreError
-from .version import ObjectVersion
+from meshcache.config import Config, ConfigError
+from meshcache.read.node import Node, shared_node
+from meshcache.read.origin import ObjectChanged, ObjectNotFound, OriginError
+from meshcache.read.reader import Reader
+from meshcache.read.store import BlockCorrupt, StoreError
+from meshcache.core.version import ObjectVersion
 
 __all__ = ["open", "cat", "prewarm", "stat", "refresh", "stats", "default_node", "Node", "Config",
            "ConfigError", "Reader", "ObjectVersion", "OriginError", "ObjectNotFound",

@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from .config import Config, ConfigError
-from .node import Node
-from .origin import ObjectChanged, ObjectNotFound, OriginError
-from .store import StoreError
+from meshcache.config import Config, ConfigError
+from meshcache.read.node import Node
+from meshcache.read.origin import ObjectChanged, ObjectNotFound, OriginError
+from meshcache.read.store import StoreError
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_ORIGIN, EXIT_STORE, EXIT_CONFIG = 1, 2, 3, 4, 5, 6
 CHUNK = 4 * 1024 * 1024
@@ -253,7 +253,7 @@ def peers(obj: _Ctx, as_json: bool) -> None:
     """List the live members the local meshcached sees: zone, address, summary size."""
     import time as _time
 
-    from .mesh import STATUS_FILE
+    from meshcache.mesh.mesh import STATUS_FILE
 
     path = os.path.join(obj.config.cache_dir, STATUS_FILE)
     try:

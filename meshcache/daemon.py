@@ -16,9 +16,9 @@ import threading
 
 import click
 
-from .config import Config, ConfigError
-from .node import Node
-from .store import StoreError
+from meshcache.config import Config, ConfigError
+from meshcache.read.node import Node
+from meshcache.read.store import StoreError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

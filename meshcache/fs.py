@@ -12,10 +12,10 @@ from typing import Any
 import fsspec
 from fsspec.implementations.chained import ChainedFileSystem
 
-from .config import Config
-from .node import Node, shared_node
-from .origin import ObjectNotFound, OriginError
-from .reader import Reader, open_reader
+from meshcache.config import Config
+from meshcache.read.node import Node, shared_node
+from meshcache.read.origin import ObjectNotFound, OriginError
+from meshcache.read.reader import Reader, open_reader
 
 
 class MeshcacheFileSystem(ChainedFileSystem):

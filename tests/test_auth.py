@@ -8,9 +8,9 @@ import os
 import pytest
 from hypothesis import given, strategies as st
 
-from meshcache.auth import AuthFailed, ClientHandshake, ServerHandshake, derive_key, \
+from meshcache.mesh.auth import AuthFailed, ClientHandshake, ServerHandshake, derive_key, \
     make_authenticator
-from meshcache.loop import new_event_loop
+from meshcache.read.loop import new_event_loop
 from meshcache.transport import AuthenticationError, TransportConfig
 
 

@@ -1,6 +1,6 @@
 from hypothesis import given, strategies as st
 
-from meshcache.blocks import block_count, block_length, block_span, blocks_for_range
+from meshcache.core.blocks import block_count, block_length, block_span, blocks_for_range
 
 sizes = st.integers(min_value=0, max_value=2**40)
 bsizes = st.sampled_from([2**k for k in range(10, 27)])

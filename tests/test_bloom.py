@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshcache import bloom
-from meshcache.bloom import BloomError, BloomFilter
-from meshcache.wire import WireError
+from meshcache.core import bloom
+from meshcache.core.bloom import BloomError, BloomFilter
+from meshcache.core.wire import WireError
 
 digests = st.binary(min_size=32, max_size=32)
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from .conftest import SMALL_BLOCK
+from tests.conftest import SMALL_BLOCK
 
 
 @pytest.fixture

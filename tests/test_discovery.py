@@ -9,9 +9,9 @@ import time
 import pytest
 
 from meshcache import Config, Node
-from meshcache.discovery import AdError, Discovery, parse_ad
+from meshcache.mesh.discovery import AdError, Discovery, parse_ad
 
-from .conftest import SMALL_BLOCK
+from tests.conftest import SMALL_BLOCK
 
 
 def test_parse_ad_bounds():

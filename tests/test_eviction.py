@@ -1,6 +1,6 @@
 from hypothesis import given, settings, strategies as st
 
-from meshcache.eviction import S3FIFO
+from meshcache.core.eviction import S3FIFO
 
 ops = st.lists(st.tuples(st.sampled_from(["insert", "access", "remove", "evict"]),
                          st.integers(0, 40), st.integers(1, 50)), max_size=300)

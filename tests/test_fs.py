@@ -10,7 +10,7 @@ import pytest
 
 from meshcache.fs import MeshcacheFileSystem
 
-from .conftest import SMALL_BLOCK
+from tests.conftest import SMALL_BLOCK
 
 
 def _cfg(tmp_path):

@@ -7,7 +7,7 @@ import random
 
 from hypothesis import given, settings, strategies as st
 
-from meshcache.gate import Gate
+from meshcache.read.gate import Gate
 
 
 @settings(max_examples=40, deadline=None)

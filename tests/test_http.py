@@ -10,7 +10,7 @@ import pytest
 from meshcache import Node, ObjectChanged, ObjectNotFound, OriginError
 from meshcache.lab.httporigin import OriginServer
 
-from .conftest import SMALL_BLOCK, make_bytes
+from tests.conftest import SMALL_BLOCK, make_bytes
 
 
 @pytest.fixture

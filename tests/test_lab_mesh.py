@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from meshcache.digest import digest
+from meshcache.core.digest import digest
 from meshcache.lab.httporigin import make_file
 
 from tests.lab_fixtures import lab, needs_lab  # noqa: F401

@@ -3,8 +3,8 @@ import os
 import pytest
 from hypothesis import given, strategies as st
 
-from meshcache.manifest import Manifest, ManifestError
-from meshcache.version import ObjectVersion, token_from_info
+from meshcache.core.manifest import Manifest, ManifestError
+from meshcache.core.version import ObjectVersion, token_from_info
 
 digests = st.one_of(st.none(), st.binary(min_size=32, max_size=32))
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshcache.membership import (Ack, Gossip, Leave, MemberDown, MemberLeft, MemberSuspect, MemberUp,
+from meshcache.core.membership import (Ack, Gossip, Leave, MemberDown, MemberLeft, MemberSuspect, MemberUp,
                                   Membership, Ping, PingReq, State, Sync, Update)
 
 PING = 1.0

@@ -10,9 +10,9 @@ import pytest
 
 from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
-from meshcache.membership import State
+from meshcache.core.membership import State
 
-from .conftest import SMALL_BLOCK, make_bytes
+from tests.conftest import SMALL_BLOCK, make_bytes
 
 SECRET = "zone-secret"
 

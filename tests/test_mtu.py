@@ -1,6 +1,6 @@
 """QUIC datagram size from the interface MTU (aioquic has no path-MTU discovery)."""
 
-from meshcache.mtu import auto_datagram_size, datagram_size_for_mtu
+from meshcache.transport.mtu import auto_datagram_size, datagram_size_for_mtu
 
 from tests.lab_fixtures import lab, needs_lab  # noqa: F401
 
@@ -22,6 +22,6 @@ def test_loopback_and_unknown_addresses():
 def test_a_lab_host_uses_its_9000_byte_mtu(lab):
     lab1 = lab(1)
     host = lab1.hosts[0]
-    out = host.python_output("from meshcache.mtu import auto_datagram_size as a; "
+    out = host.python_output("from meshcache.transport.mtu import auto_datagram_size as a; "
                              f"print(a('{host.address}'))")
     assert int(out) == 8972

@@ -16,7 +16,7 @@ import pytest
 from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
 
-from .conftest import SMALL_BLOCK, make_bytes
+from tests.conftest import SMALL_BLOCK, make_bytes
 
 SECRET = "test-cluster-secret"
 
@@ -108,11 +108,11 @@ def test_peer_without_the_credential_gets_nothing(tmp_path, origin):
 LIAR = textwrap.dedent("""
     import os, signal, sys, json, threading
     from meshcache import Config, Node
-    from meshcache import peers
+    from meshcache.mesh import peers
     mode = os.environ["LIAR_MODE"]
     class Liar(peers.PeerService):
         async def _serve_block(self, stream, conn, msg):
-            from meshcache import wire
+            from meshcache.core import wire
             import asyncio
             data = self.node.store.read_block(msg.digest)
             await stream.send_frame(wire.encode(wire.Block(msg.request_id, msg.digest, len(data))))
@@ -146,7 +146,7 @@ def test_bad_peer_is_dropped_and_the_read_completes(tmp_path, origin, mode):
             assert st["bad_peers"] >= 1
         assert time.monotonic() - t < 20
         for d in node.store.digests():  # nothing unverified was stored
-            from meshcache.digest import digest
+            from meshcache.core.digest import digest
             assert digest(node.store.block_path(d).read_bytes()) == d
         node.close()
     finally:
@@ -178,7 +178,7 @@ def test_garbage_datagrams_leave_the_server_serving(tmp_path, origin):
 
 
 def test_malformed_messages_get_an_error_and_the_server_keeps_serving(tmp_path, origin):
-    from meshcache import wire
+    from meshcache.core import wire
 
     data, url = warmed_object(tmp_path, origin, 4 * SMALL_BLOCK, 55)
     proc, addr = start_daemon(tmp_path / "a")

@@ -11,10 +11,10 @@ import pytest
 
 from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
-from meshcache.ratelimit import RateLimiter
+from meshcache.mesh.ratelimit import RateLimiter
 
-from .conftest import make_bytes
-from .test_peers import SECRET, start_daemon, stop
+from tests.conftest import make_bytes
+from tests.test_peers import SECRET, start_daemon, stop
 
 MB = 1_000_000
 BLOCK = 1 << 20

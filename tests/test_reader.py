@@ -14,7 +14,7 @@ import pytest
 import meshcache
 from meshcache import Node, ObjectChanged, ObjectNotFound
 
-from .conftest import SMALL_BLOCK, is_root
+from tests.conftest import SMALL_BLOCK, is_root
 
 
 def test_cold_then_hot(node, local_object):
@@ -209,6 +209,6 @@ def test_full_disk_still_serves_correct_bytes(tmp_path, cache_config, local_obje
         assert n.stats()["store_errors"] > 0
         n.close()
         for d in n.store.digests():
-            assert meshcache.digest.digest(n.store.block_path(d).read_bytes()) == d
+            assert meshcache.core.digest.digest(n.store.block_path(d).read_bytes()) == d
     finally:
         subprocess.run(["umount", "-l", str(full)], check=True)

@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshcache.rendezvous import owner, owners, rank, score
+from meshcache.core.rendezvous import owner, owners, rank, score
 
 ids = st.binary(min_size=1, max_size=20)
 

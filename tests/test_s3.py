@@ -12,7 +12,7 @@ from moto.server import ThreadedMotoServer
 
 from meshcache import Node, ObjectChanged, ObjectNotFound
 
-from .conftest import SMALL_BLOCK, make_bytes
+from tests.conftest import SMALL_BLOCK, make_bytes
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 from hypothesis import given, strategies as st
 
-from meshcache.statcache import StatCache
-from meshcache.version import ObjectVersion
+from meshcache.core.statcache import StatCache
+from meshcache.core.version import ObjectVersion
 
 
 def test_ttl_and_refresh():

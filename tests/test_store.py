@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from meshcache.digest import digest
-from meshcache.manifest import Manifest
-from meshcache.store import BlockCorrupt, BlockStore, StoreError
-from meshcache.version import ObjectVersion
+from meshcache.core.digest import digest
+from meshcache.core.manifest import Manifest
+from meshcache.read.store import BlockCorrupt, BlockStore, StoreError
+from meshcache.core.version import ObjectVersion
 
-from .conftest import is_root, make_bytes
+from tests.conftest import is_root, make_bytes
 
 
 def tmp_files(root):
@@ -138,7 +138,7 @@ def test_read_only_and_full_disks(tmp_path):
 
 WRITER = textwrap.dedent("""
     import os, random, sys
-    from meshcache.store import BlockStore
+    from meshcache.read.store import BlockStore
     s = BlockStore(sys.argv[1], 1 << 40, fsync=True)
     r = random.Random(int(sys.argv[2]))
     print("ready", flush=True)

@@ -6,7 +6,7 @@ import os
 
 from hypothesis import given, settings, strategies as st
 
-from meshcache.summaries import LocalSummary, RemoteSummaries
+from meshcache.mesh.summaries import LocalSummary, RemoteSummaries
 
 
 def digests(n, seed=0):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshcache.tokenbucket import TokenBucket
+from meshcache.core.tokenbucket import TokenBucket
 
 
 def test_burst_then_wait():

@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 import blake3
 import pytest
 
-from meshcache.loop import new_event_loop
+from meshcache.read.loop import new_event_loop
 from meshcache.transport import (
     AuthenticationError,
     FrameTooLarge,

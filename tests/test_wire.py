@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshcache import wire
-from meshcache.wire import WireError
+from meshcache.core import wire
+from meshcache.core.wire import WireError
 
 # ---- strategies (shared with tests/fuzz) ----------------------------------------------------------
 

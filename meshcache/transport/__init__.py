@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import (
+from meshcache.transport.base import (
     ALPN,
     AuthenticationError,
     Authenticator,
@@ -25,7 +25,7 @@ from .base import (
     TransportError,
     TransportTimeout,
 )
-from .memory import MemoryNetwork, MemoryTransport
+from meshcache.transport.memory import MemoryNetwork, MemoryTransport
 
 __all__ = [
     "ALPN", "AuthenticationError", "Authenticator", "Connection", "ConnectionClosed",
@@ -37,7 +37,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "QuicTransport":
-        from .quic import QuicTransport
+        from meshcache.transport.quic import QuicTransport
 
         return QuicTransport
     raise AttributeError(name)

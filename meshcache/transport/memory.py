@@ -13,7 +13,7 @@ import itertools
 import os
 from typing import Any
 
-from .base import (
+from meshcache.transport.base import (
     ConnectionClosed,
     Connection,
     PeerInfo,

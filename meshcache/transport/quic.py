@@ -46,8 +46,8 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 from cryptography.hazmat.primitives import serialization
 
-from . import aioquic_fix
-from .base import (
+from meshcache.transport import aioquic_fix
+from meshcache.transport.base import (
     ALPN,
     ERR_NONE,
     Connection,
@@ -62,7 +62,7 @@ from .base import (
     TransportTimeout,
     parse_address,
 )
-from .identity import create_identity, load_or_create_identity, node_id_of_certificate
+from meshcache.transport.identity import create_identity, load_or_create_identity, node_id_of_certificate
 
 # MESHCACHE_AIOQUIC_SEND_BUFFER=0 keeps aioquic's own send buffer (to measure the patch)
 aioquic_fix.apply(send_buffer=os.environ.get("MESHCACHE_AIOQUIC_SEND_BUFFER", "1") != "0")

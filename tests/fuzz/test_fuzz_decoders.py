@@ -7,9 +7,9 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshcache import wire
-from meshcache.bloom import BloomError, BloomFilter
-from meshcache.wire import WireError
+from meshcache.core import wire
+from meshcache.core.bloom import BloomError, BloomFilter
+from meshcache.core.wire import WireError
 from tests.test_wire import messages
 
 N = int(os.environ.get("MESHCACHE_FUZZ_EXAMPLES", "1500"))

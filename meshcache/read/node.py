@@ -17,19 +17,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from .blocks import block_count, block_span
-from .config import Config
-from .digest import digest as compute_digest
-from .gate import Gate
-from .loop import LoopThread
-from .manifest import Manifest
-from .origin import ObjectChanged, ObjectNotFound, Origin, OriginError, normalize_url
-from .singleflight import SingleFlight
-from .statcache import StatCache
-from .store import BlockCorrupt, BlockStore, StoreError
-from .version import ObjectVersion
+from meshcache.core.blocks import block_count, block_span
+from meshcache.config import Config
+from meshcache.core.digest import digest as compute_digest
+from meshcache.read.gate import Gate
+from meshcache.read.loop import LoopThread
+from meshcache.core.manifest import Manifest
+from meshcache.read.origin import ObjectChanged, ObjectNotFound, Origin, OriginError, normalize_url
+from meshcache.read.singleflight import SingleFlight
+from meshcache.core.statcache import StatCache
+from meshcache.read.store import BlockCorrupt, BlockStore, StoreError
+from meshcache.core.version import ObjectVersion
 
-log = logging.getLogger("meshcache.node")
+log = logging.getLogger("meshcache.read.node")
 
 STAT_KEYS = ("bytes_from_local", "bytes_from_peers", "bytes_from_origin", "origin_requests",
              "block_hits", "block_misses", "origin_errors", "store_errors", "corrupt_blocks",
@@ -86,8 +86,8 @@ class Node:
     def start_peers(self) -> tuple[str, int]:
         """Listen for peers on `config.listen` and ask `config.peers` before the origin."""
         if self.peers is None:
-            from .mesh import Mesh
-            from .peers import PeerService
+            from meshcache.mesh.mesh import Mesh
+            from meshcache.mesh.peers import PeerService
 
             async def start() -> Any:
                 service = PeerService(self)
@@ -362,7 +362,7 @@ class Node:
         owner = mesh.owner(version.key + index.to_bytes(8, "big")) if forward else None
         if owner is None or peers.penalized(owner.address):
             return None
-        from .peers import PeerMisbehaved
+        from meshcache.mesh.peers import PeerMisbehaved
 
         for attempt in (1, 2):
             try:
@@ -504,7 +504,7 @@ class Node:
     def cat(self, url: str, start: int | None = None, end: int | None = None,
             options: Mapping[str, Any] | None = None) -> bytes:
         """Bytes [start, end) of the object (negative offsets count from the end)."""
-        from .reader import Reader
+        from meshcache.read.reader import Reader
 
         with Reader(self, url, options) as f:
             size = f.size
@@ -519,7 +519,7 @@ class Node:
 
     def open(self, url: str, mode: str = "rb", **options: Any) -> Any:
         """A read-only file object over `url` (binary, or text for mode 'r')."""
-        from .reader import Reader, open_reader
+        from meshcache.read.reader import Reader, open_reader
 
         return open_reader(self, url, mode, options)
 

@@ -35,14 +35,14 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from . import membership as ms
-from . import wire
-from .rendezvous import rank
-from .summaries import LocalSummary, RemoteSummaries
-from .transport import TransportError
-from .transport.base import parse_address
+from meshcache.core import membership as ms
+from meshcache.core import wire
+from meshcache.core.rendezvous import rank
+from meshcache.mesh.summaries import LocalSummary, RemoteSummaries
+from meshcache.transport import TransportError
+from meshcache.transport.base import parse_address
 
-log = logging.getLogger("meshcache.mesh")
+log = logging.getLogger("meshcache.mesh.mesh")
 
 STATUS_FILE = "mesh.json"
 
@@ -154,7 +154,7 @@ class Mesh:
             return "127.0.0.1", port
 
     async def _start_discovery(self) -> None:
-        from .discovery import Discovery
+        from meshcache.mesh.discovery import Discovery
 
         cfg = self.node.config
         host, port = self.peers.address

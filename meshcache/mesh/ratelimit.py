@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import Hashable
 
-from .tokenbucket import TokenBucket
+from meshcache.core.tokenbucket import TokenBucket
 
 CHUNK = 256 * 1024  # payloads are limited in chunks of this size
 

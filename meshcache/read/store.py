@@ -23,12 +23,12 @@ import resource
 from pathlib import Path
 from typing import Iterator
 
-from .digest import digest as compute_digest
-from .digest import is_hex_digest, to_hex
-from .eviction import S3FIFO
-from .manifest import Manifest, ManifestError
+from meshcache.core.digest import digest as compute_digest
+from meshcache.core.digest import is_hex_digest, to_hex
+from meshcache.core.eviction import S3FIFO
+from meshcache.core.manifest import Manifest, ManifestError
 
-log = logging.getLogger("meshcache.store")
+log = logging.getLogger("meshcache.read.store")
 
 
 class StoreError(OSError):

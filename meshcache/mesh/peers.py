@@ -16,18 +16,18 @@ import os
 import time
 from typing import Any
 
-from . import wire
-from .auth import make_authenticator
-from .digest import digest as compute_digest
-from .digest import to_hex
-from .manifest import Manifest, ManifestError
-from .mtu import auto_datagram_size
-from .ratelimit import CHUNK, RateLimiter
-from .transport import Stream, TransportConfig, TransportError
-from .transport.base import parse_address
-from .version import ObjectVersion
+from meshcache.core import wire
+from meshcache.mesh.auth import make_authenticator
+from meshcache.core.digest import digest as compute_digest
+from meshcache.core.digest import to_hex
+from meshcache.core.manifest import Manifest, ManifestError
+from meshcache.transport.mtu import auto_datagram_size
+from meshcache.mesh.ratelimit import CHUNK, RateLimiter
+from meshcache.transport import Stream, TransportConfig, TransportError
+from meshcache.transport.base import parse_address
+from meshcache.core.version import ObjectVersion
 
-log = logging.getLogger("meshcache.peers")
+log = logging.getLogger("meshcache.mesh.peers")
 
 MAX_REQUEST_FRAME = 16 * 1024
 MAX_SUMMARY_FRAME = 8 << 20  # a summary of ~7M blocks; everything else is far smaller
@@ -42,8 +42,8 @@ class PeerService:
     """This node's side of the mesh: a QUIC endpoint that serves the store and asks peers."""
 
     def __init__(self, node: Any) -> None:
-        from .transport.identity import load_or_create_identity
-        from .transport.quic import QuicTransport
+        from meshcache.transport.identity import load_or_create_identity
+        from meshcache.transport.quic import QuicTransport
 
         cfg = node.config
         credential = cfg.credential()

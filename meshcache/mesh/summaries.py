@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .bloom import BloomError, BloomFilter
+from meshcache.core.bloom import BloomError, BloomFilter
 
 DEFAULT_FPR = 0.01
 

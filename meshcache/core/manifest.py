@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import cbor2
 
-from .blocks import block_count
-from .digest import DIGEST_SIZE
-from .version import ObjectVersion
+from meshcache.core.blocks import block_count
+from meshcache.core.digest import DIGEST_SIZE
+from meshcache.core.version import ObjectVersion
 
 MANIFEST_FORMAT = 1
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # ~1.8M blocks: a 14 PiB object at 8 MiB blocks

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import fsspec
 from fsspec.asyn import AsyncFileSystem
 
-from .version import ObjectVersion, token_from_info
+from meshcache.core.version import ObjectVersion, token_from_info
 
 
 class OriginError(IOError):

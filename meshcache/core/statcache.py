@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .version import ObjectVersion
+from meshcache.core.version import ObjectVersion
 
 
 class StatCache:

@@ -9,7 +9,7 @@ import json
 import logging
 import subprocess
 
-log = logging.getLogger("meshcache.mtu")
+log = logging.getLogger("meshcache.transport.mtu")
 
 DEFAULT = 1452  # fits a 1500-byte Ethernet MTU through most tunnels
 LARGEST = 65000  # loopback: aioquic frames beyond this gain nothing

@@ -16,9 +16,9 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from .mtu import interface_mtus
+from meshcache.transport.mtu import interface_mtus
 
-log = logging.getLogger("meshcache.discovery")
+log = logging.getLogger("meshcache.mesh.discovery")
 
 SERVICE = "_meshcache._udp.local."
 PROTOCOL = 1

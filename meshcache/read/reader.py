@@ -10,9 +10,9 @@ import os
 import threading
 from typing import Any, Mapping
 
-from .node import FetchResult, Node
-from .origin import ObjectChanged
-from .store import BlockCorrupt
+from meshcache.read.node import FetchResult, Node
+from meshcache.read.origin import ObjectChanged
+from meshcache.read.store import BlockCorrupt
 
 _SOURCES = ("local", "peers", "origin")
 _STATS_EVERY = 64 << 20  # bytes read between updates of the node's counters

@@ -16,7 +16,7 @@ Framing for streams: a 4-byte big-endian length, then the CBOR body (`encode_fra
 A BLOCK header is followed on its stream by exactly ``size`` raw payload bytes, outside CBOR;
 `FrameDecoder` hands them out as `Payload` chunks.
 
-SUMMARY_DELTA carries a Bloom delta (`meshcache.bloom.BloomFilter.diff`), not a list of added
+SUMMARY_DELTA carries a Bloom delta (`meshcache.core.bloom.BloomFilter.diff`), not a list of added
 digests: a node rebuilds its filter after evictions, so bits are cleared as well as set, and only
 a delta of flipped bits says both. The delta names the filters it goes from and to; a receiver
 whose copy is not at ``from_generation`` asks for a full SUMMARY.
@@ -30,7 +30,7 @@ from typing import ClassVar, Union
 
 import cbor2
 
-from .membership import State, Update
+from meshcache.core.membership import State, Update
 
 __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "MAX_DEPTH", "FRAME_HEADER", "DIGEST_SIZE", "WireError",

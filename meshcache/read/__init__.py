@@ -1,0 +1,1 @@
+"""The read path: the node, its ladder of sources, the reader, the block store and origins."""
