@@ -1,0 +1,26 @@
+"""Rungs of the read path and their ranks: what a request sent to another node may use there.
+
+A rung's *rank* is not its place in the try order. A rung that asks another node sends its own
+rank as the request's `max_rank`; the asked node uses only rungs ranked below it. Ranks strictly
+fall along any chain of requests, so requests never loop, however the nodes' views disagree:
+a holder is asked for its store only; a zone owner may use its store, holders, other zones and
+the origin, but never asks another owner; a remote zone's provider is asked for its store only.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Rank(IntEnum):
+    LOCAL = 0        # this node's store
+    HOLDERS = 1      # zone peers whose summary or manifest say they hold the digest
+    REMOTE_ZONE = 2  # providers in other zones, found in the DHT (only the zone owner asks)
+    ORIGIN = 3       # the origin, through the zone's origin gate
+    OWNER = 4        # the zone owner of the block, which may use every rung below
+    ANY = 5          # a local caller: every rung
+
+
+def may_use(max_rank: int, rung: int) -> bool:
+    """Whether a request that carries `max_rank` may be served through `rung` here."""
+    return rung < max_rank
