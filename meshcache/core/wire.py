@@ -36,7 +36,7 @@ __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "MAX_DEPTH", "FRAME_HEADER", "DIGEST_SIZE", "WireError",
     "Hello", "Auth", "GetBlock", "Block", "Miss", "GetManifest", "ManifestMsg", "Summary",
     "SummaryDelta", "Ping", "Ack", "Error", "Leave", "PingReq", "Sync", "Gossip", "Update",
-    "State", "Message", "Payload", "encode", "decode",
+    "State", "Message", "Payload", "encode", "decode", "decode_value",
     "encode_frame", "FrameDecoder",
     "ERR_BAD_REQUEST", "ERR_VERSION", "ERR_BLOCK_SIZE", "ERR_AUTH", "ERR_TOO_LARGE",
     "ERR_BUSY", "ERR_INTERNAL", "ERR_NOT_FOUND",
@@ -490,6 +490,27 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME) -
         raise WireError(f"{cls.__name__}: {e}") from None
     except (TypeError, ValueError) as e:  # belt and braces: constructors raise WireError
         raise WireError(f"{cls.__name__}: {e}") from None
+
+
+def decode_value(data: bytes, *, max_size: int) -> object:
+    """One CBOR item of the accepted subset, bounded like `decode` (size, lengths, depth); for
+    protocols that ride this codec with their own messages (the DHT). Raises WireError only."""
+    if type(data) is not bytes:
+        raise WireError(f"expected bytes, got {type(data).__name__}")
+    n = len(data)
+    if n > max_size:
+        raise WireError(f"message of {n} bytes exceeds the limit of {max_size}")
+    if n == 0:
+        raise WireError("empty message")
+    try:
+        obj, pos = _item(data, 0, n, 0)
+    except RecursionError:
+        raise WireError("nesting too deep") from None
+    except (IndexError, TypeError, OverflowError) as e:
+        raise WireError(f"malformed CBOR: {e}") from None
+    if pos != n:
+        raise WireError(f"{n - pos} trailing bytes after the message")
+    return obj
 
 
 _REQUIRED: dict[type, int] = {
