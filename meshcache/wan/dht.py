@@ -5,8 +5,8 @@ A message is ``[kind, msg_id, sender node id, sender zone, payload]``; the sende
 is derived from its node id (records.dht_id), so what a node says it is and where it sits in the
 keyspace are bound together and to the credential that sealed the datagram. RPCs:
 ``ping``, ``find_node(key)``, ``find_value(key)`` (records, or the k closest nodes) and
-``announce(ttl, host, port, keys)``: one datagram announces up to 256 keys for its sender, whose
-node id and zone the stored records name. `Dht.announce` groups keys by keyspace region: one
+``announce(ttl_ms, host, port, keys)``: one datagram announces up to 256 keys for its sender,
+whose node id and zone the stored records name. `Dht.announce` groups keys by keyspace region: one
 lookup per region, then one ANNOUNCE per storing node (IPFS found one-by-one announcing does not
 scale past ~10k keys a cycle).
 """
@@ -186,13 +186,13 @@ class DhtProtocol(FixedKademliaProtocol):
             return [0, self._neighbors(args[0], sender)]
         if method == "announce" and len(args) == 4:
             ttl, host, port, keys = args
-            if type(ttl) is not int or not isinstance(keys, list) \
+            if type(ttl) is not int or ttl < 0 or not isinstance(keys, list) \
                     or len(keys) > MAX_KEYS_PER_ANNOUNCE:
                 raise WireError("announce: [ttl, host, port, keys]")
             if host in ("", "0.0.0.0", "::"):
                 host = sender.ip  # the publisher listens on every interface: its source address
             check_provider(node_id, zone, host, port)
-            rec = ProviderRecord(node_id, zone, host, port, now + min(float(ttl), self.max_ttl))
+            rec = ProviderRecord(node_id, zone, host, port, now + min(ttl / 1000, self.max_ttl))
             return sum(self.table.add(_key(k), rec, now) for k in keys)
         raise WireError(f"unknown request {method!r}/{len(args)}")
 
@@ -244,9 +244,9 @@ class DhtProtocol(FixedKademliaProtocol):
                 self.stats["malformed"] += 1
         return False, None
 
-    async def call_announce(self, node: Node, ttl: int, host: str, port: int,
+    async def call_announce(self, node: Node, ttl_ms: int, host: str, port: int,
                             keys: list[bytes]) -> bool:
-        ok, reply = await self._ask(node, "announce", ttl, host, port, keys)
+        ok, reply = await self._ask(node, "announce", ttl_ms, host, port, keys)
         return bool(ok and type(reply[1]) is int and reply[1] > 0)
 
     def welcome_if_new(self, node: Node) -> None:
@@ -298,7 +298,7 @@ class Dht:
         self.clock = clock
         self.table = table or ProviderTable()
         self.protocol = DhtProtocol(node_id, zone, Sealer(credential), self.table, ksize,
-                                    rpc_timeout, clock, max_ttl=max(record_ttl, 1.0))
+                                    rpc_timeout, clock)
         self.address: Address | None = None
         self.lookup_rounds: list[int] = []
 
@@ -394,7 +394,8 @@ class Dht:
                 continue
             for i in range(0, len(keys), MAX_KEYS_PER_ANNOUNCE):
                 chunk = keys[i:i + MAX_KEYS_PER_ANNOUNCE]
-                calls.append(self.protocol.call_announce(by_id[nid], int(ttl), host, port, chunk))
+                calls.append(self.protocol.call_announce(by_id[nid], int(ttl * 1000), host, port,
+                                                          chunk))
         results = await asyncio.gather(*calls)
         return stored + sum(bool(r) for r in results)
 

@@ -5,8 +5,8 @@ Keys are 160-bit Kademlia ids: a block's key is the first 20 bytes of its BLAKE3
 uniform; the fetched bytes are verified against the whole digest anyway), a version's manifest
 key is a hash of the version key under its own label, and a node's DHT id is a hash of its
 meshcache node id (so a node cannot pick its place in the keyspace apart from its identity).
-A record names the node that published it (the authenticated sender) and carries a TTL on the
-wire, never a clock reading: each receiver sets its own expiry.
+A record names the node that published it (the authenticated sender) and carries a TTL in
+milliseconds on the wire, never a clock reading: each receiver sets its own expiry.
 """
 
 from __future__ import annotations
@@ -59,18 +59,19 @@ class ProviderRecord:
         return self.expires > now
 
     def to_wire(self, now: float) -> list[object]:
-        return [self.node_id, self.zone, self.host, self.port, max(0, int(self.expires - now))]
+        return [self.node_id, self.zone, self.host, self.port,
+                max(0, int((self.expires - now) * 1000))]
 
     @classmethod
     def from_wire(cls, row: object, now: float, max_ttl: float = MAX_TTL) -> "ProviderRecord":
         """A record from a peer's reply, every field checked (raises WireError)."""
         if not isinstance(row, list) or len(row) != 5:
-            raise WireError("a provider record is [node_id, zone, host, port, ttl]")
+            raise WireError("a provider record is [node_id, zone, host, port, ttl_ms]")
         node_id, zone, host, port, ttl = row
         check_provider(node_id, zone, host, port)
-        if type(ttl) is not int:
-            raise WireError("provider ttl: expected an int")
-        return cls(node_id, zone, host, port, now + min(float(ttl), max_ttl))
+        if type(ttl) is not int or ttl < 0:
+            raise WireError("provider ttl: expected an int >= 0")
+        return cls(node_id, zone, host, port, now + min(ttl / 1000, max_ttl))
 
 
 def check_provider(node_id: object, zone: object, host: object, port: object) -> None:

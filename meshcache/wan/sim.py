@@ -55,6 +55,19 @@ class DhtSim:
             await node.bootstrap([self.nodes[via].address])
         await _join_all(self.nodes, one, self.rng, batch)
 
+    def wire_tables(self, near: int = 20, far: int = 40) -> None:
+        """A quick stand-in for `join` (no RPCs): each node learns the `near` nodes closest to
+        its id and `far` random ones, about what a join teaches it. Call on a running loop."""
+        ids = sorted(range(len(self.nodes)), key=lambda i: self.nodes[i].node.long_id)
+        where = {i: p for p, i in enumerate(ids)}
+        for i, d in enumerate(self.nodes):
+            p = where[i]
+            around = ids[max(0, p - near // 2):p + near // 2 + 1]
+            for j in around + self.rng.sample(range(len(self.nodes)), far):
+                if j != i:
+                    other = self.nodes[j]
+                    d.protocol.router.add_contact(Node(other.node.id, *other.address))
+
     def kill(self, fraction: float) -> list[int]:
         """Kill a random `fraction` of the nodes without notice; returns their indexes."""
         alive = [i for i in range(len(self.nodes)) if i not in self.dead]
