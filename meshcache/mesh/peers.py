@@ -62,6 +62,9 @@ class PeerService:
         self.egress = RateLimiter(cfg.egress_rate, cfg.peer_egress_rate)
         self.ingress = RateLimiter(cfg.ingress_rate, cfg.peer_ingress_rate)
         self.address: tuple[str, int] | None = None
+        # await wan_egress(peer_node_id, n) before sending n block bytes (wan/caps.py: caps and
+        # counts bytes to remote zones); None: no WAN caps
+        self.wan_egress: Any = None
         self._penalty: dict[Any, float] = {}
         self._inflight: dict[Any, int] = {}
         self._ids = itertools.count(1)
@@ -169,6 +172,8 @@ class PeerService:
         for off in range(0, len(data), CHUNK):
             piece = view[off:off + CHUNK]
             await self.egress.take(conn, len(piece))
+            if self.wan_egress is not None:
+                await self.wan_egress(conn.peer_node_id, len(piece))
             await stream.send_payload(piece)
         self.stats["bytes_to_peers"] += len(data)
         self.stats["blocks_to_peers"] += 1

@@ -330,6 +330,11 @@ class Dht:
     def contacts(self) -> int:
         return self.protocol.router.contacts()
 
+    def zone_of(self, node_id: bytes) -> str | None:
+        """The zone a DHT node said it is in (None: never heard from it)."""
+        seen = self.protocol.seen.get(node_id)
+        return seen[0] if seen is not None else None
+
     def zones_seen(self, within: float = 3600.0) -> dict[str, int]:
         """Zones of the DHT nodes heard from within `within` seconds: zone -> nodes."""
         now = self.clock()
