@@ -102,7 +102,7 @@ def test_zone_caps_hold_within_5_percent(direction: str) -> None:
         caps = ZoneCaps(egress_rate=rate, ingress_rate=rate)
         take = caps.ingress if direction == "ingress" else caps.egress
         await take("b", 256 << 10)  # spend the burst first
-        await take("c", 8 << 20)    # another zone has its own bucket: does not slow "b"
+        await take("c", 1 << 20)    # another zone has its own bucket: does not slow "b"
         start = time.monotonic()
         for _ in range(48):
             await take("b", 128 << 10)

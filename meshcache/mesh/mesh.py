@@ -33,7 +33,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Callable
 
 from meshcache.core import membership as ms
 from meshcache.core import wire
@@ -91,6 +91,8 @@ class Mesh:
         self.peers = peers
         self.node_id: bytes = peers.node_id
         self.zone = cfg.zone
+        # () -> {zone: DHT nodes heard from}, shown by `meshcache peers` (set when the DHT runs)
+        self.remote_zones: Callable[[], dict[str, int]] | None = None
         self.tag = cluster_tag(cfg.credential())
         self.members: dict[bytes, Member] = {}
         self.static = [parse_address(p) for p in cfg.peers]
@@ -552,6 +554,8 @@ class Mesh:
                   "time": time.time(), "ping_interval": self.node.config.ping_interval,
                   "summary_generation": self.summary.generation,
                   "summary_bytes": self.summary.filter.nbytes, "members": self.describe()}
+        if self.remote_zones is not None:  # the DHT's zones heard from (wan/dht.py)
+            status["remote_zones"] = self.remote_zones()
         path = os.path.join(self.node.config.cache_dir, STATUS_FILE)
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
