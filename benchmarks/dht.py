@@ -31,15 +31,26 @@ def pct(values: list[int], q: float) -> int:
     return s[min(len(s) - 1, int(q * len(s)))] if s else 0
 
 
+def phase(name: str, t0: float) -> None:
+    print(f"{name}: {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
 def rpcs(sim: DhtSim) -> int:
     return sum(d.stats["rpcs"] for d in sim.nodes)
 
 
-async def ours(n: int, lookups: int, digests: int, sample: int) -> dict[str, object]:
+def records(sim: DhtSim) -> int:
+    now = time.time()
+    return sum(len(recs) for d in sim.nodes for _, recs in d.table.items(now))
+
+
+async def ours(n: int, lookups: int, digests: int, sample: int,
+               held_blocks: int) -> dict[str, object]:
     sim = DhtSim(n, seed=11, zones=4)
     t = time.monotonic()
     await sim.join()
     join_s = time.monotonic() - t
+    phase("join", t)
     rng = sim.rng
     # announce `digests` digests from one node, batched
     pub = sim.nodes[1]
@@ -53,22 +64,25 @@ async def ours(n: int, lookups: int, digests: int, sample: int) -> dict[str, obj
     before = rpcs(sim)
     await other.announce_each(sample_keys)
     per_digest = (rpcs(sim) - before) / sample
-    # zone-owner scheme: 8 members of one zone hold the same 1,000 blocks
-    members = [sim.nodes[i] for i in range(4, 4 + 8 * 4, 4)]  # all in zone z0
-    held = [block_key(os.urandom(32)) for _ in range(1000)]
+    phase("announce", t)
+    # zone-owner scheme: 4 members of one zone hold the same blocks
+    members = [sim.nodes[i] for i in range(4, 4 + 4 * 4, 4)]  # all in zone z0
+    held = [block_key(os.urandom(32)) for _ in range(held_blocks)]
     ids = [m.node_id for m in members]
-    before = rpcs(sim)
+    before, stored = rpcs(sim), records(sim)
     for m in members:
         await m.announce(zone_owned(held, m.node_id, ids))
-    owner_scheme = rpcs(sim) - before
-    before = rpcs(sim)
+    owner_scheme, owner_records = rpcs(sim) - before, records(sim) - stored
+    before, stored = rpcs(sim), records(sim)
     for m in members:
         await m.announce(held)
-    every_holder = rpcs(sim) - before
+    every_holder, holder_records = rpcs(sim) - before, records(sim) - stored
+    phase("zone owner scheme", t)
     wanted = {k: pub.node_id for k in keys}
     ok, rounds = await sim.lookups(wanted, lookups)
     sim.kill(0.10)
     ok_churn, rounds_churn = await sim.lookups(wanted, lookups)
+    phase("lookups", t)
     sim.close()
     return {"lookup_success": ok, "lookup_success_churn": ok_churn,
             "hops_p50": pct(rounds, 0.5), "hops_p99": pct(rounds, 0.99),
@@ -77,38 +91,45 @@ async def ours(n: int, lookups: int, digests: int, sample: int) -> dict[str, obj
             "announce_rpc_ratio": round(batched / (per_digest * digests), 4),
             "announce_rpcs_per_digest": round(batched / digests, 3),
             "zone_owner_announce_ratio": round(owner_scheme / every_holder, 3),
+            "zone_owner_record_ratio": round(owner_records / max(1, holder_records), 3),
             "join_seconds": round(join_s, 1)}
 
 
 async def stock(n: int, lookups: int, fixed: bool) -> dict[str, object]:
+    t = time.monotonic()
     sim = StockSim(n, fixed=fixed, seed=11)
     await sim.join()
+    phase("stock join", t)
     kv = await sim.store(200)
     ok, rounds = await sim.lookups(kv, lookups)
     sim.kill(0.10)
     ok_churn, _ = await sim.lookups(kv, lookups)
+    phase("stock lookups", t)
     sim.close()
     return {"lookup_success": ok, "lookup_success_churn": ok_churn,
-            "hops_p50": pct(rounds, 0.5), "hops_p99": pct(rounds, 0.99)}
+            "hops_p50": pct(rounds, 0.5), "hops_p99": pct(rounds, 0.99),
+            "store_errors": sim.store_errors}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="500 nodes (<= 2 minutes)")
+    ap.add_argument("--quick", action="store_true", help="300 nodes (<= 2 minutes)")
     ap.add_argument("--nodes", type=int)
     args = ap.parse_args()
-    n = args.nodes or (500 if args.quick else 1000)
-    lookups = 500 if args.quick else 2000
-    sample = 50 if args.quick else 200
+    n = args.nodes or (300 if args.quick else 1000)
+    lookups = 300 if args.quick else 2000
+    sample = 30 if args.quick else 200
+    held = 300 if args.quick else 2000
     logging.disable(logging.CRITICAL)
     t = time.monotonic()
-    mine = asyncio.run(ours(n, lookups, 10_000, sample))
+    mine = asyncio.run(ours(n, lookups, 10_000, sample, held))
     base = asyncio.run(stock(n, lookups, fixed=False))
     out = dict(mine)
     out.update({"nodes": n, "lookups": lookups,
                 "stock_lookup_success": base["lookup_success"],
                 "stock_lookup_success_churn": base["lookup_success_churn"],
                 "stock_hops_p50": base["hops_p50"], "stock_hops_p99": base["hops_p99"],
+                "stock_store_errors": base["store_errors"],
                 "lookup_success_vs_stock": round(mine["lookup_success"]  # type: ignore[operator]
                                                  / max(base["lookup_success"], 1e-9), 3),
                 "seconds": round(time.monotonic() - t, 1)})

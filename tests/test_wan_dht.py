@@ -103,7 +103,7 @@ def test_lookups_among_1000_simulated_nodes() -> None:
             pubs = [sim.nodes[i] for i in (3, 999)]
             keys = {}
             for p in pubs:
-                ks = [block_key(os.urandom(32)) for _ in range(40)]
+                ks = [block_key(os.urandom(32)) for _ in range(12)]
                 assert await p.announce(ks) > 0
                 keys.update({k: p.node_id for k in ks})
             ok, rounds = await sim.lookups(keys, 150)

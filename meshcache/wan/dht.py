@@ -26,7 +26,8 @@ from kademlia.node import Node
 from rpcudp.protocol import RPCProtocol
 
 from meshcache.core.wire import MAX_ADDR, MAX_ID, MAX_ZONE, WireError, decode_value
-from meshcache.wan.kad import CountingNodeCrawl, FixedKademliaProtocol, HopCounting
+from meshcache.wan.kad import (CountingNodeCrawl, FastNodeHeap, FixedKademliaProtocol,
+                               HopCounting)
 from meshcache.wan.records import (KEY_SIZE, MAX_TTL, ProviderRecord, ProviderTable,
                                    check_provider, dht_id)
 from meshcache.wan.seal import MAX_DATAGRAM, SealError, Sealer
@@ -48,20 +49,27 @@ def _key(v: object) -> bytes:
 
 
 def _node_rows(v: object, limit: int) -> list[tuple[bytes, str, int]]:
+    """Contacts from a reply: each one bytes string ``id (20) | port (2) | host (UTF-8)``
+    (one CBOR item per contact, not four: decoding lists of contacts is the DHT's hot path)."""
     if not isinstance(v, list) or len(v) > limit:
         raise WireError("expected a bounded list of nodes")
     out = []
     for row in v:
-        if not isinstance(row, list) or len(row) != 3:
-            raise WireError("a node is [id, host, port]")
-        nid, host, port = row
-        _key(nid)
-        if type(host) is not str or not 0 < len(host) <= MAX_ADDR:
-            raise WireError("node host")
-        if type(port) is not int or not 0 < port < 65536:
+        if type(row) is not bytes or not KEY_SIZE + 3 <= len(row) <= KEY_SIZE + 2 + MAX_ADDR:
+            raise WireError("a node is id | port | host")
+        port = int.from_bytes(row[KEY_SIZE:KEY_SIZE + 2], "big")
+        try:
+            host = row[KEY_SIZE + 2:].decode()
+        except UnicodeDecodeError:
+            raise WireError("node host is not UTF-8") from None
+        if not port:
             raise WireError("node port")
-        out.append((nid, host, port))
+        out.append((row[:KEY_SIZE], host, port))
     return out
+
+
+def _node_row(n: Node) -> bytes:
+    return n.id + n.port.to_bytes(2, "big") + n.ip.encode()
 
 
 def shared_bits(a: bytes, b: bytes) -> int:
@@ -196,9 +204,8 @@ class DhtProtocol(FixedKademliaProtocol):
             return sum(self.table.add(_key(k), rec, now) for k in keys)
         raise WireError(f"unknown request {method!r}/{len(args)}")
 
-    def _neighbors(self, key: bytes, sender: Node) -> list[list[object]]:
-        return [[n.id, n.ip, n.port]
-                for n in self.router.find_neighbors(Node(key), exclude=sender)]
+    def _neighbors(self, key: bytes, sender: Node) -> list[bytes]:
+        return [_node_row(n) for n in self.router.find_neighbors(Node(key), exclude=sender)]
 
     def handover(self, node: Node) -> list[tuple[bytes, Any]]:
         """Nothing: publishers re-announce every half TTL, so no record is ever forwarded by
@@ -259,7 +266,9 @@ class ProviderCrawl(HopCounting, SpiderCrawl):
 
     def __init__(self, protocol: DhtProtocol, node: Node, peers: list[Node], ksize: int,
                  alpha: int) -> None:
-        super().__init__(protocol, node, peers, ksize, alpha)
+        super().__init__(protocol, node, [], ksize, alpha)
+        self.nearest = FastNodeHeap(node, ksize)
+        self.nearest.push(list(peers))
         self.found: dict[bytes, ProviderRecord] = {}
 
     async def find(self) -> list[ProviderRecord]:

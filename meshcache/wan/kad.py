@@ -3,7 +3,7 @@
 1. `TableTraverser` stops as soon as the buckets on its right run out, though buckets on the left
    remain, so `find_neighbors` returns fewer than k contacts and lookups end at the wrong nodes.
    `FixedTableTraverser` visits every bucket; `FixedRoutingTable.find_neighbors` returns the k
-   contacts truly closest to the target (the table holds at most 160*k of them).
+   contacts truly closest to the target, scanning the buckets (at most 160*k contacts).
 2. `Server.set_digest` calls `max([])` when every contacted peer is dead (ValueError), and
 3. reports a store as done when every STORE timed out (`any()` of `(False, None)` tuples, which
    are truthy). `FixedServer.set_digest` returns False in both cases.
@@ -22,7 +22,7 @@ from typing import Any
 
 from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
 from kademlia.network import Server
-from kademlia.node import Node
+from kademlia.node import Node, NodeHeap
 from kademlia.protocol import KademliaProtocol
 from kademlia.routing import RoutingTable, TableTraverser
 
@@ -57,9 +57,10 @@ class FixedRoutingTable(RoutingTable):
     def find_neighbors(self, node: Node, k: int | None = None,
                        exclude: Node | None = None) -> list[Node]:
         k = k or self.ksize
-        near = ((node.distance_to(n), n.id, n) for n in FixedTableTraverser(self, node)
+        target = node.long_id
+        near = (n for b in self.buckets for n in b.nodes.values()
                 if n.id != node.id and (exclude is None or not n.same_home_as(exclude)))
-        return [n for _, _, n in heapq.nsmallest(k, near)]
+        return heapq.nsmallest(k, near, key=lambda n: n.long_id ^ target)
 
     def add_contact(self, node: Node) -> None:
         """As stock, but a full bucket's head is pinged at most once a minute (stock pings it
@@ -116,6 +117,28 @@ class FixedKademliaProtocol(KademliaProtocol):
         return out
 
 
+class FastNodeHeap(NodeHeap):
+    """NodeHeap with a set of the ids it holds (stock tests membership by scanning the heap,
+    quadratic in a lookup's contacts)."""
+
+    def __init__(self, node: Node, maxsize: int) -> None:
+        super().__init__(node, maxsize)
+        self._ids: set[bytes] = set()
+
+    def push(self, nodes: Any) -> None:
+        for n in nodes if isinstance(nodes, list) else [nodes]:
+            if n.id not in self._ids:
+                self._ids.add(n.id)
+                heapq.heappush(self.heap, (self.node.distance_to(n), n))
+
+    def remove(self, peers: Any) -> None:
+        super().remove(peers)
+        self._ids = {n.id for _, n in self.heap}
+
+    def __contains__(self, node: Any) -> bool:
+        return node.id in self._ids
+
+
 class HopCounting:
     """Mixin for a SpiderCrawl: `rounds` counts the lookup's rounds."""
 
@@ -127,7 +150,13 @@ class HopCounting:
 
 
 class CountingNodeCrawl(HopCounting, NodeSpiderCrawl):
-    """NodeSpiderCrawl that counts its rounds."""
+    """NodeSpiderCrawl that counts its rounds, on a FastNodeHeap."""
+
+    def __init__(self, protocol: Any, node: Node, peers: list[Node], ksize: int,
+                 alpha: int) -> None:
+        super().__init__(protocol, node, [], ksize, alpha)
+        self.nearest = FastNodeHeap(node, ksize)
+        self.nearest.push(list(peers))
 
 
 class CountingValueCrawl(HopCounting, ValueSpiderCrawl):

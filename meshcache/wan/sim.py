@@ -37,7 +37,7 @@ class DhtSim:
     """N `Dht` nodes (zones z0..z{zones-1}) on one MemoryNetwork."""
 
     def __init__(self, n: int, *, credential: bytes = b"sim-secret", zones: int = 1,
-                 ksize: int = 20, alpha: int = 3, rpc_timeout: float = 0.5,
+                 ksize: int = 20, alpha: int = 3, rpc_timeout: float = 1.0,
                  seed: int = 1) -> None:
         self.net = MemoryNetwork()
         self.rng = random.Random(seed)
@@ -113,7 +113,7 @@ class StockSim:
     """N stock (or fixed) kademlia Servers on one MemoryNetwork, values stored with `set`."""
 
     def __init__(self, n: int, *, fixed: bool = False, ksize: int = 20, alpha: int = 3,
-                 rpc_timeout: float = 0.5, seed: int = 1) -> None:
+                 rpc_timeout: float = 1.0, seed: int = 1) -> None:
         self.net = MemoryNetwork()
         self.rng = random.Random(seed)
         cls = FixedServer if fixed else Server
@@ -144,7 +144,17 @@ class StockSim:
         """`count` random keys set from random nodes; key -> value."""
         keys = {os.urandom(16): os.urandom(8) for _ in range(count)}
         alive = self.alive()
-        await asyncio.gather(*(self.servers[self.rng.choice(alive)].set(k, v)
+        sem = asyncio.Semaphore(20)
+        self.store_errors = 0
+
+        async def one(s: Server, k: bytes, v: bytes) -> None:
+            async with sem:
+                try:
+                    await s.set(k, v)
+                except ValueError:  # stock: max([]) when every contacted peer timed out
+                    self.store_errors += 1
+
+        await asyncio.gather(*(one(self.servers[self.rng.choice(alive)], k, v)
                                for k, v in keys.items()))
         return keys
 
