@@ -207,3 +207,61 @@ def test_malformed_sealed_requests_are_dropped() -> None:
         assert a.stats["malformed"] == 4
         a.close()
     _sim_run(run)
+
+
+def test_announcer_batches_republishes_and_drops_evicted_blocks() -> None:
+    from meshcache.wan.announcer import Announcer, zone_owned
+
+    async def run() -> None:
+        sim = DhtSim(20, seed=13)
+        try:
+            await sim.join()
+            pub = sim.nodes[2]
+            pub.record_ttl = 1.0
+            held = {os.urandom(32) for _ in range(30)}
+            ann = Announcer(pub, lambda d: d in held, republish=0.4, flush=0.1)
+            for d in held:
+                ann.note_block(d)
+            ann.note_manifest(b"v" * 32)
+            before = pub.stats["rpcs"]
+            ann.start()
+            await asyncio.sleep(0.3)
+            assert pub.stats["rpcs"] - before < 31 + 20  # batched: not a lookup per key
+            asker = sim.nodes[11]
+            some = sorted(held)[0]
+            assert [r.node_id for r in await asker.find(block_key(some))] == [pub.node_id]
+            assert await asker.find(manifest_key(b"v" * 32))
+            held.discard(some)  # evicted: no longer re-announced
+            await asyncio.sleep(1.6)  # past the 1 s TTL: only republished records remain
+            other = sorted(held)[0]
+            assert [r.node_id for r in await asker.find(block_key(other))] == [pub.node_id]
+            assert await asker.find(block_key(some)) == []
+            await ann.close()
+        finally:
+            sim.close()
+    _sim_run(run)
+    ids = [bytes([i]) * 16 for i in range(4)]
+    keys = [os.urandom(20) for _ in range(400)]
+    split = [zone_owned(keys, i, ids) for i in ids]
+    assert sorted(k for part in split for k in part) == sorted(keys)  # each key exactly once
+
+
+def test_maintain_joins_once_the_bootstrap_node_appears() -> None:
+    async def run() -> None:
+        net = MemoryNetwork()
+        a = Dht(b"a", "za", ("10.0.0.1", 7946), SECRET, rpc_timeout=0.2)
+        b = Dht(b"b", "zb", ("10.0.0.2", 7946), SECRET, rpc_timeout=0.2)
+        b.attach(net, ("10.0.0.2", 4000))
+        task = asyncio.get_running_loop().create_task(b.maintain([("10.0.0.1", 4000)], 0.1))
+        try:
+            await asyncio.sleep(0.5)
+            assert b.contacts() == 0
+            a.attach(net, ("10.0.0.1", 4000))  # starts later
+            await asyncio.sleep(0.6)
+            assert b.contacts() == 1 and a.contacts() == 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            a.close()
+            b.close()
+    _sim_run(run)

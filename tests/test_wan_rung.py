@@ -68,6 +68,8 @@ def test_remote_zone_rung_fetches_verified_blocks_from_another_zone(tmp_path) ->
             assert await a_dht.announce([block_key(d) for d in digests]
                                         + [manifest_key(version.key)]) > 0
 
+            a_caps = ZoneCaps()
+            a_peers.wan_egress = a_caps.egress_hook(a_dht.zone_of, "a")
             rung = RemoteZoneSource(b_dht, b_peers, b_host.config)
             # digest unknown: found through the version's manifest in the DHT
             got = await rung.fetch(BlockRequest(version, 2, B))
@@ -75,6 +77,7 @@ def test_remote_zone_rung_fetches_verified_blocks_from_another_zone(tmp_path) ->
             got = await rung.fetch(BlockRequest(version, 0, B, digest=digests[0]))
             assert got == blocks[0]
             assert rung.stats()["bytes_from_zone:a"] == len(blocks[2]) + B
+            assert a_caps.stats() == {"bytes_to_zone:b": len(blocks[2]) + B}
             # a request that may not use this rank gets nothing from it
             assert await rung.fetch(BlockRequest(version, 1, B, digest=digests[1],
                                                  max_rank=Rank.REMOTE_ZONE)) is None
@@ -110,3 +113,18 @@ def test_zone_caps_hold_within_5_percent(direction: str) -> None:
 
     got = asyncio.run(run())
     assert 0.7 * rate <= got <= 1.05 * rate
+
+
+def test_providers_are_tried_cheapest_zone_first() -> None:
+    from meshcache.wan.records import ProviderRecord
+
+    class NoDht:
+        node_id = b"me"
+
+    cfg = Config.local(zone="b", zone_costs=["c=5", "a=50"])
+    rung = RemoteZoneSource(NoDht(), None, cfg)  # type: ignore[arg-type]
+    recs = [ProviderRecord(b"%d" % i, z, "10.0.0.%d" % i, 7946, 100.0 + i)
+            for i, z in enumerate(["a", "b", "c", "d", "c", "e"])]
+    rung.rtt["e"] = 0.002  # measured: 2 ms, cheaper than the configured zones
+    order = [(r.zone, r.node_id) for r in rung.order(recs)]
+    assert order == [("e", b"5"), ("c", b"4"), ("c", b"2"), ("a", b"0"), ("d", b"3")]

@@ -311,6 +311,12 @@ class Dht:
         self.address: Address | None = None
         self.lookup_rounds: list[int] = []
 
+    @classmethod
+    def from_config(cls, config: Any, node_id: bytes, peer_address: Address) -> "Dht":
+        """The DHT of a node: its zone, credential and the config's DHT timings."""
+        return cls(node_id, config.zone, peer_address, config.credential(),
+                   rpc_timeout=config.dht_rpc_timeout, record_ttl=config.dht_record_ttl)
+
     @property
     def node(self) -> Node:
         return self.protocol.source_node
@@ -452,6 +458,19 @@ class Dht:
             ok += await self._store({n.id: [key] for n in chosen}, {n.id: n for n in chosen},
                                     ttl)
         return ok
+
+    async def maintain(self, bootstrap: Sequence[Address], interval: float) -> None:
+        """Run until cancelled: join through `bootstrap` whenever no contact is known (a node may
+        start before any other), refresh stale buckets, drop expired records."""
+        while True:
+            try:
+                if not self.contacts() and bootstrap:
+                    await self.bootstrap(bootstrap)
+                else:
+                    await self.refresh()
+            except Exception as e:  # best effort: the next round tries again
+                log.warning("DHT maintenance: %s", e)
+            await asyncio.sleep(interval)
 
     async def refresh(self) -> None:
         """Look up a random id in each bucket not touched for an hour; drop expired records."""
