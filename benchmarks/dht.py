@@ -44,6 +44,17 @@ def records(sim: DhtSim) -> int:
     return sum(len(recs) for d in sim.nodes for _, recs in d.table.items(now))
 
 
+async def lookups_and_churn(sim: DhtSim | StockSim, keys: dict[bytes, bytes],
+                            lookups: int) -> dict[str, object]:
+    """Lookup success and rounds, then the same after 10% of the nodes died without notice."""
+    ok, rounds = await sim.lookups(keys, lookups)
+    sim.kill(0.10)
+    ok_churn, rounds_churn = await sim.lookups(keys, lookups)
+    return {"lookup_success": ok, "lookup_success_churn": ok_churn,
+            "hops_p50": pct(rounds, 0.5), "hops_p99": pct(rounds, 0.99),
+            "hops_p99_churn": pct(rounds_churn, 0.99)}
+
+
 async def ours(n: int, lookups: int, digests: int, sample: int,
                held_blocks: int) -> dict[str, object]:
     sim = DhtSim(n, seed=11, zones=4)
@@ -65,29 +76,24 @@ async def ours(n: int, lookups: int, digests: int, sample: int,
     await other.announce_each(sample_keys)
     per_digest = (rpcs(sim) - before) / sample
     phase("announce", t)
-    # zone-owner scheme: 4 members of one zone hold the same blocks
-    members = [sim.nodes[i] for i in range(4, 4 + 4 * 4, 4)]  # all in zone z0
-    held = [block_key(os.urandom(32)) for _ in range(held_blocks)]
+    # zone-owner scheme: 3 members of one zone hold the same blocks
+    members = [sim.nodes[i] for i in range(4, 4 + 3 * 4, 4)]  # all in zone z0
     ids = [m.node_id for m in members]
+    held = [block_key(os.urandom(32)) for _ in range(held_blocks)]
     before, stored = rpcs(sim), records(sim)
     for m in members:
         await m.announce(zone_owned(held, m.node_id, ids))
     owner_scheme, owner_records = rpcs(sim) - before, records(sim) - stored
+    held = [block_key(os.urandom(32)) for _ in range(held_blocks)]  # the same count, new keys
     before, stored = rpcs(sim), records(sim)
     for m in members:
         await m.announce(held)
     every_holder, holder_records = rpcs(sim) - before, records(sim) - stored
     phase("zone owner scheme", t)
-    wanted = {k: pub.node_id for k in keys}
-    ok, rounds = await sim.lookups(wanted, lookups)
-    sim.kill(0.10)
-    ok_churn, rounds_churn = await sim.lookups(wanted, lookups)
+    out = await lookups_and_churn(sim, {k: pub.node_id for k in keys}, lookups)
     phase("lookups", t)
     sim.close()
-    return {"lookup_success": ok, "lookup_success_churn": ok_churn,
-            "hops_p50": pct(rounds, 0.5), "hops_p99": pct(rounds, 0.99),
-            "hops_p99_churn": pct(rounds_churn, 0.99),
-            "announce_rpcs": batched, "announce_rpcs_one_by_one": round(per_digest * digests),
+    return {**out, "announce_rpcs": batched, "announce_rpcs_one_by_one": round(per_digest * digests),
             "announce_rpc_ratio": round(batched / (per_digest * digests), 4),
             "announce_rpcs_per_digest": round(batched / digests, 3),
             "zone_owner_announce_ratio": round(owner_scheme / every_holder, 3),
@@ -100,15 +106,10 @@ async def stock(n: int, lookups: int, fixed: bool) -> dict[str, object]:
     sim = StockSim(n, fixed=fixed, seed=11)
     await sim.join()
     phase("stock join", t)
-    kv = await sim.store(200)
-    ok, rounds = await sim.lookups(kv, lookups)
-    sim.kill(0.10)
-    ok_churn, _ = await sim.lookups(kv, lookups)
+    out = await lookups_and_churn(sim, await sim.store(200), lookups)
     phase("stock lookups", t)
     sim.close()
-    return {"lookup_success": ok, "lookup_success_churn": ok_churn,
-            "hops_p50": pct(rounds, 0.5), "hops_p99": pct(rounds, 0.99),
-            "store_errors": sim.store_errors}
+    return {**out, "store_errors": sim.store_errors}
 
 
 def main() -> None:
@@ -119,7 +120,7 @@ def main() -> None:
     n = args.nodes or (300 if args.quick else 1000)
     lookups = 300 if args.quick else 2000
     sample = 30 if args.quick else 200
-    held = 300 if args.quick else 2000
+    held = 150 if args.quick else 2000
     logging.disable(logging.CRITICAL)
     t = time.monotonic()
     mine = asyncio.run(ours(n, lookups, 10_000, sample, held))
