@@ -39,6 +39,11 @@ def rpcs(sim: DhtSim) -> int:
     return sum(d.stats["rpcs"] for d in sim.nodes)
 
 
+def region_bits(n: int) -> int:
+    """Keyspace regions of about k nodes each."""
+    return max(1, (n // 20).bit_length() - 1)
+
+
 def records(sim: DhtSim) -> int:
     now = time.time()
     return sum(len(recs) for d in sim.nodes for _, recs in d.table.items(now))
@@ -89,6 +94,11 @@ async def ours(n: int, lookups: int, digests: int, sample: int,
     for m in members:
         await m.announce(held)
     every_holder, holder_records = rpcs(sim) - before, records(sim) - stored
+    held = [block_key(os.urandom(32)) for _ in range(held_blocks)]
+    before = rpcs(sim)
+    for m in members:  # owners per keyspace region (when every member holds every block)
+        await m.announce(zone_owned(held, m.node_id, ids, region_bits=region_bits(n)))
+    region_scheme = rpcs(sim) - before
     phase("zone owner scheme", t)
     out = await lookups_and_churn(sim, {k: pub.node_id for k in keys}, lookups)
     phase("lookups", t)
@@ -98,6 +108,7 @@ async def ours(n: int, lookups: int, digests: int, sample: int,
             "announce_rpcs_per_digest": round(batched / digests, 3),
             "zone_owner_announce_ratio": round(owner_scheme / every_holder, 3),
             "zone_owner_record_ratio": round(owner_records / max(1, holder_records), 3),
+            "zone_region_owner_announce_ratio": round(region_scheme / every_holder, 3),
             "join_seconds": round(join_s, 1)}
 
 

@@ -265,3 +265,15 @@ def test_maintain_joins_once_the_bootstrap_node_appears() -> None:
             a.close()
             b.close()
     _sim_run(run)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_decode_value_on_random_bytes_only_raises_wire_error(data: bytes) -> None:
+    from meshcache.core.wire import decode_value
+    try:
+        decode_value(data, max_size=256)
+    except WireError:
+        pass
+    with pytest.raises(WireError):
+        decode_value(b"\x9b" + b"\xff" * 8, max_size=256)  # an array claiming 2**64 items

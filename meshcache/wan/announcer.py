@@ -18,10 +18,19 @@ log = logging.getLogger("meshcache.wan.announcer")
 MAX_PENDING = 1 << 20
 
 
-def zone_owned(keys: Iterable[bytes], self_id: bytes, members: Iterable[bytes]) -> list[bytes]:
-    """The keys whose zone owner (rendezvous over `members` and this node) is this node."""
+def zone_owned(keys: Iterable[bytes], self_id: bytes, members: Iterable[bytes],
+               region_bits: int = 0) -> list[bytes]:
+    """The keys whose zone owner (rendezvous over `members` and this node) is this node; with
+    `region_bits`, owners are chosen per keyspace region (the keys' first bits), so each
+    member's announcements fall in few regions (for blocks every member holds)."""
     everyone = set(members) | {self_id}
-    return [k for k in keys if owner(k, everyone) == self_id]
+
+    def name(k: bytes) -> bytes:
+        if not region_bits:
+            return k
+        return (int.from_bytes(k[:4], "big") >> (32 - region_bits)).to_bytes(4, "big")
+
+    return [k for k in keys if owner(name(k), everyone) == self_id]
 
 
 class Announcer:
