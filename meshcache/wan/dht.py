@@ -149,7 +149,9 @@ class DhtProtocol(FixedKademliaProtocol):
         if self.transport is not None:
             self.transport.sendto(self.sealer.seal(body, self.clock()), addr)
 
-    def _call(self, addr: Address, method: str, *args: Any) -> "asyncio.Future[Any]":
+    def call(self, addr: Address, method: str, *args: Any) -> "asyncio.Future[Any]":
+        """Send one request; the future gives (True, (answering node id, reply)) or
+        (False, None) after the RPC timeout."""
         msg_id = os.urandom(MSG_ID)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -215,7 +217,7 @@ class DhtProtocol(FixedKademliaProtocol):
     # ---- asking (the call_* names the kademlia crawlers and routing table use) ------------------
 
     async def _ask(self, node: Node, method: str, *args: Any) -> tuple[bool, Any]:
-        ok, reply = await self._call((node.ip, node.port), method, *args)
+        ok, reply = await self.call((node.ip, node.port), method, *args)
         if ok and dht_id(reply[0]) != node.id and node.id is not None:
             ok, reply = False, None  # someone else answers at that address now
         return self.handle_call_response((ok, reply), node)
@@ -361,8 +363,8 @@ class Dht:
 
     async def bootstrap(self, addresses: Iterable[Address]) -> int:
         """Join through any node's DHT address (any zone); returns the contacts known."""
-        answers = await asyncio.gather(*(self.protocol._call(tuple(a), "ping")
-                                         for a in addresses))
+        addresses = [(a[0], int(a[1])) for a in addresses]
+        answers = await asyncio.gather(*(self.protocol.call(a, "ping") for a in addresses))
         for (ok, reply), addr in zip(answers, addresses):
             if ok:
                 self.protocol.welcome_if_new(Node(dht_id(reply[0]), addr[0], addr[1]))
