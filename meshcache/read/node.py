@@ -58,6 +58,7 @@ class Node:
         self._loop.on_fork(self._after_fork)
         self._reset_async_state()
         self.closed = False
+        self._added: list[tuple[str, Source]] = []
         self.peers: Any = None  # PeerService once started (mesh/peers.py)
         self.mesh: Any = None  # Mesh once started (mesh/mesh.py)
         if self.config.peers or self.config.mdns or self.config.preset in ("lan", "wan"):
@@ -126,8 +127,21 @@ class Node:
                 ladder.append(OwnerSource(self.mesh, self.peers, self.count))
             ladder.append(OriginSource(origin, gate, self.catalog, self.config.origin_retries,
                                        self.count))
+            for before, rung in self._added:
+                at = next((k for k, r in enumerate(ladder) if r.name == before), len(ladder))
+                ladder.insert(at, rung)
             self._sources = ladder
         return self._sources
+
+    def add_source(self, rung: Source, before: str = "origin") -> None:
+        """Insert a rung into the ladder just before the rung named `before` (the end if none
+        has that name). Its bytes enter the store through `admit` like every other rung's."""
+        self._added.append((before, rung))
+        self._sources = None
+
+    def run(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a coroutine on the node's loop from another thread and return its result."""
+        return self._loop.run(coro, timeout=timeout)
 
     @staticmethod
     def _loop_time() -> float:
