@@ -25,6 +25,7 @@ from meshcache.read.loop import LoopThread
 from meshcache.core.manifest import Manifest
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, Origin, OriginError, normalize_url
 from meshcache.read.singleflight import SingleFlight
+from meshcache.core.rungs import BlockRequest, Rank
 from meshcache.core.statcache import StatCache
 from meshcache.read.store import BlockCorrupt, BlockStore, StoreError
 from meshcache.core.version import ObjectVersion
@@ -86,14 +87,27 @@ class Node:
     def start_peers(self) -> tuple[str, int]:
         """Listen for peers on `config.listen` and ask `config.peers` before the origin."""
         if self.peers is None:
+            from meshcache.mesh import factory
+            from meshcache.mesh.auth import make_authenticator
             from meshcache.mesh.mesh import Mesh
             from meshcache.mesh.peers import PeerService
+            from meshcache.transport.base import parse_address
 
             async def start() -> Any:
-                service = PeerService(self)
+                cfg = self.config
+                if not cfg.credential():
+                    raise ValueError("peers need the cluster credential (cluster_secret or "
+                                     "cluster_secret_file): only nodes that hold it may connect")
+                identity = factory.load_identity(cfg)
+                node_id = bytes.fromhex(identity[2])
+                transport = factory.build_quic_transport(
+                    cfg, identity, make_authenticator(cfg.credential(), node_id))
+                service = PeerService(cfg, transport, self, node_id, clock=time.monotonic,
+                                      datagram_size=factory.datagram_size(cfg),
+                                      listen=parse_address(cfg.listen))
                 await service.start()
                 self.peers = service
-                self.mesh = Mesh(self, service)
+                self.mesh = Mesh(cfg, service, self.store)
                 await self.mesh.start()
                 return service
 
@@ -266,6 +280,11 @@ class Node:
                    options: Mapping[str, Any] | None = None) -> FetchResult:
         return self._loop.run(self.fetch(version, index, dict(options or {})))
 
+    async def fetch_request(self, request: BlockRequest) -> FetchResult:
+        """A peer's request: the block through the rungs ranked below `request.max_rank`."""
+        return await self.fetch(request.version, request.index, dict(request.options),
+                                forward=request.max_rank > Rank.OWNER)
+
     async def fetch(self, version: ObjectVersion, index: int, options: dict[str, Any],
                     forward: bool = True) -> FetchResult:
         """Block `index` of `version` into the store, one fetch however many ask at once.
@@ -351,7 +370,10 @@ class Node:
             candidates = [c for c in candidates if not peers.penalized(c.address)]
             for member in candidates[:3]:
                 try:
-                    data = await peers.get_block(member.address, known, self.block_size)
+                    got = await peers.get_block(
+                        member.address, BlockRequest(version, index, m.block_size, known),
+                        Rank.HOLDERS)
+                    data = got[1] if got is not None else None
                 except Exception as e:  # unreachable, stalled or lying: try the next source
                     peers.failed(member.address, e)
                     log.info("block %d of %s from %s: %s", index, version.url,
@@ -366,8 +388,11 @@ class Node:
 
         for attempt in (1, 2):
             try:
-                d, data = await peers.get_block_by_hint(owner.address, version, index, known,
-                                                        self.block_size)
+                got = await peers.get_block(
+                    owner.address, BlockRequest(version, index, m.block_size, known), Rank.OWNER)
+                if got is None:
+                    return None
+                d, data = got
                 break
             except Exception as e:
                 peers.failed(owner.address, e)
