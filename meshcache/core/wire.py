@@ -38,7 +38,7 @@ __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "MAX_DEPTH", "DIGEST_SIZE", "NO_DIGEST", "WireError",
     "Hello", "GetBlock", "Block", "Miss", "GetManifest", "ManifestMsg", "Summary",
     "SummaryDelta", "Ping", "Ack", "Error", "Leave", "PingReq", "Sync", "Gossip", "Update",
-    "State", "Message", "encode", "decode", "decode_items",
+    "State", "Message", "TYPE_OF", "encode", "decode", "decode_items",
     "ERR_BAD_REQUEST", "ERR_BLOCK_SIZE", "ERR_AUTH", "ERR_TOO_LARGE", "ERR_NOT_FOUND",
     "ERR_REFUSED",
 ]
@@ -297,10 +297,13 @@ Message = Union[Hello, GetBlock, Block, Miss, GetManifest, ManifestMsg, Summary,
                 Ping, Ack, Error, Leave, PingReq, Sync, Gossip]
 
 
-def _swim(*checks: Callable[[str, object], object]) -> Callable[[list[object]], list[object]]:
+def _swim(cls: type, *checks: Callable[[str, object], object]
+          ) -> Callable[[list[object]], list[object]]:
     """A field checker for a membership message: one check per field, in order."""
+    names = [f.name for f in fields(cls)]
+
     def check(args: list[object]) -> list[object]:
-        return [c(f"field {i}", v) for i, (c, v) in enumerate(zip(checks, args))]
+        return [c(n, v) for n, c, v in zip(names, checks, args)]
     return check
 
 
@@ -328,13 +331,14 @@ def _bool(name: str, v: object) -> bool:
 
 # Membership's messages: their type numbers and field checks (the classes live there).
 _SWIM_CHECKS: dict[type, Callable[[list[object]], list[object]]] = {
-    Ping: _swim(_uint, _rows), Ack: _swim(_uint, _rows),
-    PingReq: _swim(_uint, _node_id, _addr_text, _rows), Leave: _swim(_node_id, _uint),
-    Sync: _swim(_table, _bool), Gossip: _swim(_rows)}
-_TYPE_OF: dict[type, int] = {Hello: 1, GetBlock: 3, Block: 4, Miss: 5, GetManifest: 6,
+    Ping: _swim(Ping, _uint, _rows), Ack: _swim(Ack, _uint, _rows),
+    PingReq: _swim(PingReq, _uint, _node_id, _addr_text, _rows),
+    Leave: _swim(Leave, _node_id, _uint), Sync: _swim(Sync, _table, _bool),
+    Gossip: _swim(Gossip, _rows)}
+TYPE_OF: dict[type, int] = {Hello: 1, GetBlock: 3, Block: 4, Miss: 5, GetManifest: 6,
                              ManifestMsg: 7, Summary: 8, SummaryDelta: 9, Ping: 10, Ack: 11,
                              Error: 12, Leave: 13, PingReq: 14, Sync: 15, Gossip: 16}
-_TYPES: dict[int, type] = {t: c for c, t in _TYPE_OF.items()}
+_TYPES: dict[int, type] = {t: c for c, t in TYPE_OF.items()}
 _FIELDS: dict[type, tuple[str, ...]] = {c: tuple(f.name for f in fields(c))
                                         for c in _TYPES.values()}
 
@@ -347,7 +351,10 @@ def encode(msg: Message) -> bytes:
     names = _FIELDS.get(cls)
     if names is None:
         raise WireError(f"not a message: {cls.__name__}")
-    values: list[object] = [PROTOCOL_VERSION, _TYPE_OF[cls]]
+    values: list[object] = [PROTOCOL_VERSION, TYPE_OF[cls]]
+    check = _SWIM_CHECKS.get(cls)
+    if check is not None:  # membership builds its own messages unchecked: check them here
+        check([getattr(msg, name) for name in names])
     for name in names:
         v = getattr(msg, name)
         if isinstance(v, (tuple, list)):
