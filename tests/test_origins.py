@@ -57,6 +57,7 @@ def test_a_prefix_ending_in_the_host_does_not_match_a_longer_host():
     assert prefix_matches("http://origin/x", "http://origin")
     assert not prefix_matches("http://origin.evil.com/x", "http://origin")
     assert prefix_matches("http://origin/models/a", "http://origin/models")
+    assert prefix_matches("http://127.0.0.1:9000/x", "http://127.0.0.1:")  # any port
 
 
 @given(st.ip_addresses())

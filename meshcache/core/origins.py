@@ -29,7 +29,7 @@ def prefix_matches(url: str, prefix: str) -> bool:
     longer host ("http://origin" matches "http://origin:80/x", not "http://origin.evil/x")."""
     if not prefix or not url.startswith(prefix):
         return False
-    if len(url) == len(prefix) or prefix.endswith("/"):
+    if len(url) == len(prefix) or prefix.endswith(("/", ":")):
         return True
     scheme, sep, rest = prefix.partition("://")
     if sep and "/" not in rest:  # the prefix ends in the authority: the host must end there

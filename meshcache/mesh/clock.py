@@ -74,6 +74,10 @@ class FakeClock:
         self.call_later(seconds, lambda: fut.done() or fut.set_result(None))
         await fut
 
+    def stall(self, seconds: float) -> None:
+        """Move time forward without running anything: the host froze (its timers run late)."""
+        self._now += seconds
+
     async def advance(self, seconds: float, step: float = 0.05) -> None:
         """Move time forward by `seconds` in steps of at most `step`, running what falls due
         and letting the loop run the tasks it woke (in-memory messages) after each step."""

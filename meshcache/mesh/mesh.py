@@ -211,8 +211,9 @@ class Mesh:
             log.warning("mDNS discovery is off: %s", e)
             self.discovery = None
 
-    async def close(self) -> None:
-        """Leave gracefully: LEAVE to every member (briefly), then stop the rounds."""
+    async def close(self, leave: bool = True) -> None:
+        """Leave gracefully: LEAVE to every member (briefly), then stop the rounds. With
+        `leave=False` the members are not told (as when the host dies)."""
         self._closing = True
         for task in [*self._pinging.values(), *self._sending]:
             task.cancel()
@@ -223,9 +224,9 @@ class Mesh:
             self._timer = None
         self.membership.leave(self.clock.now())
         self.membership.messages_to_send()  # its LEAVEs: sent below, to admitted members only
-        if self.members:
-            leave = wire.Leave(self.node_id, self.membership.incarnation)
-            await asyncio.gather(*(self.peers.request(m.address, leave, timeout=0.5)
+        if self.members and leave:
+            bye = wire.Leave(self.node_id, self.membership.incarnation)
+            await asyncio.gather(*(self.peers.request(m.address, bye, timeout=0.5)
                                    for m in list(self.members.values())),
                                  return_exceptions=True)
         if self.discovery is not None:
@@ -529,6 +530,20 @@ class Mesh:
         if m is not None:
             self.stats["members_expelled"] += 1
             self._down(m, "expelled: it sent bytes that do not match their digest")
+
+    def ignore(self, node_id: bytes) -> None:
+        """Drop `node_id` and do not greet it when gossip names it (it may still greet us)."""
+        self._refused.add(node_id, self.clock.now())
+        m = self.members.get(node_id)
+        if m is not None:
+            self._down(m, "ignored")
+
+    def remembered(self) -> dict[str, int]:
+        """How many peers each of this shell's tables holds (all bounded or pruned)."""
+        return {"members": len(self.members), "pending": len(self._pending),
+                "refused": len(self._refused), "discovered": len(self._discovered),
+                "tasks": len(self._pinging) + len(self._sending),
+                "summaries": self.remote.count()}
 
     def live(self, zone: str | None = None) -> list[Member]:
         z = self.zone if zone is None else zone

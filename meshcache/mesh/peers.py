@@ -331,7 +331,7 @@ class PeerService:
             conn = stream.connection
             async with stream:
                 await stream.send_frame(wire.encode(wire.GetBlock(
-                    next(self._ids), known or wire.NO_DIGEST, max_rank, version.url,
+                    next(self._ids), known or wire.NO_DIGEST, int(max_rank), version.url,
                     request.index, version.token, version.size)))
                 wait = None
                 if may_use(max_rank, Rank.HOLDERS):
