@@ -74,7 +74,7 @@ def run_nodes(tmp: str, label: str, url: str, n: int, mesh: bool) -> list[dict]:
         args = [sys.executable, "-m", "meshcache.lab.meshnode", "--cache-dir",
                 os.path.join(tmp, f"{label}{i}"), "--listen", f"127.0.0.1:{port}", "--secret",
                 DEMO_SECRET, "--url", url, "--go", go, "--members", str(n - 1 if mesh else 0),
-                "--max-datagram-size", "65000"]
+                "--max-datagram-size", "65000", "--peer-origin", url.rsplit("/", 1)[0] + "/"]
         for other in ports if mesh else []:
             if other != port:
                 args += ["--peer", f"127.0.0.1:{other}"]

@@ -101,6 +101,16 @@ class Config:
     sync_interval: float = 30.0
     log_level: str = "WARNING"
 
+    # --- mesh: what a peer may make this node do ---
+    # URL prefixes this node fetches from an origin when a peer asks it (as a block's owner).
+    # Empty: any remote-storage URL (http, https, s3, gs, az, hdfs, ...) except loopback and
+    # link-local hosts; file:// and other local schemes only when listed here.
+    peer_origins: list[str] = field(default_factory=list)
+    # Proven lies (bytes that do not match the digest asked, malformed or impossible replies)
+    # after which a peer is expelled from this node's view for an hour; each lie doubles the time
+    # it is avoided (30 s, 60 s, ...).
+    liar_expel_after: int = 3
+
     # ---- presets ---------------------------------------------------------------------------------
 
     @classmethod
@@ -197,6 +207,12 @@ class Config:
                     "peer_egress_rate", "peer_ingress_rate"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
+        for prefix in self.peer_origins:
+            if "://" not in prefix:
+                raise ConfigError(f"peer_origins: {prefix!r} is not a URL prefix "
+                                  "(scheme://host/path...)")
+        if self.liar_expel_after < 1:
+            raise ConfigError(f"liar_expel_after: must be at least 1, got {self.liar_expel_after}")
         if self.capacity < self.block_size:
             raise ConfigError(f"capacity: must hold at least one block ({self.block_size} bytes)")
         if not self.cache_dir:

@@ -114,7 +114,7 @@ LIAR = textwrap.dedent("""
         async def _serve_block(self, stream, conn, msg):
             from meshcache.core import wire
             import asyncio
-            data = self.node.store.read_block(msg.digest)
+            data = self.server.store.read_block(msg.digest)
             await stream.send_frame(wire.encode(wire.Block(msg.request_id, msg.digest, len(data))))
             if mode == "corrupt":
                 data = bytes([data[0] ^ 1]) + data[1:]

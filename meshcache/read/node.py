@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable, Iterable, Mapping
 
 from meshcache.config import Config
@@ -25,7 +26,8 @@ from meshcache.core.version import ObjectVersion
 from meshcache.read import prewarm as _prewarm
 from meshcache.read.catalog import Catalog
 from meshcache.read.gate import Gate
-from meshcache.read.ladder import BlockRequest, FetchResult, Source, Stored
+from meshcache.core.rungs import BlockRequest
+from meshcache.read.ladder import FetchResult, Source, Stored
 from meshcache.read.loop import LoopThread
 from meshcache.read.origin import ObjectChanged, Origin, normalize_url
 from meshcache.read.rungs.local import LocalSource
@@ -84,14 +86,27 @@ class Node:
     def start_peers(self) -> tuple[str, int]:
         """Listen for peers on `config.listen` and ask them before the origin."""
         if self.peers is None:
+            from meshcache.mesh import factory
+            from meshcache.mesh.auth import make_authenticator
             from meshcache.mesh.mesh import Mesh
             from meshcache.mesh.peers import PeerService
+            from meshcache.transport.base import parse_address
 
             async def start() -> Any:
-                service = PeerService(self)
+                cfg = self.config
+                if not cfg.credential():
+                    raise ValueError("peers need the cluster credential (cluster_secret or "
+                                     "cluster_secret_file): only nodes that hold it may connect")
+                identity = factory.load_identity(cfg)
+                node_id = bytes.fromhex(identity[2])
+                transport = factory.build_quic_transport(
+                    cfg, identity, make_authenticator(cfg.credential(), node_id))
+                service = PeerService(cfg, transport, self, node_id, clock=time.monotonic,
+                                      datagram_size=factory.datagram_size(cfg),
+                                      listen=parse_address(cfg.listen))
                 await service.start()
                 self.peers = service
-                self.mesh = Mesh(self, service)
+                self.mesh = Mesh(cfg, service, self.store)
                 await self.mesh.start()
                 self._sources = None  # rebuilt with the zone rungs
                 return service
