@@ -23,6 +23,7 @@ import time
 
 import meshcache
 from meshcache.config import parse_size
+from meshcache.mesh.auth import new_secret
 from meshcache.lab.httporigin import make_file
 
 
@@ -69,10 +70,11 @@ def mesh_demo(tmp: str, base: str, n: int, size: int) -> None:
     print(f"\nthe mesh: {n} nodes (separate processes, QUIC on 127.0.0.1) read a new "
           f"{human(size)} object at once")
     procs = []
+    secret = new_secret()  # one credential for the whole zone
     for i, port in enumerate(ports):
         args = [sys.executable, "-m", "meshcache.lab.meshnode", "--cache-dir",
                 os.path.join(tmp, f"node{i}"), "--listen", f"127.0.0.1:{port}", "--secret",
-                "demo-cluster-secret", "--url", url, "--go", go, "--members", str(n - 1),
+                secret, "--url", url, "--go", go, "--members", str(n - 1),
                 "--max-datagram-size", "65000"]
         for other in ports:
             if other != port:

@@ -25,8 +25,6 @@ Runs on the node's loop beside the PeerService (peers.py), which carries its mes
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -37,6 +35,7 @@ from typing import Any
 
 from meshcache.core import membership as ms
 from meshcache.core import wire
+from meshcache.mesh import auth
 from meshcache.core.rendezvous import rank
 from meshcache.mesh.summaries import LocalSummary, RemoteSummaries
 from meshcache.transport import TransportError
@@ -48,8 +47,9 @@ STATUS_FILE = "mesh.json"
 
 
 def cluster_tag(credential: bytes) -> bytes:
-    """8 bytes naming the cluster in HELLO and mDNS ads; reveals nothing of the credential."""
-    return hmac.new(credential, b"meshcache cluster tag", hashlib.sha256).digest()[:8]
+    """8 bytes naming the cluster in HELLO and mDNS ads; reveals nothing of the credential
+    (auth.cluster_tag: derived from the scrypt key, after refusing a weak credential)."""
+    return auth.cluster_tag(credential)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from meshcache.core import wire
-from meshcache.mesh.auth import make_authenticator
+from meshcache.mesh.auth import check_credential, make_authenticator
 from meshcache.core.digest import digest as compute_digest
 from meshcache.core.digest import to_hex
 from meshcache.core.manifest import Manifest, ManifestError
@@ -50,6 +50,7 @@ class PeerService:
         if not credential:
             raise ValueError("peers need the cluster credential (cluster_secret or "
                              "cluster_secret_file): only nodes that hold it may connect")
+        check_credential(credential)  # WeakCredential (a ConfigError) before any socket opens
         self.node = node
         self.identity = load_or_create_identity(os.path.join(cfg.cache_dir, "identity"))
         self.node_id = bytes.fromhex(self.identity[2])
