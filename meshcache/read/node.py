@@ -25,6 +25,7 @@ from meshcache.read.loop import LoopThread
 from meshcache.core.manifest import Manifest
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, Origin, OriginError, normalize_url
 from meshcache.read.singleflight import SingleFlight
+from meshcache.core.staleness import OutagePolicy
 from meshcache.core.statcache import StatCache
 from meshcache.read.store import BlockCorrupt, BlockStore, StoreError
 from meshcache.core.version import ObjectVersion
@@ -33,7 +34,8 @@ log = logging.getLogger("meshcache.read.node")
 
 STAT_KEYS = ("bytes_from_local", "bytes_from_peers", "bytes_from_origin", "origin_requests",
              "block_hits", "block_misses", "origin_errors", "store_errors", "corrupt_blocks",
-             "evicted_blocks", "version_changes", "bad_hints", "owner_failures")
+             "evicted_blocks", "version_changes", "bad_hints", "owner_failures", "stale_stats")
+ORIGIN_RETRY_AFTER = 5.0  # seconds a failed origin is not asked again (reads fail or go stale)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Node:
         self._lock = threading.Lock()
         self._stats = dict.fromkeys(STAT_KEYS, 0)
         self._statcache = StatCache(self.config.metadata_ttl)
+        self._outages = OutagePolicy(self.config.stale_if_error, ORIGIN_RETRY_AFTER)
         self._manifests: dict[bytes, Manifest] = {}
         self._dirty: set[bytes] = set()
         self._loop = LoopThread()
@@ -187,8 +190,9 @@ class Node:
         return v
 
     async def _stat(self, url: str, options: dict[str, Any]) -> ObjectVersion:
-        origin, _ = self._async_state()
-        v = await origin.stat(url, options)
+        v, fresh = await self._stat_or_stale(url, options)
+        if not fresh:
+            return v
         with self._lock:
             changed = self._statcache.put(v, time.monotonic())
             if changed:
@@ -199,6 +203,37 @@ class Node:
         if changed:
             log.info("%s changed at the origin; new version %s", url, v.token)
         return v
+
+    # ---- origin outage: stale_if_error (policy in core/staleness.py) -----------------------------
+
+    async def _stat_or_stale(self, url: str, options: dict[str, Any]) -> tuple[ObjectVersion, bool]:
+        """(version, fresh): the origin's answer; or, while the origin fails, the version it last
+        confirmed (within stale_if_error), else an OriginError naming the origin, at once."""
+        now = time.monotonic()
+        outage = self._outages.down(url, now)
+        if outage is None:
+            origin, _ = self._async_state()
+            try:
+                v = await origin.stat(url, options)
+            except ObjectNotFound:
+                self._outages.forget(url)
+                raise
+            except OriginError as e:
+                now = time.monotonic()
+                self._outages.failed(url, str(e), now)
+                outage = self._outages.down(url, now)
+                if outage is None:  # retry_after 0: no memory of the outage
+                    raise
+            else:
+                self._outages.confirmed(v, time.monotonic())
+                return v, True
+        stale = self._outages.stale(url, now)
+        if stale is None:
+            raise OriginError(self._outages.outage_message(url, outage, now))
+        self.count(stale_stats=1)
+        log.warning("%s: origin %s failing (%s); serving the last known version %s",
+                    url, outage.origin, outage.error, stale.token)
+        return stale, False
 
     def latest(self, url: str) -> ObjectVersion | None:
         """The newest version of `url` this node has seen (no origin request)."""
@@ -443,6 +478,7 @@ class Node:
                 except OriginError as e:
                     self.count(origin_errors=1)
                     if attempt + 1 == attempts:
+                        self._outages.failed(version.url, str(e), time.monotonic())
                         raise
                     log.info("%s (attempt %d of %d)", e, attempt + 1, attempts)
                 else:
