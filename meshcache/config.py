@@ -100,6 +100,11 @@ class Config:
     # syncs bring news they run every 2 ping_intervals).
     sync_interval: float = 30.0
     log_level: str = "WARNING"
+    # --- origin outage ---
+    # Seconds after the origin last confirmed an object's version during which, while the
+    # origin fails (errors, timeouts, refused connections; not "no such object"), reads keep
+    # being served under that version from this node and its zone. 0: fail at once.
+    stale_if_error: float = 86400.0
 
     # --- mesh: what a peer may make this node do ---
     # URL prefixes this node fetches from an origin when a peer asks it (as a block's owner).
@@ -204,7 +209,7 @@ class Config:
         for key in ("metadata_ttl", "origin_timeout", "request_timeout", "ping_interval",
                     "suspect_timeout", "indirect_checks", "sync_interval", "origin_retries",
                     "egress_rate", "ingress_rate",
-                    "peer_egress_rate", "peer_ingress_rate"):
+                    "peer_egress_rate", "peer_ingress_rate", "stale_if_error"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
         for prefix in self.peer_origins:

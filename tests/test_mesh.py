@@ -12,9 +12,9 @@ from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
 from meshcache.core.membership import State
 
-from tests.conftest import SMALL_BLOCK, make_bytes
+from tests.conftest import CLUSTER_SECRET, SMALL_BLOCK, make_bytes
 
-SECRET = "zone-secret"
+SECRET = CLUSTER_SECRET
 
 
 def zone(tmp_path, n, **kw):

@@ -32,8 +32,6 @@ in-memory transport with a fake clock.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -47,6 +45,7 @@ from meshcache.config import Config
 from meshcache.core import membership as ms
 from meshcache.core import wire
 from meshcache.core.liveness import grace_expired, stop_using
+from meshcache.mesh import auth
 from meshcache.core.rendezvous import rank
 from meshcache.mesh.clock import Clock, LoopClock, Timer
 from meshcache.mesh.seams import Address, PeerLink, StoreView
@@ -64,8 +63,9 @@ DISCOVERED_TTL = 300.0  # seconds an address found by mDNS is greeted until it a
 
 
 def cluster_tag(credential: bytes) -> bytes:
-    """8 bytes naming the cluster in HELLO and mDNS ads; reveals nothing of the credential."""
-    return hmac.new(credential, b"meshcache cluster tag", hashlib.sha256).digest()[:8]
+    """8 bytes naming the cluster in HELLO and mDNS ads; reveals nothing of the credential
+    (auth.cluster_tag: derived from the scrypt key, after refusing a weak credential)."""
+    return auth.cluster_tag(credential)
 
 
 @dataclass

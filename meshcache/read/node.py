@@ -22,6 +22,7 @@ from meshcache.core.blocks import block_span
 from meshcache.core.digest import digest as compute_digest
 from meshcache.core.manifest import Manifest
 from meshcache.core.rungs import Rank, may_use
+from meshcache.core.staleness import OutagePolicy
 from meshcache.core.version import ObjectVersion
 from meshcache.read import prewarm as _prewarm
 from meshcache.read.catalog import Catalog
@@ -29,7 +30,7 @@ from meshcache.read.gate import Gate
 from meshcache.core.rungs import BlockRequest
 from meshcache.read.ladder import FetchResult, Source, Stored
 from meshcache.read.loop import LoopThread
-from meshcache.read.origin import ObjectChanged, Origin, normalize_url
+from meshcache.read.origin import ObjectChanged, ObjectNotFound, Origin, OriginError, normalize_url
 from meshcache.read.rungs.local import LocalSource
 from meshcache.read.rungs.origin import OriginSource
 from meshcache.read.singleflight import SingleFlight
@@ -39,7 +40,8 @@ log = logging.getLogger("meshcache.read.node")
 
 STAT_KEYS = ("bytes_from_local", "bytes_from_peers", "bytes_from_origin", "origin_requests",
              "block_hits", "block_misses", "origin_errors", "store_errors", "corrupt_blocks",
-             "evicted_blocks", "version_changes", "bad_hints", "owner_failures")
+             "evicted_blocks", "version_changes", "bad_hints", "owner_failures", "stale_stats")
+ORIGIN_RETRY_AFTER = 5.0  # seconds a failed origin is not asked again (reads fail or go stale)
 
 __all__ = ["Node", "FetchResult", "BlockRequest"]
 
@@ -56,6 +58,7 @@ class Node:
         self.catalog = Catalog(self.store, self.block_size, self.config.metadata_ttl)
         self._lock = threading.Lock()
         self._stats = dict.fromkeys(STAT_KEYS, 0)
+        self._outages = OutagePolicy(self.config.stale_if_error, ORIGIN_RETRY_AFTER)
         self._loop = LoopThread()
         self._loop.on_fork(self._after_fork)
         self._reset_async_state()
@@ -87,7 +90,7 @@ class Node:
         """Listen for peers on `config.listen` and ask them before the origin."""
         if self.peers is None:
             from meshcache.mesh import factory
-            from meshcache.mesh.auth import make_authenticator
+            from meshcache.mesh.auth import check_credential, make_authenticator
             from meshcache.mesh.mesh import Mesh
             from meshcache.mesh.peers import PeerService
             from meshcache.transport.base import parse_address
@@ -97,6 +100,7 @@ class Node:
                 if not cfg.credential():
                     raise ValueError("peers need the cluster credential (cluster_secret or "
                                      "cluster_secret_file): only nodes that hold it may connect")
+                check_credential(cfg.credential())  # a weak one is refused before any socket
                 identity = factory.load_identity(cfg)
                 node_id = bytes.fromhex(identity[2])
                 transport = factory.build_quic_transport(
@@ -141,7 +145,7 @@ class Node:
                                             self.config.ping_interval, self._loop_time))
                 ladder.append(OwnerSource(self.mesh, self.peers, self.count))
             ladder.append(OriginSource(origin, gate, self.catalog, self.config.origin_retries,
-                                       self.count))
+                                       self.count, self._origin_failed))
             for before, rung in self._added:
                 at = next((k for k, r in enumerate(ladder) if r.name == before), len(ladder))
                 ladder.insert(at, rung)
@@ -232,12 +236,45 @@ class Node:
         return self._loop.run(self._stat(url, dict(options or {})))
 
     async def _stat(self, url: str, options: dict[str, Any]) -> ObjectVersion:
-        origin, _ = self._origin_parts()
-        v = await origin.stat(url, options)
-        if self.catalog.put_version(v):
+        v, fresh = await self._stat_or_stale(url, options)
+        if fresh and self.catalog.put_version(v):
             self.count(version_changes=1)
             log.info("%s changed at the origin; new version %s", url, v.token)
         return v
+
+    # ---- origin outage: stale_if_error (policy in core/staleness.py) -----------------------------
+
+    async def _stat_or_stale(self, url: str, options: dict[str, Any]) -> tuple[ObjectVersion, bool]:
+        """(version, fresh): the origin's answer; or, while the origin fails, the version it last
+        confirmed (within stale_if_error), else an OriginError naming the origin, at once."""
+        now = time.monotonic()
+        outage = self._outages.down(url, now)
+        if outage is None:
+            origin, _ = self._origin_parts()
+            try:
+                v = await origin.stat(url, options)
+            except ObjectNotFound:
+                self._outages.forget(url)
+                raise
+            except OriginError as e:
+                now = time.monotonic()
+                self._outages.failed(url, str(e), now)
+                outage = self._outages.down(url, now)
+                if outage is None:  # retry_after 0: no memory of the outage
+                    raise
+            else:
+                self._outages.confirmed(v, time.monotonic())
+                return v, True
+        stale = self._outages.stale(url, now)
+        if stale is None:
+            raise OriginError(self._outages.outage_message(url, outage, now))
+        self.count(stale_stats=1)
+        log.warning("%s: origin %s failing (%s); serving the last known version %s",
+                    url, outage.origin, outage.error, stale.token)
+        return stale, False
+
+    def _origin_failed(self, url: str, error: str) -> None:
+        self._outages.failed(url, error, time.monotonic())
 
     def latest(self, url: str) -> ObjectVersion | None:
         """The newest version of `url` this node has seen (no origin request)."""
