@@ -36,7 +36,7 @@ __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "MAX_DEPTH", "FRAME_HEADER", "DIGEST_SIZE", "WireError",
     "Hello", "Auth", "GetBlock", "Block", "Miss", "GetManifest", "ManifestMsg", "Summary",
     "SummaryDelta", "Ping", "Ack", "Error", "Leave", "PingReq", "Sync", "Gossip", "Update",
-    "State", "Message", "Payload", "encode", "decode",
+    "State", "Message", "Payload", "encode", "decode", "decode_value",
     "encode_frame", "FrameDecoder",
     "ERR_BAD_REQUEST", "ERR_VERSION", "ERR_BLOCK_SIZE", "ERR_AUTH", "ERR_TOO_LARGE",
     "ERR_BUSY", "ERR_INTERNAL", "ERR_NOT_FOUND",
@@ -448,27 +448,7 @@ def encode_frame(msg: Message) -> bytes:
 
 def decode(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME) -> Message:
     """Parse one CBOR body into a message; any problem raises WireError (nothing else)."""
-    try:
-        n = len(data)
-    except TypeError:
-        raise WireError(f"expected bytes, got {type(data).__name__}") from None
-    if n > max_size:
-        raise WireError(f"message of {n} bytes exceeds the limit of {max_size}")
-    if type(data) is not bytes:
-        try:
-            data = bytes(data)
-        except (TypeError, ValueError, BufferError) as e:
-            raise WireError(f"expected bytes: {e}") from None
-    if n == 0:
-        raise WireError("empty message")
-    try:
-        obj, pos = _item(data, 0, n, 0)
-    except RecursionError:  # cannot happen with MAX_DEPTH, but never let it out
-        raise WireError("nesting too deep") from None
-    except (IndexError, TypeError, OverflowError) as e:  # a decoder bug must still be a WireError
-        raise WireError(f"malformed CBOR: {e}") from None
-    if pos != n:
-        raise WireError(f"{n - pos} trailing bytes after the message")
+    obj = decode_value(data, max_size=max_size)
     if type(obj) is not list or len(obj) < 2:
         raise WireError("a message is an array [version, type, fields...]")
     version, mtype = obj[0], obj[1]
@@ -490,6 +470,33 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME) -
         raise WireError(f"{cls.__name__}: {e}") from None
     except (TypeError, ValueError) as e:  # belt and braces: constructors raise WireError
         raise WireError(f"{cls.__name__}: {e}") from None
+
+
+def decode_value(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME) -> object:
+    """One CBOR item of the accepted subset (uints, byte/text strings, arrays, null/true/false),
+    bounded as `decode` is; other local protocols (the host's API) build on it. WireError only."""
+    try:
+        n = len(data)
+    except TypeError:
+        raise WireError(f"expected bytes, got {type(data).__name__}") from None
+    if n > max_size:
+        raise WireError(f"message of {n} bytes exceeds the limit of {max_size}")
+    if type(data) is not bytes:
+        try:
+            data = bytes(data)
+        except (TypeError, ValueError, BufferError) as e:
+            raise WireError(f"expected bytes: {e}") from None
+    if n == 0:
+        raise WireError("empty message")
+    try:
+        obj, pos = _item(data, 0, n, 0)
+    except RecursionError:  # cannot happen with MAX_DEPTH, but never let it out
+        raise WireError("nesting too deep") from None
+    except (IndexError, TypeError, OverflowError) as e:  # a decoder bug must still be a WireError
+        raise WireError(f"malformed CBOR: {e}") from None
+    if pos != n:
+        raise WireError(f"{n - pos} trailing bytes after the message")
+    return obj
 
 
 _REQUIRED: dict[type, int] = {

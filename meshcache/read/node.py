@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 from meshcache.core.blocks import block_count, block_span
 from meshcache.config import Config
 from meshcache.core.digest import digest as compute_digest
+from meshcache.read.flock import BlockLocks
 from meshcache.read.gate import Gate
 from meshcache.read.loop import LoopThread
 from meshcache.core.manifest import Manifest
@@ -65,6 +66,7 @@ class Node:
         self.peers: Any = None  # PeerService once started (peers.py)
         self.mesh: Any = None  # Mesh once started (mesh.py)
         self._manifest_asked: dict[bytes, tuple[float, Any]] = {}  # key -> (when, who answered)
+        self.block_locks = BlockLocks(self.store.root / "locks")
         if self.config.peers or self.config.mdns or self.config.preset in ("lan", "wan"):
             self.start_peers()
 
@@ -271,7 +273,23 @@ class Node:
         """Block `index` of `version` into the store, one fetch however many ask at once.
         `forward=False` (a peer asked us as the owner) never asks another owner."""
         return await self._flights.do((version.key, index),
-                                      lambda: self._fetch_once(version, index, options, forward))
+                                      lambda: self._fetch_shared(version, index, options, forward))
+
+    # ---- cross-process single flight (read/flock.py): one process per cache dir fetches ----
+    async def _fetch_shared(self, version: ObjectVersion, index: int, options: dict[str, Any],
+                            forward: bool) -> FetchResult:
+        known = self.has_block(version, index)
+        if known is not None:
+            return FetchResult(known, "local")
+        async with self.block_locks.hold(version.key, index) as held:
+            if held is not None and held.digest is not None and held.digest in self.store:
+                self._record_digest(version, index, held.digest)
+                return FetchResult(held.digest, "local")
+            res = await self._fetch_once(version, index, options, forward)
+            if held is not None and res.data is None:
+                held.done(res.digest)
+            return res
+    # ---- end of the cross-process single flight hook ----
 
     async def _fetch_once(self, version: ObjectVersion, index: int,
                           options: dict[str, Any], forward: bool = True) -> FetchResult:
@@ -504,18 +522,9 @@ class Node:
     def cat(self, url: str, start: int | None = None, end: int | None = None,
             options: Mapping[str, Any] | None = None) -> bytes:
         """Bytes [start, end) of the object (negative offsets count from the end)."""
-        from meshcache.read.reader import Reader
+        from meshcache.read.reader import read_range
 
-        with Reader(self, url, options) as f:
-            size = f.size
-            s = 0 if start is None else (start + size if start < 0 else start)
-            e = size if end is None else (end + size if end < 0 else end)
-            s, e = max(0, min(s, size)), max(0, min(e, size))
-            if e <= s:
-                return b""
-            f.limit_readahead(e)
-            f.seek(s)
-            return f.read(e - s)
+        return read_range(self, url, start, end, options)
 
     def open(self, url: str, mode: str = "rb", **options: Any) -> Any:
         """A read-only file object over `url` (binary, or text for mode 'r')."""
