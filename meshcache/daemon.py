@@ -77,7 +77,11 @@ def main(config_path: str | None, preset: str | None, cache_dir: str | None, zon
     api = status = None
     try:
         node = Node(cfg)
-        address = node.start_peers()
+        serve_peers = bool(cfg.credential() or cfg.peers or cfg.preset != "local")
+        address = node.start_peers() if serve_peers else None
+        if not serve_peers:
+            log.warning("no cluster credential: serving this host only, no peers "
+                        "(`meshcache secret` makes a credential)")
         api = LocalApi(node, cfg.socket_path(), group=cfg.socket_group,
                        allow_client_options=cfg.daemon_client_options)
         api.start()
@@ -105,7 +109,8 @@ def main(config_path: str | None, preset: str | None, cache_dir: str | None, zon
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     members = len(node.mesh.live()) if node.mesh is not None else 0
-    ready = {"node_id": node.peers.node_id.hex(), "address": f"{address[0]}:{address[1]}",
+    ready = {"node_id": node.peers.node_id.hex() if node.peers is not None else None,
+             "address": f"{address[0]}:{address[1]}" if address else None,
              "zone": cfg.zone, "cache_dir": cfg.cache_dir, "block_size": cfg.block_size,
              "capacity": cfg.capacity, "socket": api.path, "peers_found": members,
              "metrics": f"http://{metrics_addr[0]}:{metrics_addr[1]}/" if metrics_addr else None}

@@ -3,9 +3,14 @@ object through meshcache (daemon or embedded, as the environment says)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import multiprocessing
 import os
+import subprocess
+import sys
+from typing import Iterator
 
 SMALL_BLOCK = 64 * 1024
 
@@ -45,3 +50,30 @@ def cache_env(cache_dir: str, daemon: str = "off", **extra: str) -> dict[str, st
            "MESHCACHE_FSYNC": "false", "MESHCACHE_READAHEAD": "4", "MESHCACHE_DAEMON": daemon}
     env.update({f"MESHCACHE_{k.upper()}": v for k, v in extra.items()})
     return env
+
+
+@contextlib.contextmanager
+def running_daemon(cache_dir: str, **extra: str) -> Iterator[dict[str, object]]:
+    """A `meshcached` subprocess on `cache_dir` (small blocks, peers on loopback, metrics on a
+    free port); yields its ready line. Stopped with SIGTERM (SIGKILL if it hangs)."""
+    env = dict(os.environ)
+    env.update(cache_env(cache_dir, **{"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
+                                       **extra}))
+    env.pop("MESHCACHE_DAEMON", None)
+    proc = subprocess.Popen([sys.executable, "-m", "meshcache.daemon"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line:
+            raise RuntimeError(f"meshcached did not start: {proc.stderr.read() if proc.stderr else ''}")
+        yield json.loads(line)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
