@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
 from typing import Iterator
 
 SMALL_BLOCK = 64 * 1024
@@ -60,12 +61,15 @@ def running_daemon(cache_dir: str, **extra: str) -> Iterator[dict[str, object]]:
     env.update(cache_env(cache_dir, **{"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
                                        **extra}))
     env.pop("MESHCACHE_DAEMON", None)
+    log = tempfile.TemporaryFile("w+")  # a pipe nobody drains could fill and stall the daemon
     proc = subprocess.Popen([sys.executable, "-m", "meshcache.daemon"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         if not line:
-            raise RuntimeError(f"meshcached did not start: {proc.stderr.read() if proc.stderr else ''}")
+            proc.wait(10)
+            log.seek(0)
+            raise RuntimeError(f"meshcached did not start: {log.read()}")
         yield json.loads(line)
     finally:
         proc.terminate()
@@ -74,6 +78,6 @@ def running_daemon(cache_dir: str, **extra: str) -> Iterator[dict[str, object]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        for f in (proc.stdout, proc.stderr):
-            if f:
-                f.close()
+        if proc.stdout:
+            proc.stdout.close()
+        log.close()
