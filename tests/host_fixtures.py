@@ -56,12 +56,13 @@ def cache_env(cache_dir: str, daemon: str = "off", **extra: str) -> dict[str, st
 @contextlib.contextmanager
 def running_daemon(cache_dir: str, **extra: str) -> Iterator[dict[str, object]]:
     """A `meshcached` subprocess on `cache_dir` (small blocks, peers on loopback, metrics on a
-    free port); yields its ready line. Stopped with SIGTERM (SIGKILL if it hangs)."""
+    free port); yields its ready line plus "log_file" (its stderr). Stopped with SIGTERM (SIGKILL if it hangs)."""
     env = dict(os.environ)
     env.update(cache_env(cache_dir, **{"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
                                        **extra}))
     env.pop("MESHCACHE_DAEMON", None)
-    log = tempfile.TemporaryFile("w+")  # a pipe nobody drains could fill and stall the daemon
+    # stderr to a file: a pipe nobody drains could fill and stall the daemon.
+    log = tempfile.NamedTemporaryFile("w+", prefix="meshcached-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "meshcache.daemon"], env=env,
                             stdout=subprocess.PIPE, stderr=log, text=True)
     try:
@@ -70,7 +71,9 @@ def running_daemon(cache_dir: str, **extra: str) -> Iterator[dict[str, object]]:
             proc.wait(10)
             log.seek(0)
             raise RuntimeError(f"meshcached did not start: {log.read()}")
-        yield json.loads(line)
+        ready = json.loads(line)
+        ready["log_file"] = log.name
+        yield ready
     finally:
         proc.terminate()
         try:
@@ -81,3 +84,4 @@ def running_daemon(cache_dir: str, **extra: str) -> Iterator[dict[str, object]]:
         if proc.stdout:
             proc.stdout.close()
         log.close()
+        os.unlink(log.name)

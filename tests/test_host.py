@@ -84,6 +84,13 @@ def test_module_functions_and_refusals_through_the_daemon(short_dir, origin, mon
         assert sum(progress) == len(data)
         assert meshcache.cat(url, -7) == data[-7:]
         assert meshcache.refresh(url).size == len(data)
+        # The fsspec protocol reads through the daemon as well (version, manifest: its requests).
+        import fsspec
+
+        before = meshcache.stats()["local_requests"]
+        with fsspec.open("meshcache::" + url, "rb") as f:
+            assert f.read() == data
+        assert meshcache.stats()["local_requests"] >= before + 3
         # Storage options (origin credentials) from clients are refused by default.
         with pytest.raises(PermissionError, match="own configuration"):
             meshcache.open(url, client_kwargs={"x": 1})

@@ -117,3 +117,20 @@ def test_status_page_in_headless_chromium(dirs, origin):
                 assert url in page.inner_text("#reading")
             finally:
                 browser.close()
+
+
+def test_a_wrong_credential_is_a_warning_on_both_ends(dirs):
+    with running_daemon(dirs[0], cluster_secret=SECRET) as a, \
+            running_daemon(dirs[1], cluster_secret=secrets.token_urlsafe(32),
+                           peers=str(a["address"])) as b:
+        deadline = time.monotonic() + 20
+        while True:
+            logs = [open(str(r["log_file"])).read() for r in (a, b)]
+            if all("WARNING" in text and ("rejected" in text or "refused" in text)
+                   for text in logs):
+                break
+            assert time.monotonic() < deadline, logs
+            time.sleep(0.2)
+        assert "rejected" in logs[0] and "authentication" in logs[0]  # the side that refused
+        assert "refused this node" in logs[1] and "credential" in logs[1]  # and why
+        assert "started: zone default" in logs[0]  # the start summary at the default level

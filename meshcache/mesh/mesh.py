@@ -40,7 +40,7 @@ from meshcache.core import wire
 from meshcache.core.rendezvous import rank
 from meshcache.mesh.summaries import LocalSummary, RemoteSummaries
 from meshcache.transport import TransportError
-from meshcache.transport.base import parse_address
+from meshcache.transport.base import AuthenticationError, parse_address
 
 log = logging.getLogger("meshcache.mesh.mesh")
 
@@ -108,6 +108,7 @@ class Mesh:
         self._timer: asyncio.TimerHandle | None = None  # membership's next handle_timer
         self._timer_at: float | None = None
         self._ignored: set[bytes] = set()
+        self._refused_by: set[tuple[str, int]] = set()  # peers whose auth refused us (logged)
         self._pending: dict[bytes, Member] = {}  # answered HELLO, but membership holds it gone
         self._pinging: dict[Any, asyncio.Task[Any]] = {}  # greetings and summary sends
         self._sending: set[asyncio.Task[Any]] = set()  # membership messages in flight
@@ -479,7 +480,12 @@ class Mesh:
             reply = await self.peers.request(address, self.hello_message())
         except (TransportError, OSError, asyncio.TimeoutError, Exception) as e:
             self.peers.stats["peer_errors"] += 1
-            log.info("HELLO to %s:%d failed: %s", address[0], address[1], e)
+            if isinstance(e, AuthenticationError) and address not in self._refused_by:
+                self._refused_by.add(address)  # once per address: it is retried every round
+                log.warning("peer %s:%d refused this node: %s (is the cluster credential the "
+                            "same on both?)", address[0], address[1], e)
+            else:
+                log.info("HELLO to %s:%d failed: %s", address[0], address[1], e)
             return
         if isinstance(reply, wire.Hello):
             self.accept_hello(reply, address[0])
