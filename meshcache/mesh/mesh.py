@@ -50,7 +50,7 @@ from meshcache.core.rendezvous import rank
 from meshcache.mesh.clock import Clock, LoopClock, Timer
 from meshcache.mesh.seams import Address, PeerLink, StoreView
 from meshcache.mesh.summaries import LocalSummary, RemoteSummaries
-from meshcache.transport.base import parse_address
+from meshcache.transport.base import AuthenticationError, parse_address
 
 if TYPE_CHECKING:
     from meshcache.mesh.discovery import Discovery
@@ -147,6 +147,7 @@ class Mesh:
         self._timer_at: float | None = None
         self._refused = _Bounded(MAX_REMEMBERED)  # nodes refused at HELLO (logged once)
         self._discovered = _Bounded(MAX_REMEMBERED)  # mDNS addresses greeted until they answer
+        self._refused_by: set[Address] = set()  # peers whose auth refused us (logged once)
         self._pending: dict[bytes, Member] = {}  # answered HELLO, but membership holds it gone
         self._pinging: dict[Hashable, asyncio.Task[Any]] = {}  # greetings and summary sends
         self._sending: set[asyncio.Task[Any]] = set()  # membership messages in flight
@@ -554,7 +555,12 @@ class Mesh:
             reply = await self.peers.request(address, self.hello_message())
         except Exception as e:  # unreachable, timed out or misbehaved: greeted again later
             self.peers.count_error()
-            log.info("HELLO to %s failed: %s", _addr(address), e)
+            if isinstance(e, AuthenticationError) and address not in self._refused_by:
+                self._refused_by.add(address)  # once per address: it is retried every round
+                log.warning("peer %s refused this node: %s (is the cluster credential the "
+                            "same on both?)", _addr(address), e)
+            else:
+                log.info("HELLO to %s failed: %s", _addr(address), e)
             return
         if isinstance(reply, wire.Hello):
             self.accept_hello(reply, address[0] if isinstance(address, tuple) else address)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import os
@@ -26,6 +27,7 @@ from meshcache.core.staleness import OutagePolicy
 from meshcache.core.version import ObjectVersion
 from meshcache.read import prewarm as _prewarm
 from meshcache.read.catalog import Catalog
+from meshcache.read.flock import BlockLocks, Held
 from meshcache.read.gate import Gate
 from meshcache.core.rungs import BlockRequest
 from meshcache.read.ladder import FetchResult, Source, Stored
@@ -64,6 +66,7 @@ class Node:
         self._reset_async_state()
         self.closed = False
         self._added: list[tuple[str, Source]] = []
+        self.block_locks = BlockLocks(self.store.root / "locks")
         self.peers: Any = None  # PeerService once started (mesh/peers.py)
         self.mesh: Any = None  # Mesh once started (mesh/mesh.py)
         if self.config.peers or self.config.mdns or self.config.preset in ("lan", "wan"):
@@ -334,24 +337,42 @@ class Node:
                                       lambda: self._climb(request))
 
     async def _climb(self, request: BlockRequest) -> FetchResult | None:
-        for rung in self.sources():
-            if not may_use(request.max_rank, rung.rank):
-                continue
-            if request.digest is None:
-                known = self.catalog.digest(request.version, request.index)
-                if known is not None:
-                    request = dataclasses.replace(request, digest=known)
-            got = await rung.fetch(request)
-            if got is None:
-                if rung.rank == Rank.LOCAL:
-                    self.count(block_misses=1)
-                continue
-            if isinstance(got, Stored):
-                return FetchResult(got.digest, rung.counter)
-            res = await self.admit(request, rung, got)
-            if res is not None:
-                return res
+        async with contextlib.AsyncExitStack() as stack:
+            locked = False
+            held: Held | None = None
+            for rung in self.sources():
+                if not may_use(request.max_rank, rung.rank):
+                    continue
+                if rung.rank != Rank.LOCAL and not locked:
+                    # Past the store: one process per cache directory climbs on (read/flock.py);
+                    # None when locks cannot be used here (read-only directory).
+                    locked = True
+                    held = await stack.enter_async_context(
+                        self.block_locks.hold(request.version.key, request.index))
+                    if held is not None and held.digest is not None and held.digest in self.store:
+                        self.catalog.record(request.version, request.index, held.digest)
+                        return FetchResult(held.digest, "local")
+                res = await self._try(rung, request)
+                if res is not None:
+                    if held is not None and res.data is None:
+                        held.done(res.digest)
+                    return res
         return None
+
+    async def _try(self, rung: Source, request: BlockRequest) -> FetchResult | None:
+        """One rung: its answer admitted, or None to go on."""
+        if request.digest is None:
+            known = self.catalog.digest(request.version, request.index)
+            if known is not None:
+                request = dataclasses.replace(request, digest=known)
+        got = await rung.fetch(request)
+        if got is None:
+            if rung.rank == Rank.LOCAL:
+                self.count(block_misses=1)
+            return None
+        if isinstance(got, Stored):
+            return FetchResult(got.digest, rung.counter)
+        return await self.admit(request, rung, got)
 
     async def admit(self, request: BlockRequest, rung: Source, data: bytes) -> FetchResult | None:
         """The one way bytes from any rung enter: verify against the known digest, store, record
@@ -433,18 +454,9 @@ class Node:
     def cat(self, url: str, start: int | None = None, end: int | None = None,
             options: Mapping[str, Any] | None = None) -> bytes:
         """Bytes [start, end) of the object (negative offsets count from the end)."""
-        from meshcache.read.reader import Reader
+        from meshcache.read.reader import read_range
 
-        with Reader(self, url, options) as f:
-            size = f.size
-            s = 0 if start is None else (start + size if start < 0 else start)
-            e = size if end is None else (end + size if end < 0 else end)
-            s, e = max(0, min(s, size)), max(0, min(e, size))
-            if e <= s:
-                return b""
-            f.limit_readahead(e)
-            f.seek(s)
-            return f.read(e - s)
+        return read_range(self, url, start, end, options)
 
     def open(self, url: str, mode: str = "rb", **options: Any) -> Any:
         """A read-only file object over `url` (binary, or text for mode 'r')."""
