@@ -49,6 +49,11 @@ def main(config_path: str | None, cache_dir: str | None, listen: str | None,
         cfg = Config.from_dict(overrides)
         node = Node(cfg)
         address = node.start_peers()
+        gateway = None
+        if cfg.s3_listen:
+            from meshcache.surfaces.s3gateway import serve
+
+            gateway = serve(node)
     except (ConfigError, ValueError) as e:
         click.echo(f"meshcached: error: {e}", err=True)
         sys.exit(6)
@@ -65,10 +70,14 @@ def main(config_path: str | None, cache_dir: str | None, listen: str | None,
     signal.signal(signal.SIGINT, on_signal)
     ready = {"node_id": node.peers.node_id.hex(), "address": f"{address[0]}:{address[1]}",
              "zone": cfg.zone, "cache_dir": cfg.cache_dir, "block_size": cfg.block_size}
+    if gateway is not None and gateway.address is not None:
+        ready["s3"] = f"http://{gateway.address[0]}:{gateway.address[1]}"
     print(json.dumps(ready), flush=True)
     log.info("serving %s", ready)
     while not stop.wait(1.0):
         pass
+    if gateway is not None:
+        gateway.close()
     node.close()
     log.info("stopped")
 
