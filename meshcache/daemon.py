@@ -60,6 +60,9 @@ def main(config_path: str | None, cache_dir: str | None, listen: str | None,
     except StoreError as e:
         click.echo(f"meshcached: error: {e.strerror or e}", err=True)
         sys.exit(5)
+    except OSError as e:  # e.g. the S3 gateway's port is taken
+        click.echo(f"meshcached: error: {e}", err=True)
+        sys.exit(7)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -25,6 +25,7 @@ from meshcache.read.loop import LoopThread
 from meshcache.core.manifest import Manifest
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, Origin, OriginError, normalize_url
 from meshcache.read.singleflight import SingleFlight
+from meshcache.read.streamfill import StreamFill
 from meshcache.core.statcache import StatCache
 from meshcache.read.store import BlockCorrupt, BlockStore, StoreError
 from meshcache.core.version import ObjectVersion
@@ -75,6 +76,7 @@ class Node:
         self._flights: SingleFlight[FetchResult] = SingleFlight()
         self._origin_sem: Gate | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._streamfill = StreamFill(self)  # range-less HTTP origins (read/streamfill.py)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -434,7 +436,7 @@ class Node:
             async with sem:
                 self.count(origin_requests=1)
                 try:
-                    data = await origin.read(version, start, end, options)
+                    data = await self._streamfill.read(origin, version, start, end, options)
                 except (ObjectChanged, ObjectNotFound):
                     self.count(origin_errors=1)
                     with self._lock:
@@ -450,6 +452,21 @@ class Node:
                     return data
             await asyncio.sleep(0.1 * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def admit(self, version: ObjectVersion, index: int, data: bytes) -> bytes:
+        """Verify and store block `index` of `version` read outside `fetch` (a range-less
+        origin's streaming fill): checked against the manifest's digest when one is known,
+        recorded, told to the summaries. Returns its digest; ObjectChanged on a mismatch."""
+        known = self.manifest(version).digests[index]
+        try:
+            d = await asyncio.to_thread(self.store.put, data, known)
+        except BlockCorrupt:
+            raise ObjectChanged(f"{version.url}: block {index} no longer matches the version "
+                                "first read; the object changed at the origin") from None
+        self._record_digest(version, index, d)
+        if self.mesh is not None:
+            self.mesh.on_stored(d)
+        return d
 
     def read_origin_sync(self, version: ObjectVersion, index: int,
                          options: Mapping[str, Any] | None = None) -> bytes:
