@@ -26,7 +26,7 @@ class Item:
     """One name under the prefix: `path` relative to it ('a/b.bin'), a file or a directory."""
 
     path: str
-    size: int
+    size: int  # -1: the origin's listing does not say (HTTP index pages)
     mtime: float
     etag: str
     is_dir: bool
@@ -114,9 +114,10 @@ class Listing:
             if not rel or rel == key[0]:
                 continue
             is_dir = info.get("type") == "directory"
-            size = info.get("size") or 0
+            size = info.get("size")
+            size = 0 if is_dir else (int(size) if isinstance(size, int) else -1)
             etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
-            items.append(Item(rel, int(size) if not is_dir else 0, _mtime(info), etag, is_dir))
+            items.append(Item(rel, size, _mtime(info), etag, is_dir))
         with self._lock:
             self._cache.put(key, items, self._clock())
         return items

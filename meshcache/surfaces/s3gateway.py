@@ -205,7 +205,7 @@ class S3Gateway:
             items = await asyncio.to_thread(listing.list, rel_dir, delimiter != "/")
         except ObjectNotFound:
             items = []
-        entries = [s3proto.Entry(it.path, it.size, it.mtime, it.etag or
+        entries = [s3proto.Entry(it.path, max(it.size, 0), it.mtime, it.etag or
                                  hashlib.blake2b(f"{it.size}:{it.mtime}".encode(),
                                                  digest_size=16).hexdigest())
                    for it in items if not it.is_dir]
