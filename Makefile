@@ -15,7 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test,s3,bench]'
+	$(PIP) install -q -e '.[test,s3,bench,examples]'
 	touch $(STAMP)
 
 # System packages the benchmarks and lab tests use; installed only when missing and root.

@@ -29,7 +29,8 @@ from meshcache.core.blocks import block_span
 from meshcache.core.s3proto import S3Error
 from meshcache.core.sigv4 import AuthError, Request, is_signed, verify
 from meshcache.core.version import ObjectVersion
-from meshcache.read.node import FetchResult, Node
+from meshcache.read.ladder import FetchResult
+from meshcache.read.node import Node
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, OriginError
 from meshcache.read.store import BlockCorrupt
 from meshcache.surfaces.listing import Listing
@@ -280,6 +281,8 @@ class S3Gateway:
                 s, e = max(start, b0) - b0, min(end, b1) - b0
                 await self._send_block(request, resp, version, i, result, s, e, options)
                 self.stats["bytes_sent"] += e - s
+                if result.source == "local":
+                    node.count(bytes_from_local=e - s)
         finally:
             for fut in ahead.values():
                 fut.cancel()
