@@ -29,7 +29,9 @@ from meshcache.surfaces.listing import Item, Listing
 log = logging.getLogger("meshcache.surfaces.fuse")
 
 MAX_READAHEAD = 1 << 20  # bytes the kernel may read ahead of a sequential reader
-MAX_THREADS = 16  # libfuse worker threads serving requests
+# libfuse worker threads; idle ones are kept (libfuse 3.14 otherwise starts a thread per
+# request, and each new thread costs a Python thread state: 3x slower reads).
+MAX_THREADS = 16
 MAX_READ = 1 << 20  # bytes one FUSE read request may ask for (fewer requests, less overhead)
 
 
@@ -182,7 +184,8 @@ def mount(node: Node, prefix: str, mountpoint: str, options: Mapping[str, Any] |
     try:
         mfusepy.FUSE(ops, mountpoint, raw_fi=True, foreground=True, debug=debug, ro=True,
                      fsname="meshcache", subtype="meshcache", default_permissions=True,
-                     max_read=MAX_READ, max_threads=MAX_THREADS)
+                     max_read=MAX_READ, max_threads=MAX_THREADS,
+                     max_idle_threads=MAX_THREADS)
     except RuntimeError as e:
         # libfuse's loop reports a signal-ended session as an error (8) after unmounting.
         if not ops.mounted or os.path.ismount(mountpoint):
