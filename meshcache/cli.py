@@ -277,6 +277,31 @@ def refresh(obj: _Ctx, url: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("url_prefix")
+@click.argument("mountpoint", type=click.Path(file_okay=False, exists=True))
+@click.option("--storage-options", default="{}", metavar="JSON",
+              help="fsspec storage options for the origin, as a JSON object.")
+@click.option("--debug", is_flag=True, help="Log every FUSE request (libfuse's -d).")
+@click.pass_obj
+@_run
+def mount(obj: _Ctx, url_prefix: str, mountpoint: str, storage_options: str,
+          debug: bool) -> None:
+    """Mount URL_PREFIX read-only at MOUNTPOINT, read through the cache; runs until
+    `umount MOUNTPOINT` (or `fusermount3 -u`), SIGTERM or Ctrl-C, which unmount cleanly."""
+    import json
+
+    from meshcache.surfaces.fuse import mount as fuse_mount
+
+    try:
+        options = json.loads(storage_options)
+    except ValueError as e:
+        raise ConfigError(f"--storage-options: not JSON: {e}") from None
+    if not isinstance(options, dict):
+        raise ConfigError("--storage-options: expected a JSON object")
+    fuse_mount(obj.node, url_prefix, mountpoint, options, debug=debug)
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 @_run

@@ -129,6 +129,19 @@ class Config:
     # host:port of the HTTP endpoint with Prometheus metrics (/metrics) and the status page (/);
     # "" turns it off.
     metrics_listen: str = "127.0.0.1:7947"
+    # --- surfaces (S3 gateway, FUSE) ---
+    # host:port the S3-compatible gateway listens on ("" = no gateway).
+    s3_listen: str = ""
+    # Bucket name -> origin URL prefix it serves, e.g. {"models": "s3://real-bucket/models/"}.
+    s3_buckets: dict[str, str] = field(default_factory=dict)
+    # Bucket name -> fsspec storage options for its origin (endpoint_url, anon, headers, ...).
+    s3_bucket_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Access key id -> secret key that clients sign requests with (AWS Signature V4).
+    s3_access_keys: dict[str, str] = field(default_factory=dict)
+    # Serve unsigned requests too (a public, read-only endpoint); off by default.
+    s3_anonymous: bool = False
+    # The region GetBucketLocation reports.
+    s3_region: str = "us-east-1"
 
     # ---- presets ---------------------------------------------------------------------------------
 
@@ -241,11 +254,31 @@ class Config:
             raise ConfigError(f"capacity: must hold at least one block ({self.block_size} bytes)")
         if not self.cache_dir:
             raise ConfigError("cache_dir: must not be empty")
+        self._validate_surfaces()
         if self.preset in ("lan", "wan") and not self.credential():
             raise ConfigError(
                 f"cluster_secret: the {self.preset} preset needs the cluster credential "
                 "(cluster_secret, cluster_secret_file or MESHCACHE_CLUSTER_SECRET)")
         return self
+
+    def _validate_surfaces(self) -> None:
+        if self.s3_listen:
+            host, sep, port = self.s3_listen.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ConfigError(f"s3_listen: expected host:port, got {self.s3_listen!r}")
+            if not self.s3_access_keys and not self.s3_anonymous:
+                raise ConfigError("s3_access_keys: the S3 gateway needs at least one access "
+                                  "key (or s3_anonymous = true for a public endpoint)")
+        for bucket, prefix in self.s3_buckets.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+                raise ConfigError(f"s3_buckets: {bucket!r} is not a valid S3 bucket name")
+            if not prefix:
+                raise ConfigError(f"s3_buckets: {bucket}: empty origin URL prefix")
+        for bucket, opts in self.s3_bucket_options.items():
+            if bucket not in self.s3_buckets:
+                raise ConfigError(f"s3_bucket_options: {bucket}: no such bucket in s3_buckets")
+            if not isinstance(opts, dict):
+                raise ConfigError(f"s3_bucket_options: {bucket}: expected a table of options")
 
     def credential(self) -> bytes:
         """The cluster credential as bytes, from the value or the file; empty when none."""
@@ -304,6 +337,16 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             if not isinstance(value, str):
                 raise ConfigError(f"{where}: expected a string, got {value!r}")
             return value
+        if kind == "dict[str, str]":
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise ConfigError(f"{where}: expected a table of strings, got {value!r}")
+            return dict(value)
+        if kind == "dict[str, dict[str, Any]]":
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, dict) for k, v in value.items()):
+                raise ConfigError(f"{where}: expected a table of tables, got {value!r}")
+            return {k: dict(v) for k, v in value.items()}
         if kind == "list[str]":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
@@ -337,6 +380,13 @@ def _from_env_string(key: str, value: str) -> Any:
             return float(value)
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if kind.startswith("dict["):
+        import json
+
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a JSON object, got {value!r}") from None
     if kind == "list[str]":
         return [v.strip() for v in value.split(",") if v.strip()]
     return value

@@ -36,6 +36,7 @@ from meshcache.read.origin import ObjectChanged, ObjectNotFound, Origin, OriginE
 from meshcache.read.rungs.local import LocalSource
 from meshcache.read.rungs.origin import OriginSource
 from meshcache.read.singleflight import SingleFlight
+from meshcache.read.streamfill import StreamFill
 from meshcache.read.store import BlockCorrupt, BlockStore, StoreError, raise_fd_limit
 
 log = logging.getLogger("meshcache.read.node")
@@ -148,7 +149,7 @@ class Node:
                                             self.config.ping_interval, self._loop_time))
                 ladder.append(OwnerSource(self.mesh, self.peers, self.count))
             ladder.append(OriginSource(origin, gate, self.catalog, self.config.origin_retries,
-                                       self.count, self._origin_failed))
+                                       self.count, self._origin_failed, StreamFill(self)))
             for before, rung in self._added:
                 at = next((k for k, r in enumerate(ladder) if r.name == before), len(ladder))
                 ladder.insert(at, rung)
