@@ -100,6 +100,17 @@ class Config:
     # syncs bring news they run every 2 ping_intervals).
     sync_interval: float = 30.0
     log_level: str = "WARNING"
+    # --- transport ---
+    # QUIC engine: "auto" (qh3 when installed, else aioquic), "qh3" or "aioquic".
+    quic_engine: str = "auto"
+    # Batched UDP I/O (GSO/GRO) where the kernel has it; false: one sendto per datagram.
+    udp_batching: bool = True
+    # Bytes a peer may send before it is authenticated (more closes its connection).
+    preauth_max_bytes: int = 256 * 1024
+    # Connections handshaking or authenticating at once; new ones beyond are not taken.
+    max_unauthenticated: int = 64
+    # Pending connections past which new clients must first prove their address (QUIC Retry).
+    retry_threshold: int = 8
 
     # ---- presets ---------------------------------------------------------------------------------
 
@@ -197,6 +208,13 @@ class Config:
                     "peer_egress_rate", "peer_ingress_rate"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
+        if self.quic_engine not in ("auto", "qh3", "aioquic"):
+            raise ConfigError(f"quic_engine: must be auto, qh3 or aioquic, got {self.quic_engine!r}")
+        for key in ("preauth_max_bytes", "max_unauthenticated"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+        if self.retry_threshold < 0:
+            raise ConfigError(f"retry_threshold: must not be negative, got {self.retry_threshold}")
         if self.capacity < self.block_size:
             raise ConfigError(f"capacity: must hold at least one block ({self.block_size} bytes)")
         if not self.cache_dir:

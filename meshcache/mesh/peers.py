@@ -18,7 +18,7 @@ from typing import Any
 
 from meshcache.core import wire
 from meshcache.mesh.auth import make_authenticator
-from meshcache.core.digest import digest as compute_digest
+from blake3 import blake3 as BlockHasher
 from meshcache.core.digest import to_hex
 from meshcache.core.manifest import Manifest, ManifestError
 from meshcache.transport.mtu import auto_datagram_size
@@ -165,11 +165,14 @@ class PeerService:
             await stream.send_frame(wire.encode(wire.Miss(msg.request_id, msg.digest)))
             return
         await stream.send_frame(wire.encode(wire.Block(msg.request_id, msg.digest, len(data))))
-        view = memoryview(data)
-        for off in range(0, len(data), CHUNK):
-            piece = view[off:off + CHUNK]
-            await self.egress.take(conn, len(piece))
-            await stream.send_payload(piece)
+        if self.egress.unlimited:
+            await stream.send_payload(data)
+        else:
+            view = memoryview(data)
+            for off in range(0, len(data), CHUNK):
+                piece = view[off:off + CHUNK]
+                await self.egress.take(conn, len(piece))
+                await stream.send_payload(piece)
         self.stats["bytes_to_peers"] += len(data)
         self.stats["blocks_to_peers"] += 1
 
@@ -233,8 +236,8 @@ class PeerService:
                     raise self._misbehaved(peer, conn, "answered GET_BLOCK with something else")
                 if reply.size > max_size:
                     raise self._misbehaved(peer, conn, f"announced a {reply.size}-byte block")
-                data = await self._recv_block(stream, conn, reply.size)
-            if compute_digest(data) != d:
+                data, got = await self._recv_block(stream, conn, reply.size)
+            if got != d:
                 raise self._misbehaved(peer, conn, f"sent bytes that do not hash to {to_hex(d)}")
             self._alive(peer)
             return data
@@ -297,22 +300,26 @@ class PeerService:
                 if not isinstance(reply, wire.Block) or reply.size > max_size or \
                         (known is not None and reply.digest != known):
                     raise self._misbehaved(peer, conn, "answered an owner request wrongly")
-                data = await self._recv_block(stream, conn, reply.size)
-            if compute_digest(data) != reply.digest:
+                data, got = await self._recv_block(stream, conn, reply.size)
+            if got != reply.digest:
                 raise self._misbehaved(peer, conn, "sent bytes that do not hash to their digest")
             self._alive(peer)
             return reply.digest, data
         finally:
             self._inflight[peer] -= 1
 
-    async def _recv_block(self, stream: Stream, conn: Any, size: int) -> bytes:
-        buf = bytearray(size)
-        got = 0
+    async def _recv_block(self, stream: Stream, conn: Any, size: int) -> tuple[bytes, bytes]:
+        """(the block's `size` bytes, their digest): hashed while they arrive, copied once, the
+        limiter consulted only when a rate is set."""
+        hasher = BlockHasher()
+        chunks = []
+        limited = not self.ingress.unlimited
         async for chunk in stream.recv_payload(size):
-            await self.ingress.take(conn, len(chunk))
-            buf[got:got + len(chunk)] = chunk
-            got += len(chunk)
-        return bytes(buf)
+            if limited:
+                await self.ingress.take(conn, len(chunk))
+            hasher.update(chunk)
+            chunks.append(chunk)
+        return b"".join(chunks), hasher.digest()
 
     def _decode(self, frame: bytes, peer: Any) -> Any:
         try:
