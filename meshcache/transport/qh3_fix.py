@@ -12,6 +12,13 @@
    (qh3/tls.py), so the same wrap as aioquic_fix.py works: derive `exporter_master_secret` when
    the "s ap traffic" secret is derived (both ends hold exactly CH..server Finished then).
 
+3. Datagram size a client accepts (a limitation, qh3 2.1): a qh3 client advertises the
+   transport parameter `max_udp_payload_size` as 1472 whatever its `max_datagram_size`, so a
+   server never sends it larger datagrams: on loopback or a jumbo-frame LAN every block moves in
+   1.4 KB packets (~45x the per-packet work of 65000-byte ones). The wrap below advertises the
+   configured `max_datagram_size` instead. To drop: once `advertised_udp_payload_size()` on an
+   unpatched qh3 follows the configuration (the test checks it).
+
 Not fixed, said instead: qh3's server cannot ask a client for its certificate, so with qh3
 `PeerInfo.cert_node_id` is known on the client side only (authentication does not need it).
 """
@@ -19,7 +26,8 @@ Not fixed, said instead: qh3's server cannot ask a client for its certificate, s
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import threading
+from typing import Any, cast
 
 _PATCHED = "_meshcache_patched"
 MAX_SAFE_DATAGRAM = 16383  # qh3 < 2: STREAM frame lengths above 16383 bytes are corrupted
@@ -141,6 +149,62 @@ def export_keying_material(context: Any, label: bytes, context_value: bytes = b"
     return tls.hkdf_expand_label(algorithm, derived, b"exporter", digest(context_value), length)
 
 
+# ---- datagram size a client accepts -----------------------------------------------------------------
+
+_local = threading.local()
+
+
+def _patch_udp_payload() -> None:
+    from qh3.quic import tls_bridge
+
+    bridge = tls_bridge.QuicTlsBridge
+    original = bridge.serialize_transport_parameters
+    if getattr(original, _PATCHED, False):
+        return
+    push = tls_bridge.push_quic_transport_parameters
+
+    def push_quic_transport_parameters(buf: Any, parameters: Any) -> None:
+        size = getattr(_local, "size", None)
+        advertised = parameters.max_udp_payload_size
+        if size is not None and advertised is not None and advertised < size:
+            parameters.max_udp_payload_size = size
+        push(buf, parameters)
+
+    def serialize_transport_parameters(self: Any) -> bytes:
+        _local.size = self.configuration.max_datagram_size
+        try:
+            return cast(bytes, original(self))
+        finally:
+            _local.size = None
+
+    setattr(serialize_transport_parameters, _PATCHED, True)
+    tls_bridge.push_quic_transport_parameters = push_quic_transport_parameters
+    bridge.serialize_transport_parameters = serialize_transport_parameters
+
+
+def advertised_udp_payload_size(max_datagram_size: int = 65000,
+                                bridge_class: Any = None) -> int | None:
+    """The `max_udp_payload_size` a qh3 client configured with `max_datagram_size` advertises
+    (None: the parameter is left out, meaning 65527); `bridge_class`: another QuicTlsBridge."""
+    from qh3.quic.configuration import QuicConfiguration
+    from qh3.quic.connection import QuicConnection
+    from qh3.quic.packet import pull_quic_transport_parameters
+    from qh3.quic.tls_bridge import QuicTlsBridge
+    from qh3._hazmat import Buffer
+
+    quic = QuicConnection(configuration=QuicConfiguration(
+        is_client=True, alpn_protocols=["test"], max_datagram_size=max_datagram_size))
+    bridge = (bridge_class or QuicTlsBridge)(
+        quic.configuration, version=quic.configuration.supported_versions[0],
+        local_initial_source_connection_id=quic.host_cid,
+        remote_initial_source_connection_id=None,
+        original_destination_connection_id=quic.original_destination_connection_id,
+        retry_source_connection_id=None)
+    params = pull_quic_transport_parameters(Buffer(data=bridge.serialize_transport_parameters()))
+    return cast("int | None", params.max_udp_payload_size)
+
+
 def apply() -> None:
     """Apply the patches (idempotent)."""
     _patch_exporter()
+    _patch_udp_payload()
