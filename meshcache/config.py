@@ -142,6 +142,17 @@ class Config:
     s3_anonymous: bool = False
     # The region GetBucketLocation reports.
     s3_region: str = "us-east-1"
+    # --- transport ---
+    # QUIC engine: "auto" (qh3 when installed, else aioquic), "qh3" or "aioquic".
+    quic_engine: str = "auto"
+    # Batched UDP I/O (GSO/GRO) where the kernel has it; false: one sendto per datagram.
+    udp_batching: bool = True
+    # Bytes a peer may send before it is authenticated (more closes its connection).
+    preauth_max_bytes: int = 256 * 1024
+    # Connections handshaking or authenticating at once; new ones beyond are not taken.
+    max_unauthenticated: int = 64
+    # Pending connections past which new clients must first prove their address (QUIC Retry).
+    retry_threshold: int = 8
 
     # ---- presets ---------------------------------------------------------------------------------
 
@@ -250,6 +261,13 @@ class Config:
                                                 self.metrics_listen):
             raise ConfigError(f"metrics_listen: expected host:port or '', got "
                               f"{self.metrics_listen!r}")
+        if self.quic_engine not in ("auto", "qh3", "aioquic"):
+            raise ConfigError(f"quic_engine: must be auto, qh3 or aioquic, got {self.quic_engine!r}")
+        for key in ("preauth_max_bytes", "max_unauthenticated"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+        if self.retry_threshold < 0:
+            raise ConfigError(f"retry_threshold: must not be negative, got {self.retry_threshold}")
         if self.capacity < self.block_size:
             raise ConfigError(f"capacity: must hold at least one block ({self.block_size} bytes)")
         if not self.cache_dir:

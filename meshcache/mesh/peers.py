@@ -21,9 +21,10 @@ import itertools
 import logging
 from typing import Callable
 
+from blake3 import blake3 as BlockHasher
+
 from meshcache.config import Config
 from meshcache.core import wire
-from meshcache.core.digest import digest as compute_digest
 from meshcache.core.digest import to_hex
 from meshcache.core.manifest import Manifest, ManifestError
 from meshcache.core.origins import refusal
@@ -217,11 +218,14 @@ class PeerService:
             await stream.send_frame(wire.encode(wire.Miss(msg.request_id, msg.digest)))
             return
         await stream.send_frame(wire.encode(wire.Block(msg.request_id, digest, len(data))))
-        view = memoryview(data)
-        for off in range(0, len(data), CHUNK):
-            piece = view[off:off + CHUNK]
-            await self.egress.take(conn, len(piece))
-            await stream.send_payload(piece)
+        if self.egress.unlimited:
+            await stream.send_payload(data)
+        else:
+            view = memoryview(data)
+            for off in range(0, len(data), CHUNK):
+                piece = view[off:off + CHUNK]
+                await self.egress.take(conn, len(piece))
+                await stream.send_payload(piece)
         self.stats["bytes_to_peers"] += len(data)
         self.stats["blocks_to_peers"] += 1
 
@@ -356,8 +360,8 @@ class PeerService:
                 if reply.size != request.length:
                     raise self._misbehaved(peer, conn, f"announced a {reply.size}-byte block "
                                            f"where {request.length} bytes were asked")
-                data = await self._recv_block(stream, conn, reply.size)
-            if compute_digest(data) != reply.digest:
+                data, got = await self._recv_block(stream, conn, reply.size)
+            if got != reply.digest:
                 raise self._misbehaved(peer, conn, "sent bytes that do not hash to "
                                        f"{to_hex(reply.digest)}")
             if self.mesh is not None:
@@ -407,14 +411,19 @@ class PeerService:
                 peer_id = stream.connection.peer_node_id
                 return reply, peer_id if isinstance(peer_id, bytes) else None
 
-    async def _recv_block(self, stream: Stream, conn: Connection, size: int) -> bytes:
-        buf = bytearray(size)
-        got = 0
+    async def _recv_block(self, stream: Stream, conn: Connection,
+                          size: int) -> tuple[bytes, bytes]:
+        """(the block's `size` bytes, their digest): hashed while they arrive, copied once, the
+        limiter consulted only when a rate is set."""
+        hasher = BlockHasher()
+        chunks = []
+        limited = not self.ingress.unlimited
         async for chunk in stream.recv_payload(size):
-            await self.ingress.take(conn, len(chunk))
-            buf[got:got + len(chunk)] = chunk
-            got += len(chunk)
-        return bytes(buf)
+            if limited:
+                await self.ingress.take(conn, len(chunk))
+            hasher.update(chunk)
+            chunks.append(chunk)
+        return b"".join(chunks), hasher.digest()
 
     def _decode(self, frame: bytes, peer: Address, conn: Connection) -> wire.Message:
         try:
