@@ -25,7 +25,7 @@ def start_daemon(cache_dir, secret=SECRET, extra_env=None, code=None):
     """A meshcached (or a test server given as `code`) in its own process; returns (proc, addr)."""
     env = dict(os.environ, MESHCACHE_CLUSTER_SECRET=secret, MESHCACHE_CACHE_DIR=str(cache_dir),
                MESHCACHE_BLOCK_SIZE=str(SMALL_BLOCK), MESHCACHE_LISTEN="127.0.0.1:0",
-               MESHCACHE_REQUEST_TIMEOUT="2")
+               MESHCACHE_REQUEST_TIMEOUT="2", MESHCACHE_METRICS_LISTEN="127.0.0.1:0")
     env.update(extra_env or {})
     argv = [sys.executable, "-m", "meshcache.daemon"] if code is None else \
         [sys.executable, "-c", code]
