@@ -73,7 +73,7 @@ def mesh_demo(tmp: str, base: str, n: int, size: int) -> None:
         args = [sys.executable, "-m", "meshcache.lab.meshnode", "--cache-dir",
                 os.path.join(tmp, f"node{i}"), "--listen", f"127.0.0.1:{port}", "--secret",
                 "demo-cluster-secret", "--url", url, "--go", go, "--members", str(n - 1),
-                "--max-datagram-size", "65000"]
+                "--max-datagram-size", "65000", "--peer-origin", f"{base}/"]
         for other in ports:
             if other != port:
                 args += ["--peer", f"127.0.0.1:{other}"]
