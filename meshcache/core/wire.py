@@ -38,7 +38,7 @@ __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "MAX_DEPTH", "DIGEST_SIZE", "NO_DIGEST", "WireError",
     "Hello", "GetBlock", "Block", "Miss", "GetManifest", "ManifestMsg", "Summary",
     "SummaryDelta", "Ping", "Ack", "Error", "Leave", "PingReq", "Sync", "Gossip", "Update",
-    "State", "Message", "TYPE_OF", "encode", "decode", "decode_items",
+    "State", "Message", "TYPE_OF", "encode", "decode", "decode_value", "decode_items",
     "ERR_BAD_REQUEST", "ERR_BLOCK_SIZE", "ERR_AUTH", "ERR_TOO_LARGE", "ERR_NOT_FOUND",
     "ERR_REFUSED",
 ]
@@ -394,10 +394,10 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME) -
         raise WireError(f"{cls.__name__}: {e}") from None
 
 
-def decode_items(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME
-                 ) -> list[Any]:
-    """Parse one bounded CBOR array of the accepted subset (no message checks): the decoder
-    under `decode`, also used by the authentication handshake. Raises WireError only."""
+def decode_value(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME) -> object:
+    """One CBOR item of the accepted subset (uints, byte/text strings, arrays, null/true/false),
+    bounded as `decode` is: the decoder under `decode`, also used by the authentication handshake
+    and the host's local API. Raises WireError only."""
     try:
         n = len(data)
     except TypeError:
@@ -419,6 +419,13 @@ def decode_items(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FR
         raise WireError(f"malformed CBOR: {e}") from None
     if pos != n:
         raise WireError(f"{n - pos} trailing bytes after the message")
+    return obj
+
+
+def decode_items(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME
+                 ) -> list[Any]:
+    """`decode_value` of one array (a message's shape, not yet checked as a message)."""
+    obj = decode_value(data, max_size=max_size)
     if type(obj) is not list:
         raise WireError("a message is an array")
     return obj

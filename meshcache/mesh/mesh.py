@@ -32,8 +32,6 @@ in-memory transport with a fake clock.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -47,11 +45,12 @@ from meshcache.config import Config
 from meshcache.core import membership as ms
 from meshcache.core import wire
 from meshcache.core.liveness import grace_expired, stop_using
+from meshcache.mesh import auth
 from meshcache.core.rendezvous import rank
 from meshcache.mesh.clock import Clock, LoopClock, Timer
 from meshcache.mesh.seams import Address, PeerLink, StoreView
 from meshcache.mesh.summaries import LocalSummary, RemoteSummaries
-from meshcache.transport.base import parse_address
+from meshcache.transport.base import AuthenticationError, parse_address
 
 if TYPE_CHECKING:
     from meshcache.mesh.discovery import Discovery
@@ -64,8 +63,9 @@ DISCOVERED_TTL = 300.0  # seconds an address found by mDNS is greeted until it a
 
 
 def cluster_tag(credential: bytes) -> bytes:
-    """8 bytes naming the cluster in HELLO and mDNS ads; reveals nothing of the credential."""
-    return hmac.new(credential, b"meshcache cluster tag", hashlib.sha256).digest()[:8]
+    """8 bytes naming the cluster in HELLO and mDNS ads; reveals nothing of the credential
+    (auth.cluster_tag: derived from the scrypt key, after refusing a weak credential)."""
+    return auth.cluster_tag(credential)
 
 
 @dataclass
@@ -147,6 +147,7 @@ class Mesh:
         self._timer_at: float | None = None
         self._refused = _Bounded(MAX_REMEMBERED)  # nodes refused at HELLO (logged once)
         self._discovered = _Bounded(MAX_REMEMBERED)  # mDNS addresses greeted until they answer
+        self._refused_by: set[Address] = set()  # peers whose auth refused us (logged once)
         self._pending: dict[bytes, Member] = {}  # answered HELLO, but membership holds it gone
         self._pinging: dict[Hashable, asyncio.Task[Any]] = {}  # greetings and summary sends
         self._sending: set[asyncio.Task[Any]] = set()  # membership messages in flight
@@ -554,7 +555,12 @@ class Mesh:
             reply = await self.peers.request(address, self.hello_message())
         except Exception as e:  # unreachable, timed out or misbehaved: greeted again later
             self.peers.count_error()
-            log.info("HELLO to %s failed: %s", _addr(address), e)
+            if isinstance(e, AuthenticationError) and address not in self._refused_by:
+                self._refused_by.add(address)  # once per address: it is retried every round
+                log.warning("peer %s refused this node: %s (is the cluster credential the "
+                            "same on both?)", _addr(address), e)
+            else:
+                log.info("HELLO to %s failed: %s", _addr(address), e)
             return
         if isinstance(reply, wire.Hello):
             self.accept_hello(reply, address[0] if isinstance(address, tuple) else address)

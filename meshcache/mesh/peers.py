@@ -212,6 +212,9 @@ class PeerService:
             except Exception as e:
                 await stream.send_frame(wire.encode(wire.Error(wire.ERR_NOT_FOUND, str(e)[:500])))
                 return
+            if res is None:  # none of the rungs the request may use has it
+                await stream.send_frame(wire.encode(wire.Miss(msg.request_id, msg.digest)))
+                return
             digest = res.digest
             data = res.data if res.data is not None else await self._local(digest)
         if data is None:
