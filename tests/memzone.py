@@ -20,9 +20,9 @@ from meshcache.mesh.peers import PeerService
 from meshcache.read.store import BlockStore
 from meshcache.transport import MemoryNetwork, MemoryTransport
 
-from tests.conftest import SMALL_BLOCK
+from tests.conftest import CLUSTER_SECRET, SMALL_BLOCK
 
-SECRET = "zone-secret"
+SECRET = CLUSTER_SECRET
 
 
 @dataclass
