@@ -113,6 +113,28 @@ def test_a_member_that_goes_away_is_dropped_and_reads_complete(tmp_path, origin)
             x.close()
 
 
+def test_an_owner_refuses_an_origin_it_does_not_serve_peers_and_reads_complete(tmp_path, origin):
+    """With the default peer_origins an owner does not fetch a loopback origin for its peers:
+    each such request is refused once (not asked again) and the asker reads the origin."""
+    nodes = zone(tmp_path, 2, peer_origins=[])  # the default
+    try:
+        data = make_bytes(16 * SMALL_BLOCK, 73)
+        origin.put("r.bin", data)
+        url = origin.url_for("r.bin")
+        a, b = nodes
+        with a.open(url) as f:
+            assert f.read() == data
+        v = a.version(url)
+        owned_by_b = sum(a.mesh.owner(v.key + i.to_bytes(8, "big")) is not None
+                         for i in range(16))
+        refused = b.stats()["peer_origin_refusals"]
+        assert 0 < owned_by_b == refused == a.stats()["owner_failures"]  # each asked once
+        assert a.stats()["bytes_from_origin"] == len(data)
+    finally:
+        for x in nodes:
+            x.close()
+
+
 # ---- membership on the in-memory transport, fake clock -------------------------------------------
 
 def test_other_block_size_is_ignored(tmp_path):
