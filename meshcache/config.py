@@ -108,8 +108,8 @@ class Config:
 
     # --- mesh: what a peer may make this node do ---
     # URL prefixes this node fetches from an origin when a peer asks it (as a block's owner).
-    # Empty: any remote-storage URL (http, https, s3, gs, az, hdfs, ...) except loopback and
-    # link-local hosts; file:// and other local schemes only when listed here.
+    # Listed: exactly the URLs under these. Empty: any remote-storage URL (http, https, s3, gs,
+    # az, hdfs, ...) except loopback and link-local hosts; never file:// or other local schemes.
     peer_origins: list[str] = field(default_factory=list)
     # Proven lies (bytes that do not match the digest asked, malformed or impossible replies)
     # after which a peer is expelled from this node's view for an hour; each lie doubles the time

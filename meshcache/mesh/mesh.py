@@ -38,7 +38,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Coroutine, Hashable
 
 from meshcache.config import Config
@@ -79,7 +79,6 @@ class Member:
     summary_generation: int = 0  # the generation of ours it holds (0: none: send full)
     suspect: bool = False  # silent for suspect_timeout/2: not asked, not an owner
     suspect_since: float | None = None  # when membership began to suspect it (None: it does not)
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _addr(address: Address) -> str:

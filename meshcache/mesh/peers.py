@@ -57,13 +57,16 @@ class PeerRefused(TransportError):
         self.code = code
 
 
-def with_liveness(authenticate: Authenticator, heard: Callable[[Connection], None]
-                  ) -> Authenticator:
-    """`authenticate`, then count any packet of the now trusted peer as a sign of life (a
-    member busy streaming blocks may answer a PING late: its ACK waits behind the data)."""
+def admission(authenticate: Authenticator, heard: Callable[[Connection], None],
+              expelled: Callable[[bytes], bool]) -> Authenticator:
+    """`authenticate`, then refuse a node expelled for lying, and count any packet of the now
+    trusted peer as a sign of life (a member busy streaming blocks may answer a PING late:
+    its ACK waits behind the data)."""
 
     async def hook(conn: Connection) -> None:
         await authenticate(conn)
+        if isinstance(conn.peer_node_id, bytes) and expelled(conn.peer_node_id):
+            raise PeerMisbehaved("expelled from this node's view for lying")
         conn.on_heard = heard
 
     return hook
@@ -92,7 +95,8 @@ class PeerService:
         self.listen_address = listen
         self.mesh: MeshHandler | None = None
         if transport.authenticate is not None:
-            transport.authenticate = with_liveness(transport.authenticate, self._heard)
+            transport.authenticate = admission(transport.authenticate, self._heard,
+                                               self.expelled)
         self.egress = RateLimiter(config.egress_rate, config.peer_egress_rate)
         self.ingress = RateLimiter(config.ingress_rate, config.peer_ingress_rate)
         self._address: Address = None
