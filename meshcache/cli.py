@@ -353,7 +353,8 @@ def status(obj: _Ctx, as_json: bool) -> None:
 @click.pass_obj
 @_run
 def peers(obj: _Ctx, as_json: bool) -> None:
-    """List the live members the local meshcached sees: zone, address, summary size."""
+    """List the live members the local meshcached sees (zone, address, summary size) and the
+    remote zones its DHT has heard from."""
     import time as _time
 
     from meshcache.mesh.mesh import STATUS_FILE
@@ -380,6 +381,11 @@ def peers(obj: _Ctx, as_json: bool) -> None:
                    f"{_human(m['summary_bytes']):>10}  {m['last_seen_s']:.1f} s ago")
     if not status["members"]:
         click.echo("(no live members)")
+    remote = status.get("remote_zones")  # zone -> DHT nodes heard from (when the DHT runs)
+    if remote is not None:
+        seen = ", ".join(f"{z} ({n} nodes)" for z, n in sorted(remote.items())
+                         if z != status["zone"])
+        click.echo(f"remote zones seen: {seen or '(none)'}")
 
 
 @cli.command()

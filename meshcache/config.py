@@ -153,6 +153,21 @@ class Config:
     max_unauthenticated: int = 64
     # Pending connections past which new clients must first prove their address (QUIC Retry).
     retry_threshold: int = 8
+    # --- wan ---
+    # UDP host:port of this node's DHT endpoint ("" = no DHT); the `wan` preset listens.
+    dht_listen: str = ""
+    # DHT addresses host:port of any node in any zone, to join through.
+    dht_bootstrap: list[str] = field(default_factory=list)
+    # "zone=cost" entries: providers in cheaper zones are tried first (else measured RTT).
+    zone_costs: list[str] = field(default_factory=list)
+    # Bytes/s to and from each remote zone (0 = unlimited).
+    zone_egress_rate: int = 0
+    zone_ingress_rate: int = 0
+    # Seconds a provider record lives; its publisher re-announces every dht_republish seconds.
+    dht_record_ttl: float = 3600.0
+    dht_republish: float = 1800.0
+    # Seconds one DHT RPC may take.
+    dht_rpc_timeout: float = 5.0
 
     # ---- presets ---------------------------------------------------------------------------------
 
@@ -174,7 +189,8 @@ class Config:
         """Zones over slow links: tolerant timings, credential required (B stays mesh-wide)."""
         base = dict(preset="wan", mdns=True, ping_interval=5.0, suspect_timeout=30.0,
                     indirect_checks=3, sync_interval=60.0, request_timeout=60.0,
-                    metadata_ttl=60.0)
+                    metadata_ttl=60.0, dht_listen="0.0.0.0:7947", dht_record_ttl=3600.0,
+                    dht_republish=1800.0, dht_rpc_timeout=5.0)
         base.update(overrides)
         return cls(**base).validated()
 
@@ -273,6 +289,7 @@ class Config:
         if not self.cache_dir:
             raise ConfigError("cache_dir: must not be empty")
         self._validate_surfaces()
+        self._validate_wan()
         if self.preset in ("lan", "wan") and not self.credential():
             raise ConfigError(
                 f"cluster_secret: the {self.preset} preset needs the cluster credential "
@@ -297,6 +314,28 @@ class Config:
                 raise ConfigError(f"s3_bucket_options: {bucket}: no such bucket in s3_buckets")
             if not isinstance(opts, dict):
                 raise ConfigError(f"s3_bucket_options: {bucket}: expected a table of options")
+    def _validate_wan(self) -> None:
+        for key in ("zone_egress_rate", "zone_ingress_rate"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
+        for key in ("dht_record_ttl", "dht_republish", "dht_rpc_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+        if self.dht_republish >= self.dht_record_ttl:
+            raise ConfigError(f"dht_republish: must be shorter than dht_record_ttl "
+                              f"({self.dht_record_ttl}), got {self.dht_republish}")
+        for addr in ([self.dht_listen] if self.dht_listen else []) + self.dht_bootstrap:
+            host, _, port = addr.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise ConfigError(f"dht_listen/dht_bootstrap: expected host:port, got {addr!r}")
+        for entry in self.zone_costs:
+            zone, eq, cost = entry.partition("=")
+            try:
+                ok = bool(eq and zone.strip()) and float(cost) >= 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"zone_costs: expected zone=cost (a number >= 0), got {entry!r}")
 
     def credential(self) -> bytes:
         """The cluster credential as bytes, from the value or the file; empty when none."""
@@ -326,7 +365,7 @@ _PRESETS = ("local", "lan", "wan")
 # (meshcache.host.client: a socket path, or "off").
 _NOT_KEYS = ("MESHCACHE_CONFIG", "MESHCACHE_DAEMON")
 _SIZE_KEYS = {"capacity", "block_size", "egress_rate", "ingress_rate", "peer_egress_rate",
-              "peer_ingress_rate"}
+              "peer_ingress_rate", "zone_egress_rate", "zone_ingress_rate"}
 
 
 def _field_types() -> dict[str, str]:

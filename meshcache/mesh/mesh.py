@@ -39,7 +39,7 @@ import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Coroutine, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Hashable
 
 from meshcache.config import Config
 from meshcache.core import membership as ms
@@ -128,6 +128,8 @@ class Mesh:
         self.node_id: bytes = peers.node_id
         self.block_size = cfg.block_size
         self.zone = cfg.zone
+        # () -> {zone: DHT nodes heard from}, shown by `meshcache peers` (set when the DHT runs)
+        self.remote_zones: Callable[[], dict[str, int]] | None = None
         self.tag = cluster_tag(cfg.credential())
         self.members: dict[bytes, Member] = {}
         self.static: list[Address] = [parse_address(p) for p in cfg.peers]
@@ -631,6 +633,8 @@ class Mesh:
                   "time": time.time(), "ping_interval": self.config.ping_interval,
                   "summary_generation": self.summary.generation,
                   "summary_bytes": self.summary.filter.nbytes, "members": self.describe()}
+        if self.remote_zones is not None:  # the DHT's zones heard from (wan/dht.py)
+            status["remote_zones"] = self.remote_zones()
         path = os.path.join(self.config.cache_dir, STATUS_FILE)
         tmp = f"{path}.{os.getpid()}.tmp"
         try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 from blake3 import blake3 as BlockHasher
 
@@ -106,6 +106,9 @@ class PeerService:
         self._liars = PenaltyBox(base=LIE_PENALTY, expel_after=config.liar_expel_after,
                                  expel_for=EXPEL_SECONDS, max_entries=MAX_PENALTIES)
         self._inflight: dict[Address, int] = {}
+        # await wan_egress(peer_node_id, n) before sending n block bytes (wan/caps.py: caps and
+        # counts bytes to remote zones); None: no WAN caps
+        self.wan_egress: Callable[[bytes | None, int], Awaitable[None]] | None = None
         self._ids = itertools.count(1)
         self.stats = {"peer_errors": 0, "peer_misses": 0, "bytes_to_peers": 0,
                       "blocks_to_peers": 0, "bad_peers": 0, "peers_expelled": 0,
@@ -222,13 +225,15 @@ class PeerService:
             await stream.send_frame(wire.encode(wire.Miss(msg.request_id, msg.digest)))
             return
         await stream.send_frame(wire.encode(wire.Block(msg.request_id, digest, len(data))))
-        if self.egress.unlimited:
+        if self.egress.unlimited and self.wan_egress is None:
             await stream.send_payload(data)
         else:
             view = memoryview(data)
             for off in range(0, len(data), CHUNK):
                 piece = view[off:off + CHUNK]
                 await self.egress.take(conn, len(piece))
+                if self.wan_egress is not None:
+                    await self.wan_egress(conn.peer_node_id, len(piece))
                 await stream.send_payload(piece)
         self.stats["bytes_to_peers"] += len(data)
         self.stats["blocks_to_peers"] += 1
