@@ -55,7 +55,7 @@ from typing import Any
 __all__ = ["Lab", "Host", "LabError", "UdpDelayRelay", "requires_root", "cleanup_stale",
            "destroy", "list_labs", "main"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]   # the directory holding `meshcache/`
 IFNAMSIZ = 15                 # longest interface name Linux accepts
 GATEWAY_OCTET = 254           # the bridge's address in each lab subnet
 ORIGIN_OCTET = 253            # the origin host's address
@@ -162,14 +162,21 @@ def _state_path(prefix: str) -> Path:
 _DEFAULT_PREFIX = re.compile(r"^mc([0-9a-f]+)-([0-9a-z]+)$")
 
 
+# Names a lab may use after its prefix: hosts h<i>, the origin, and for a lab of zones the
+# hosts <zone letter><i> and routers r<zone letter> (namespaces); the bridge(s) and the root ends
+# of veths (links).
+_NS_SUFFIX = r"-(h\d+|origin|[a-z]\d+|r[a-z])"
+_LINK_SUFFIX = r"(br[a-z]?|v\d+|vo|v[a-z]\d+|vr[a-z])"
+
+
 def _ns_pattern(prefix: str) -> re.Pattern[str]:
     """Namespace names belonging to a lab prefix."""
-    return re.compile(rf"^{re.escape(prefix)}-(h\d+|origin)$")
+    return re.compile(rf"^{re.escape(prefix)}{_NS_SUFFIX}$")
 
 
 def _link_pattern(prefix: str) -> re.Pattern[str]:
     """Root-namespace link names belonging to a lab prefix."""
-    return re.compile(rf"^{re.escape(prefix)}(br|v\d+|vo)$")
+    return re.compile(rf"^{re.escape(prefix)}{_LINK_SUFFIX}$")
 
 
 def _kill_namespace_pids(namespaces: Iterable[str]) -> None:
@@ -187,7 +194,7 @@ def destroy(prefix: str) -> None:
     links = [l for l in _root_links() if _link_pattern(prefix).match(l)]
     # Root veth ends first (deleting one end deletes its peer at once; namespace teardown is
     # asynchronous), then the bridge, then the namespaces.
-    for link in sorted(links, key=lambda l: l.endswith("br")):
+    for link in sorted(links, key=lambda l: l[len(prefix):].startswith("br")):
         _ip("link", "del", link, check=False)
     for ns in namespaces:
         _ip("netns", "del", ns, check=False)
@@ -203,7 +210,7 @@ def _present_prefixes() -> set[str]:
         if _DEFAULT_PREFIX.match(base):
             found.add(base)
     for name in _root_links():
-        m = re.match(r"^(mc[0-9a-f]+-[0-9a-z]+?)(br|v\d+|vo)$", name)
+        m = re.match(rf"^(mc[0-9a-f]+-[0-9a-z]+?){_LINK_SUFFIX}$", name)
         if m:
             found.add(m.group(1))
     return found
@@ -309,10 +316,14 @@ class Host:
 
     @staticmethod
     def python_env(env: dict[str, str] | None = None) -> dict[str, str]:
-        """This process's environment plus the repository on PYTHONPATH, unbuffered output."""
+        """This process's environment with unbuffered output; where meshcache is not installed
+        (imported from a source tree, e.g. the current directory) its tree goes on PYTHONPATH so
+        the namespaces' interpreters import the same code."""
         env = dict(os.environ if env is None else env)
-        paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        if not _installed():
+            paths = [str(PACKAGE_PARENT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                             if p]
+            env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -355,6 +366,17 @@ class Host:
         return proc, (addr, int(port))
 
 
+def _installed() -> bool:
+    """Whether this interpreter has meshcache installed (so its children import it unaided)."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("meshcache")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def _readline(proc: subprocess.Popen, timeout: float) -> str:
     """One line of a child's stdout, or '' if it does not come within timeout."""
     assert proc.stdout is not None
@@ -367,8 +389,9 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str:
 
 # --------------------------------------------------------------------------- the lab
 
-def _pick_subnet(states: dict[str, dict[str, Any]]) -> ipaddress.IPv4Network:
-    """The first 10.77.x.0/24 (then a random private /24) clashing with no route or live lab."""
+def _pick_subnet(states: dict[str, dict[str, Any]],
+                 prefixlen: int = 24) -> ipaddress.IPv4Network:
+    """The first 10.77.x.0/prefixlen (then a random private one) clashing with no route or lab."""
     used = [ipaddress.ip_network(s["subnet"]) for s in states.values() if "subnet" in s]
     for family_cmd in (("-j", "-4", "route", "show", "table", "all"), ("-j", "-4", "addr")):
         out = _ip(*family_cmd, check=False).strip()
@@ -381,13 +404,29 @@ def _pick_subnet(states: dict[str, dict[str, Any]]) -> ipaddress.IPv4Network:
                 used.append(ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False))
     rng = random.Random()
     candidates = itertools.chain(
-        (ipaddress.ip_network(f"10.77.{x}.0/24") for x in range(256)),
-        (ipaddress.ip_network(f"10.{rng.randrange(78, 255)}.{rng.randrange(256)}.0/24")
-         for _ in range(1000)))
+        ipaddress.ip_network("10.77.0.0/16").subnets(new_prefix=prefixlen),
+        (ipaddress.ip_network(f"10.{rng.randrange(78, 255)}.{rng.randrange(256)}.0/{prefixlen}",
+                              strict=False) for _ in range(1000)))
     for net in candidates:
         if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
             return net
     raise LabError("no free private /24 for the lab")
+
+
+def _default_prefix(states: dict[str, dict[str, Any]]) -> str:
+    """`mc<pid hex>-<n>`: short, unique among labs, and names its owner."""
+    present = set(states) | _present_prefixes()
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    while True:
+        n, tag = next(_COUNTER), ""
+        while True:
+            n, r = divmod(n, 36)
+            tag = digits[r] + tag
+            if n == 0:
+                break
+        prefix = f"mc{os.getpid():x}-{tag}"
+        if prefix not in present:
+            return prefix
 
 
 class Lab:
@@ -409,7 +448,7 @@ class Lab:
         self._closed = False
         with _state_lock():
             states = _read_states()
-            self.prefix = prefix or self._default_prefix(states)
+            self.prefix = prefix or _default_prefix(states)
             self._check_prefix(self.prefix, n_hosts, states)
             net = ipaddress.ip_network(subnet) if subnet else _pick_subnet(states)
             if net.prefixlen > 24:
@@ -435,23 +474,6 @@ class Lab:
             raise
 
     # -- naming
-
-    @staticmethod
-    def _default_prefix(states: dict[str, dict[str, Any]]) -> str:
-        """`mc<pid hex>-<n>`: short, unique among labs, and names its owner."""
-        present = set(states) | _present_prefixes()
-        while True:
-            n = next(_COUNTER)
-            digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-            tag = ""
-            while True:
-                n, r = divmod(n, 36)
-                tag = digits[r] + tag
-                if n == 0:
-                    break
-            prefix = f"mc{os.getpid():x}-{tag}"
-            if prefix not in present:
-                return prefix
 
     @staticmethod
     def _check_prefix(prefix: str, n_hosts: int, states: dict[str, dict[str, Any]]) -> None:
