@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from meshcache.config import Config, ConfigError
+from meshcache.lab.cli import lab as lab_commands
 from meshcache.read.node import Node
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, OriginError
 from meshcache.read.store import StoreError
@@ -345,6 +346,9 @@ def cache_evict(obj: _Ctx, urls: tuple[str, ...], evict_all: bool) -> None:
         raise click.UsageError("give URLs to evict, or --all")
     freed = obj.node.evict(None) if evict_all else sum(obj.node.evict(u) for u in urls)
     click.echo(f"freed {_human(freed)}", err=True)
+
+
+cli.add_command(lab_commands)
 
 
 def main() -> None:

@@ -5,6 +5,8 @@ the building process is killed. Needs root (skips with the reason otherwise)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -177,3 +179,36 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
 
+
+
+def test_meshcache_lab_up_and_down_from_the_installed_command(needs_lab: None) -> None:
+    """`meshcache lab up 4 --zones 2` (run outside the repository, nothing on PYTHONPATH) builds
+    zones that talk across their WAN link after the command has exited; `down` removes them."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    assert "PYTHONPATH" not in Host.python_env(env)     # installed: namespaces need no path
+
+    def meshcache(*args: str) -> str:
+        return subprocess.run([shutil.which("meshcache", path=os.path.dirname(sys.executable)),
+                               "lab", *args], env=env, cwd="/", capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+
+    assert "--zones" in meshcache("up", "--help")
+    built = json.loads(meshcache("up", "4", "--zones", "2", "--no-origin", "--json"))
+    prefix = built["prefix"]
+    try:
+        a0, b0 = (f"{prefix}-{z}0" for z in "ab")
+        b0_addr = built["zones"]["b"]["hosts"][0]["address"]
+        echo = subprocess.Popen(["ip", "netns", "exec", b0, sys.executable, "-c", UDP_ECHO,
+                                 "7104"], stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            assert echo.stdout.readline().strip() == "ready"
+            rtt = float(subprocess.check_output(["ip", "netns", "exec", a0, sys.executable, "-c",
+                                                 UDP_PING, b0_addr, "7104", "3"], text=True))
+            assert rtt >= 0.040
+        finally:
+            echo.kill()
+            echo.wait()
+    finally:
+        gone = json.loads(meshcache("down", prefix, "--json"))
+    assert gone["destroyed"] == [prefix]
+    assert lab_leftovers(prefix) == []

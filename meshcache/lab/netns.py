@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Lab", "Host", "LabError", "UdpDelayRelay", "requires_root", "cleanup_stale",
-           "destroy", "list_labs", "main"]
+           "destroy", "list_labs", "take_down", "main"]
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]   # the directory holding `meshcache/`
 IFNAMSIZ = 15                 # longest interface name Linux accepts
@@ -233,6 +233,15 @@ def cleanup_stale(prefix_pattern: str = "mc*") -> list[str]:
                 destroy(prefix)
                 cleaned.append(prefix)
     return sorted(cleaned)
+
+
+def take_down(prefixes: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Destroy these labs (default: every persistent one, made by `up`) and any stale ones."""
+    prefixes = list(prefixes) or [s["prefix"] for s in _read_states().values()
+                                  if s.get("persistent")]
+    for prefix in prefixes:
+        destroy(prefix)
+    return {"destroyed": sorted(prefixes), "stale": cleanup_stale()}
 
 
 def list_labs() -> list[dict[str, Any]]:
@@ -881,11 +890,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   origin=args.origin, persistent=True)
         print(json.dumps(lab.describe(), indent=2))
     elif args.cmd == "down":
-        prefixes = args.prefixes or [s["prefix"] for s in _read_states().values()
-                                     if s.get("persistent")]
-        for prefix in prefixes:
-            destroy(prefix)
-        print(json.dumps({"destroyed": sorted(prefixes), "stale": cleanup_stale()}))
+        print(json.dumps(take_down(args.prefixes)))
     elif args.cmd == "cleanup":
         print(json.dumps({"stale": cleanup_stale()}))
     return 0
