@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 from meshcache.config import Config, ConfigError
-from meshcache.read.node import Node, shared_node
+from meshcache.read.node import Node
+from meshcache.read.shared import shared_node
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, OriginError
 from meshcache.read.reader import Reader
 from meshcache.read.store import BlockCorrupt, StoreError

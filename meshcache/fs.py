@@ -13,7 +13,8 @@ import fsspec
 from fsspec.implementations.chained import ChainedFileSystem
 
 from meshcache.config import Config
-from meshcache.read.node import Node, shared_node
+from meshcache.read.node import Node
+from meshcache.read.shared import shared_node
 from meshcache.read.origin import ObjectNotFound, OriginError
 from meshcache.read.reader import Reader, open_reader
 
@@ -37,7 +38,7 @@ class MeshcacheFileSystem(ChainedFileSystem):
     @property
     def node(self) -> Node:
         """The node this filesystem reads through (the process's shared node for its config)."""
-        if self._node is None or self._node._closed:
+        if self._node is None or self._node.closed:
             cfg = Config.from_dict(self.config_dict) if self.config_dict else Config.from_env()
             self._node = shared_node(cfg)
         return self._node

@@ -21,6 +21,7 @@ from meshcache.mesh.auth import make_authenticator
 from meshcache.core.digest import digest as compute_digest
 from meshcache.core.digest import to_hex
 from meshcache.core.manifest import Manifest, ManifestError
+from meshcache.core.rungs import Rank
 from meshcache.transport.mtu import auto_datagram_size
 from meshcache.mesh.ratelimit import CHUNK, RateLimiter
 from meshcache.transport import Stream, TransportConfig, TransportError
@@ -150,9 +151,13 @@ class PeerService:
             # Asked as the block's owner: fetch it once for the zone (never forwarded further).
             version = ObjectVersion(msg.url, msg.token, msg.size)
             try:
-                res = await self.node.fetch(version, msg.index, {}, forward=False)
+                res = await self.node.fetch_request(
+                    self.node.request(version, msg.index, max_rank=Rank.OWNER))
             except Exception as e:
                 await stream.send_frame(wire.encode(wire.Error(wire.ERR_NOT_FOUND, str(e)[:500])))
+                return
+            if res is None:
+                await stream.send_frame(wire.encode(wire.Miss(msg.request_id, msg.digest)))
                 return
             data = res.data
             msg = wire.GetBlock(msg.request_id, res.digest)

@@ -49,5 +49,23 @@ class Source(Protocol):
     name: str     # e.g. "local", "holders", "owner", "remote_zone", "origin"
     counter: str  # bytes it returns are counted as bytes_from_<counter>
     rank: int     # core.rungs.Rank: used only if request.max_rank allows it
+    authoritative: bool  # its bytes are the truth even against a known digest (the origin)
 
-    async def fetch(self, request: BlockRequest) -> bytes | None: ...
+    async def fetch(self, request: BlockRequest) -> "bytes | Stored | None": ...
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A rung's answer that the block is already in this node's store (no bytes to admit)."""
+
+    digest: bytes
+
+
+@dataclass
+class FetchResult:
+    """Where block i now is: its digest in the store, or (store unusable) its bytes in memory.
+    `source` is the counter of the rung that supplied it ("local", "peers", "origin", ...)."""
+
+    digest: bytes
+    source: str
+    data: bytes | None = None
