@@ -76,6 +76,7 @@ class ZoneLab:
         self._lock = threading.Lock()
         self._closed = False
         self._cut: set[frozenset[str]] = set()
+        self._relays: dict[str, int] = {}
         letters = ZONE_LETTERS[:zones]
         with _state_lock():
             states = _read_states()
@@ -172,12 +173,13 @@ class ZoneLab:
     def _link(self, a: Host, dev_a: str, net_b: ipaddress.IPv4Network, b: Host, dev_b: str,
               net_a: ipaddress.IPv4Network, delay: float, rate: float | None) -> None:
         """Start the relay between a's dev_a and b's dev_b; route each side's far net into it."""
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(   # `ip netns exec` execs the interpreter: the pid is the relay's
             ["ip", "netns", "exec", a.name, sys.executable, "-m", "meshcache.lab.tunrelay",
              a.name, dev_a, b.name, dev_b, "--delay", repr(delay)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if self.persistent else None,
             text=True, env=Host.python_env(), start_new_session=True)
         self._track(proc)
+        self._relays[f"{self._end(a)}-{self._end(b)}"] = proc.pid
         line = _readline(proc, 30)
         if line != "ready":
             raise LabError(f"relay {a.name}/{dev_a} <-> {b.name}/{dev_b} did not start: {line!r}")
@@ -237,6 +239,15 @@ class ZoneLab:
                               "hosts": [one(h) for h in hs]} for z, hs in self.zones.items()},
                 "origin": ({**one(self.origin), "delay_s": self.origin_delay,
                             "rate_bits": self.origin_rate} if self.origin else None)}
+
+    def _end(self, host: Host) -> str:
+        """A link end's name: its zone letter, or "origin"."""
+        return ORIGIN if host is self.origin else next(
+            z for z, r in self.routers.items() if r is host)
+
+    def relay_pids(self) -> dict[str, int]:
+        """The process id of each link's relay, keyed "a-b" (for CPU accounting)."""
+        return dict(self._relays)
 
     # -- counters
 
