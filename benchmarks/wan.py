@@ -41,7 +41,6 @@ from meshcache.lab.zones import ZoneLab  # noqa: E402
 
 PORT = 7946
 SECRET = "wan-bench"
-lab_rate = [24e6]          # bits/s of each WAN link in this run (set by main)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -58,7 +57,8 @@ def sample(lab: ZoneLab) -> dict[str, Any]:
     """Link counters, relay CPU and the machine's CPU counters, now."""
     with open("/proc/stat") as f:
         cpu = [int(x) for x in f.readline().split()[1:]]
-    return {"wan": lab.wan_bytes(), "t": time.monotonic(), "idle": cpu[3] + cpu[4],
+    return {"wan": lab.wan_bytes(), "rate": lab.wan_rate, "t": time.monotonic(),
+            "idle": cpu[3] + cpu[4],
             "total": sum(cpu[:8]),
             "relay_cpu": sum(cpu_seconds(p) for p in lab.relay_pids().values())}
 
@@ -71,7 +71,7 @@ def phase(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
     seconds = end["t"] - start["t"]
     return {"link_bytes": zones, "max_link_bytes": max(zones.values()),
             # how full the busiest link ran: near 1, the links (not the CPU) set the pace
-            "busiest_link_load": max(zones.values()) / (lab_rate[0] / 8 * seconds),
+            "busiest_link_load": max(zones.values()) / (start["rate"] / 8 * seconds),
             "origin_bytes": sum(v for k, v in moved.items() if k.startswith("origin>")),
             "relay_cpu_s": end["relay_cpu"] - start["relay_cpu"],
             "machine_busy": 1 - (end["idle"] - start["idle"]) / total if total else None,
@@ -192,7 +192,6 @@ def main() -> None:
         emit({"benchmark": "wan", "skipped": reason})
         return
     size = args.size or (128 * MiB if args.quick else GiB)
-    lab_rate[0] = args.rate
     ideal = size / (args.rate / 8)
     timeout = 10 * ideal + 120
     result: dict[str, Any] = {
