@@ -40,6 +40,7 @@ from meshcache.lab.netns import requires_root  # noqa: E402
 from meshcache.lab.zones import ZoneLab  # noqa: E402
 
 PORT = 7946
+DHT_PORT = 7947
 SECRET = "wan-bench"
 
 
@@ -105,7 +106,7 @@ def _line(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
 def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float) -> dict[str, Any]:
     """Zone A's nodes read the object (from the origin: now it is cached in zone A); then every
     node of B and C reads it at once; measure the second phase."""
-    bootstrap = f"{lab.zones['a'][0].address}:{PORT}"
+    bootstrap = f"{lab.zones['a'][0].address}:{DHT_PORT}"
     go = {z: os.path.join(work, f"go-{z}") for z in ("a", "bc")}
     procs: dict[str, list[subprocess.Popen]] = {}
     for z, hosts in lab.zones.items():
@@ -114,6 +115,7 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float) -> dict[str
                     "--listen", f"{h.address}:{PORT}", "--secret", SECRET, "--url", url,
                     "--go", go["a" if z == "a" else "bc"], "--members", str(len(hosts) - 1),
                     "--zone", z, "--preset", "wan",
+                    "--set", f"dht_listen={json.dumps(f'{h.address}:{DHT_PORT}')}",
                     "--set", f"dht_bootstrap={json.dumps([bootstrap])}"]
             for o in hosts:
                 if o is not h:
