@@ -11,9 +11,11 @@ run has its keys null and says why. Link bytes are counted on the wire at the re
 packets: IP, UDP/TCP and QUIC/BitTorrent headers included). Needs root (network namespaces).
 
 R (default 24 Mbit/s) is chosen so the links, not this 2-core machine, are the bottleneck: one
-relay moves 30 MB/s (240 Mbit/s) of TCP through 20 ms at a third of a core, so at R its links cost
-~3% of a core each; the JSON reports the relays' CPU and the machine's busy fraction during each
-half so a run where the CPU was the limit shows it.
+relay moves 30-45 MB/s (240-360 Mbit/s) of TCP through 20 ms, and a link direction running at R
+costs it ~0.1 of a core; the ends (aioquic moves ~13 MB/s per core at 1500-byte packets, and
+three zones read at once) are what a higher R would run out of. The JSON reports how full the
+busiest link ran (`*_busiest_link_load`), the relays' CPU and the machine's busy fraction during
+each half, so a run where the CPU was the limit shows it.
 """
 
 from __future__ import annotations
