@@ -45,6 +45,11 @@ def emit(result: dict[str, Any]) -> None:
     print(json.dumps(out), flush=True)
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either half of a benchmark did not run."""
+    return a / b if a is not None and b else None
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

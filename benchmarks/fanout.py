@@ -22,7 +22,7 @@ from typing import Any
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # libtorrent's 1.x-style API
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import GiB, MiB, emit, log, make_file, parse  # noqa: E402
+from _common import GiB, MiB, emit, log, make_file, parse, ratio  # noqa: E402
 from _lt import make_torrent, run_swarm  # noqa: E402
 from _mesh_fanout import run_meshcache, tx_bytes  # noqa: E402
 
@@ -108,9 +108,6 @@ def main() -> None:
                 origin.wait(10)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    def ratio(a: Any, b: Any) -> float | None:
-        return a / b if a is not None and b else None
 
     result["origin_bytes_ratio"] = ratio(result["meshcache_origin_bytes"], size)
     result["completion_ratio"] = ratio(result["meshcache_s"], ideal)

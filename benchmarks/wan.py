@@ -33,9 +33,9 @@ from typing import Any
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # libtorrent's 1.x-style API
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import GiB, MiB, emit, log, make_file, parse  # noqa: E402
+from _common import GiB, MiB, emit, log, make_file, parse, ratio  # noqa: E402
 from _lt import make_torrent, run_swarm  # noqa: E402
-from _mesh_fanout import stop_all  # noqa: E402
+from _mesh_fanout import _line, stop_all  # noqa: E402
 
 from meshcache import Config  # noqa: E402
 from meshcache.lab.netns import requires_root  # noqa: E402
@@ -88,21 +88,6 @@ def rung_missing() -> str | None:
     if "dht_bootstrap" not in {f.name for f in dataclasses.fields(Config)}:
         return "this build has no remote-zone rung (Config has no dht_bootstrap)"
     return None
-
-
-def _line(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
-    """The next JSON line of a meshnode."""
-    import select
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if select.select([proc.stdout], [], [], 0.2)[0]:
-            line = proc.stdout.readline()
-            if line:
-                return json.loads(line)
-        if proc.poll() is not None:
-            raise RuntimeError(f"meshnode exited with {proc.returncode}")
-    raise TimeoutError("meshnode said nothing in time")
 
 
 def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float) -> dict[str, Any]:
@@ -244,9 +229,6 @@ def main() -> None:
                 result.update(lt_res)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    def ratio(a: Any, b: Any) -> float | None:
-        return a / b if a is not None and b else None
 
     result["wan_bytes_ratio"] = ratio(result["meshcache_max_link_bytes"], size)
     result["libtorrent_wan_bytes_ratio"] = ratio(result["libtorrent_max_link_bytes"], size)

@@ -80,7 +80,7 @@ def up(n: int, zones: int, origin: bool, wan_delay: float, wan_rate: float,
     name, address = next(iter(hosts.values()))[0]
     peers = " ".join(f"--peer {a}:{PORT}" for _, a in next(iter(hosts.values()))[1:])
     click.echo("\nfor example, on each host of a zone (with the same secret everywhere):")
-    click.echo(f"  echo s3cret > /tmp/secret")
+    click.echo("  echo s3cret > /tmp/secret")
     click.echo(f"  ip netns exec {name} env MESHCACHE_CLUSTER_SECRET_FILE=/tmp/secret "
                f"MESHCACHE_CACHE_DIR=/tmp/{shlex.quote(name)} meshcached --listen "
                f"{address}:{PORT} {peers}")

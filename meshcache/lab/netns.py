@@ -52,7 +52,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Lab", "Host", "LabError", "UdpDelayRelay", "requires_root", "cleanup_stale",
+__all__ = ["Lab", "LabBase", "Host", "LabError", "UdpDelayRelay", "requires_root", "cleanup_stale",
            "destroy", "list_labs", "take_down", "main"]
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]   # the directory holding `meshcache/`
@@ -438,7 +438,96 @@ def _default_prefix(states: dict[str, dict[str, Any]]) -> str:
             return prefix
 
 
-class Lab:
+class LabBase:
+    """What every lab shares: its owner, the processes started in it, its state file, teardown.
+
+    A subclass sets `prefix`, `subnet` and `describe()`, calls `_own(persistent)` first and
+    `_record()` once its names are chosen (under `_state_lock`)."""
+
+    prefix: str
+    subnet: ipaddress.IPv4Network
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def _build_or_close(self) -> None:
+        """Build; on any failure remove what was made so far and re-raise."""
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _own(self, persistent: bool) -> None:
+        """Start owning: this process tears the lab down at exit unless it is persistent."""
+        self.persistent = persistent
+        self._owner_pid = os.getpid()
+        self._procs: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        if not persistent:
+            atexit.register(self._atexit)
+
+    def _record(self) -> None:
+        """Record the owner so cleanup_stale can tell a crashed lab from a live one."""
+        state = {"prefix": self.prefix, "pid": self._owner_pid,
+                 "start_time": _start_time(self._owner_pid), "persistent": self.persistent,
+                 "subnet": str(self.subnet), "created": time.time(), **self.describe()}
+        path = _state_path(self.prefix)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(path)
+
+    def _track(self, proc: subprocess.Popen) -> None:
+        """Remember a process started in a namespace, for teardown."""
+        with self._lock:
+            if self._closed:
+                proc.kill()
+                raise LabError("the lab is closed")
+            self._procs = [p for p in self._procs if p.poll() is None] + [proc]
+
+    def close(self) -> None:
+        """Kill the lab's processes and delete its links and namespaces (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            procs, self._procs = self._procs, []
+        with contextlib.suppress(Exception):
+            atexit.unregister(self._atexit)
+        for p in procs:
+            if p.poll() is None:
+                try:                      # the whole session run() started, helpers included
+                    os.killpg(p.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    p.terminate()
+        deadline = time.monotonic() + 1.0
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.kill()
+                p.wait()
+        destroy(self.prefix)
+
+    def _atexit(self) -> None:
+        """Tear down at interpreter exit, but only in the process that built the lab."""
+        if os.getpid() == self._owner_pid:
+            self.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Lab(LabBase):
     """N hosts (network namespaces) on one bridge, torn down by close(), the with block or exit."""
 
     def __init__(self, n_hosts: int, *, prefix: str | None = None, subnet: str | None = None,
@@ -449,12 +538,8 @@ class Lab:
         if reason:
             raise LabError(reason)
         self.mtu = mtu
-        self.persistent = persistent
-        self._owner_pid = os.getpid()
-        self._procs: list[subprocess.Popen] = []
         self._blocked: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
-        self._closed = False
+        self._own(persistent)
         with _state_lock():
             states = _read_states()
             self.prefix = prefix or _default_prefix(states)
@@ -473,14 +558,8 @@ class Lab:
             self.origin = (Host(self, f"{self.prefix}-origin",
                                 str(net.network_address + ORIGIN_OCTET), f"{self.prefix}vo", None)
                            if origin else None)
-            self._write_state()
-        if not persistent:
-            atexit.register(self._atexit)
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
+            self._record()
+        self._build_or_close()
 
     # -- naming
 
@@ -495,16 +574,6 @@ class Lab:
                              f"(interface names are at most {IFNAMSIZ} characters)")
         if prefix in states or any(_ns_pattern(prefix).match(n) for n in _netns_names()):
             raise LabError(f"a lab with prefix {prefix!r} already exists")
-
-    def _write_state(self) -> None:
-        """Record the owner so cleanup_stale can tell a crashed lab from a live one."""
-        state = {"prefix": self.prefix, "pid": self._owner_pid,
-                 "start_time": _start_time(self._owner_pid), "persistent": self.persistent,
-                 "subnet": str(self.subnet), "created": time.time(), **self.describe()}
-        path = _state_path(self.prefix)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(path)
 
     # -- building
 
@@ -557,14 +626,6 @@ class Lab:
                 "gateway": self.gateway, "mtu": self.mtu,
                 "hosts": [one(h) for h in self.hosts],
                 "origin": one(self.origin) if self.origin else None}
-
-    def _track(self, proc: subprocess.Popen) -> None:
-        """Remember a process started in a namespace, for teardown."""
-        with self._lock:
-            if self._closed:
-                proc.kill()
-                raise LabError("the lab is closed")
-            self._procs = [p for p in self._procs if p.poll() is None] + [proc]
 
     # -- shaping
 
@@ -646,46 +707,6 @@ class Lab:
         for host in self.all_hosts:
             if host.name in names:
                 self._apply_blocks(host)
-
-    # -- teardown
-
-    def close(self) -> None:
-        """Kill the lab's processes and delete its links and namespaces (idempotent)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            procs, self._procs = self._procs, []
-        with contextlib.suppress(Exception):
-            atexit.unregister(self._atexit)
-        for p in procs:
-            if p.poll() is None:
-                try:                      # the whole session run() started, helpers included
-                    os.killpg(p.pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    p.terminate()
-        deadline = time.monotonic() + 1.0
-        for p in procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.kill()
-                p.wait()
-        destroy(self.prefix)
-
-    def _atexit(self) -> None:
-        """Tear down at interpreter exit, but only in the process that built the lab."""
-        if os.getpid() == self._owner_pid:
-            self.close()
-
-    def __enter__(self) -> Lab:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 # --------------------------------------------------------------------------- WAN relay
 

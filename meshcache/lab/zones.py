@@ -28,24 +28,17 @@ go with `cleanup_stale()` or `python -m meshcache.lab.netns cleanup`.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import ipaddress
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from meshcache.lab.netns import (GATEWAY_OCTET, IFNAMSIZ, ORIGIN_OCTET, Host, LabError, _ip,
-                                 _netns_names, _ns_pattern, _pick_subnet, _read_states, _readline,
-                                 _run, _start_time, _state_lock, _state_path, _default_prefix,
-                                 destroy, requires_root)
+from meshcache.lab.netns import (GATEWAY_OCTET, IFNAMSIZ, ORIGIN_OCTET, Host, LabBase, LabError,
+                                 _default_prefix, _ip, _netns_names, _ns_pattern, _pick_subnet,
+                                 _read_states, _readline, _run, _state_lock, requires_root)
 
 __all__ = ["ZoneLab", "ZONE_LETTERS"]
 
@@ -53,7 +46,7 @@ ZONE_LETTERS = "abcdefgh"
 ORIGIN = "origin"
 
 
-class ZoneLab:
+class ZoneLab(LabBase):
     """Zones of hosts joined by delaying, capped WAN links, plus an origin behind its own links."""
 
     def __init__(self, zones: int = 3, hosts_per_zone: int = 3, *, wan_delay: float = 0.020,
@@ -70,14 +63,10 @@ class ZoneLab:
         self.wan_delay, self.wan_rate, self.wan_mtu = wan_delay, wan_rate, wan_mtu
         self.origin_delay, self.origin_rate = origin_delay, origin_rate
         self.mtu = mtu
-        self.persistent = persistent
-        self._owner_pid = os.getpid()
-        self._procs: list[subprocess.Popen] = []
-        self._lock = threading.Lock()
-        self._closed = False
         self._cut: set[frozenset[str]] = set()
         self._relays: dict[str, int] = {}
         letters = ZONE_LETTERS[:zones]
+        self._own(persistent)
         with _state_lock():
             states = _read_states()
             self.prefix = prefix or _default_prefix(states)
@@ -99,16 +88,10 @@ class ZoneLab:
             self.origin = (Host(self, f"{self.prefix}-{ORIGIN}",
                                 str(self.origin_subnet.network_address + ORIGIN_OCTET), "", None)
                            if origin else None)
-            self._write_state()
-        if not persistent:
-            atexit.register(self._atexit)
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
+            self._record()
+        self._build_or_close()
 
-    # -- naming and state
+    # -- naming
 
     def _check_prefix(self, states: dict[str, dict[str, Any]], hosts_per_zone: int) -> None:
         """Reject prefixes that make illegal interface names or belong to another lab."""
@@ -119,16 +102,6 @@ class ZoneLab:
         if self.prefix in states or any(_ns_pattern(self.prefix).match(n)
                                         for n in _netns_names()):
             raise LabError(f"a lab with prefix {self.prefix!r} already exists")
-
-    def _write_state(self) -> None:
-        """Record the owner so cleanup_stale can tell a crashed lab from a live one."""
-        state = {"prefix": self.prefix, "pid": self._owner_pid,
-                 "start_time": _start_time(self._owner_pid), "persistent": self.persistent,
-                 "subnet": str(self.subnet), "created": time.time(), **self.describe()}
-        path = _state_path(self.prefix)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(path)
 
     # -- building
 
@@ -295,47 +268,3 @@ class ZoneLab:
             self._route(z, y, False)
             self._route(y, z, False)
         self._cut.clear()
-
-    # -- teardown
-
-    def _track(self, proc: subprocess.Popen) -> None:
-        """Remember a process started in a namespace, for teardown."""
-        with self._lock:
-            if self._closed:
-                proc.kill()
-                raise LabError("the lab is closed")
-            self._procs = [p for p in self._procs if p.poll() is None] + [proc]
-
-    def close(self) -> None:
-        """Kill the lab's processes and delete its links and namespaces (idempotent)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            procs, self._procs = self._procs, []
-        with contextlib.suppress(Exception):
-            atexit.unregister(self._atexit)
-        for p in procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 1.0
-        for p in procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        destroy(self.prefix)
-
-    def _atexit(self) -> None:
-        """Tear down at interpreter exit, but only in the process that built the lab."""
-        if os.getpid() == self._owner_pid:
-            self.close()
-
-    def __enter__(self) -> ZoneLab:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
