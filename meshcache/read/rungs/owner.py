@@ -33,9 +33,7 @@ class OwnerSource:
             return None  # no other member, or this node is the owner
         for attempt in (1, 2):
             try:
-                d, data = await self.peers.get_block_by_hint(
-                    owner.address, request.version, request.index, request.digest,
-                    request.block_size)
+                got = await self.peers.get_block(owner.address, request, Rank.OWNER)
                 break
             except Exception as e:
                 self.peers.failed(owner.address, e)
@@ -47,4 +45,4 @@ class OwnerSource:
                          "asking again" if again else "trying the next rung")
                 if not again:
                     return None
-        return data if len(data) == request.length else None
+        return None if got is None else got[1]
