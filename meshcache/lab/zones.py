@@ -126,8 +126,8 @@ class ZoneLab(LabBase):
             for host in self.zones[z]:
                 _ip("-n", host.name, "route", "add", str(self.subnet), "via",
                     self.routers[z].address)
-            _run(["ip", "netns", "exec", self.routers[z].name, "sysctl", "-qw",
-                  "net.ipv4.ip_forward=1"])
+            _run(["ip", "netns", "exec", self.routers[z].name, "sh", "-c",   # no procps needed
+                  "echo 1 > /proc/sys/net/ipv4/ip_forward"])
         if self.origin:
             _ip("netns", "add", self.origin.name)
             _ip("-n", self.origin.name, "link", "set", "lo", "up")
