@@ -46,6 +46,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Lab", "LabBase", "Host", "LabError", "UdpDelayRelay", "requires_root", "cleanup_stale",
-           "destroy", "list_labs", "take_down", "main"]
+           "data_dir", "destroy", "list_labs", "take_down", "main"]
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]   # the directory holding `meshcache/`
 IFNAMSIZ = 15                 # longest interface name Linux accepts
@@ -198,8 +199,14 @@ def destroy(prefix: str) -> None:
         _ip("link", "del", link, check=False)
     for ns in namespaces:
         _ip("netns", "del", ns, check=False)
+    shutil.rmtree(data_dir(prefix), ignore_errors=True)
     with contextlib.suppress(OSError):
         _state_path(prefix).unlink()
+
+
+def data_dir(prefix: str) -> Path:
+    """Where a lab's processes keep files (caches, logs, secrets); removed with the lab."""
+    return Path(tempfile.gettempdir()) / "meshcache-lab" / prefix
 
 
 def _present_prefixes() -> set[str]:
