@@ -12,13 +12,14 @@ import time
 from typing import Any
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM raises SystemExit, so `finally` blocks remove work dirs and labs on the way out."""
-    sys.exit(128 + signum)
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit, so `finally` blocks remove work dirs and labs on the way
+    out (called by parse(); benchmarks with their own parser call it themselves)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def parse(description: str, **extra: Any) -> argparse.Namespace:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_on_sigterm()
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="small sizes; finishes within 2 minutes")
     for name, (kind, default, help_) in extra.items():
