@@ -345,7 +345,8 @@ def test_relay_adds_the_configured_delay() -> None:
     added = via - direct
     print(f"one-way delay {delay * 1e3:.0f} ms: RTT direct {direct * 1e3:.2f} ms, "
           f"via relay {via * 1e3:.2f} ms, added {added * 1e3:.2f} ms (expect {2 * delay * 1e3:.0f})")
-    assert 2 * delay <= added < 2 * delay + 0.015      # a busy 2-core machine adds ms
+    # the relay never delivers early; a busy 2-core machine adds a few ms to both measurements
+    assert via >= 2 * delay and added < 2 * delay + 0.015
     assert relay.forwarded == 2 * 15
 
 
@@ -388,7 +389,8 @@ def test_relay_inside_a_namespace_delays_between_hosts(lab3: Lab) -> None:
     via = float(h0.python_output(["-c", UDP_PING, addr, port, 10]))
     added = via - direct
     print(f"h0 -> relay in h1 -> h2: added {added * 1e3:.2f} ms (expect {2 * delay * 1e3:.0f})")
-    assert 2 * delay <= added < 2 * delay + 0.015      # a busy 2-core machine adds ms
+    # the relay never delivers early; a busy 2-core machine adds a few ms to both measurements
+    assert via >= 2 * delay and added < 2 * delay + 0.015
 
 
 def test_meshcache_lab_up_mesh_serves_reads_through_daemons(needs_lab: None, tmp_path) -> None:
