@@ -114,7 +114,7 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float) -> dict[str
             _line(p, 60)                                         # ready
         open(go["a"], "w").close()
         seeded = [_line(p, timeout) for p in procs["a"]]
-        time.sleep(2.0)                                          # announcements go out
+        time.sleep(5.0)              # announcements go out (batched every 2 s) and land
         start = sample(lab)
         open(go["bc"], "w").close()
         readers = [p for z in ("b", "c") for p in procs[z]]
