@@ -18,7 +18,10 @@ from meshcache.wan.records import (ProviderRecord, ProviderTable, block_key, dht
 from meshcache.wan.seal import SealError, Sealer
 from meshcache.wan.sim import DhtSim
 
-SECRET = b"cluster secret"
+from meshcache.wan.sim import SIM_CREDENTIAL
+from tests.conftest import CLUSTER_SECRET, OTHER_SECRET
+
+SECRET = CLUSTER_SECRET.encode()
 
 
 # ---- sealing -----------------------------------------------------------------------------------
@@ -30,7 +33,7 @@ def test_seal_round_trip_and_refusals() -> None:
     with pytest.raises(SealError, match="replayed"):
         b.open(d, 1000.6)
     with pytest.raises(SealError, match="cluster key"):
-        Sealer(b"another secret").open(a.seal(b"x", 1000.0), 1000.0)
+        Sealer(OTHER_SECRET.encode()).open(a.seal(b"x", 1000.0), 1000.0)
     with pytest.raises(SealError, match="window"):
         Sealer(SECRET).open(a.seal(b"x", 1000.0), 1000.0 + 31)
     tampered = bytearray(a.seal(b"abc", 1000.0))
@@ -120,7 +123,7 @@ def test_lookups_among_1000_simulated_nodes() -> None:
 def test_a_node_without_the_credential_cannot_join_publish_or_read() -> None:
     async def run() -> None:
         sim = DhtSim(30, seed=3, zones=2)
-        intruder = Dht(b"intruder-node-id", "evil", ("10.9.9.9", 7946), b"wrong secret",
+        intruder = Dht(b"intruder-node-id", "evil", ("10.9.9.9", 7946), OTHER_SECRET.encode(),
                        rpc_timeout=0.2)
         try:
             await sim.join()
@@ -174,7 +177,7 @@ def test_records_of_a_gone_node_stop_being_used_after_their_ttl() -> None:
 def test_a_node_bootstrapped_in_another_zone_finds_providers() -> None:
     async def run() -> None:
         sim = DhtSim(30, seed=9, zones=3)  # zones z0, z1, z2
-        newcomer = Dht(b"newcomer", "z3", ("10.8.0.1", 7946), b"sim-secret", rpc_timeout=0.5)
+        newcomer = Dht(b"newcomer", "z3", ("10.8.0.1", 7946), SIM_CREDENTIAL, rpc_timeout=0.5)
         try:
             await sim.join()
             digest = os.urandom(32)

@@ -12,14 +12,14 @@ counted (caps.py).
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import time
 from typing import Any, Callable, Protocol
 
 from meshcache.core.manifest import Manifest
-from meshcache.core.rungs import Rank, may_use
+from meshcache.core.rungs import BlockRequest, Rank, may_use
 from meshcache.core.version import ObjectVersion
-from meshcache.read.ladder import BlockRequest
 from meshcache.wan.caps import ZoneCaps
 from meshcache.wan.records import ProviderRecord, block_key, manifest_key
 
@@ -47,7 +47,8 @@ class PeerClient(Protocol):
 
     def failed(self, peer: Address, exc: BaseException) -> None: ...
 
-    async def get_block(self, peer: Address, d: bytes, max_size: int) -> bytes | None: ...
+    async def get_block(self, peer: Address, request: BlockRequest,
+                        max_rank: int) -> tuple[bytes, bytes] | None: ...
 
     async def get_manifest(self, peer: Address, version: ObjectVersion,
                            block_size: int) -> Manifest | None: ...
@@ -118,13 +119,15 @@ class RemoteZoneSource:
                 continue
             tried += 1
             try:
-                data = await self.peers.get_block(rec.address, digest, request.block_size)
+                got = await self.peers.get_block(
+                    rec.address, dataclasses.replace(request, digest=digest), self.rank)
             except Exception as e:  # unreachable, stalled or lying: the next provider
                 self.peers.failed(rec.address, e)
                 log.info("block %s from %s in zone %s: %s", digest.hex()[:16], rec.address,
                          rec.zone, e)
                 continue
-            if data is not None and len(data) == request.length:
+            if got is not None:
+                data = got[1]  # verified against `digest`, of the asked length (peers.py)
                 await self.caps.ingress(rec.zone, len(data))  # counted; waits off any excess
                 _zone.set(rec.zone)
                 return data
