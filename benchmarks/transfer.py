@@ -43,6 +43,7 @@ sys.path.insert(0, HERE)
 import blake3  # noqa: E402
 
 from _common import GiB, MiB, emit, log, make_file  # noqa: E402
+from meshcache.mesh.auth import new_secret  # noqa: E402
 from meshcache.read.loop import new_event_loop  # noqa: E402
 
 STATS = "__stats__"
@@ -297,7 +298,7 @@ def measure_nodes(work: str, size: int, datagram_size: int) -> float:
     from meshcache import Config, Node
     from meshcache.lab.httporigin import OriginServer
 
-    secret = "transfer-bench"
+    secret = new_secret()
     with OriginServer(directory=work) as srv:
         make_file(os.path.join(work, "object.bin"), size, seed=99)
         url = srv.url_for("object.bin")

@@ -357,6 +357,21 @@ def peers(obj: _Ctx, as_json: bool) -> None:
         click.echo("(no live members)")
 
 
+@cli.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write it to this file (mode 0600) instead of stdout.")
+def secret(output: str | None) -> None:
+    """Print a new cluster credential (256 random bits, base64url) for cluster_secret(_file)."""
+    from meshcache.mesh.auth import new_secret
+
+    if output is None:
+        click.echo(new_secret())
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new_secret() + "\n")
+
+
 @cli.group()
 def cache() -> None:
     """Inspect and manage the local cache: ls, du, pin, unpin, evict."""

@@ -100,6 +100,22 @@ class Config:
     # syncs bring news they run every 2 ping_intervals).
     sync_interval: float = 30.0
     log_level: str = "WARNING"
+    # --- origin outage ---
+    # Seconds after the origin last confirmed an object's version during which, while the
+    # origin fails (errors, timeouts, refused connections; not "no such object"), reads keep
+    # being served under that version from this node and its zone. 0: fail at once.
+    stale_if_error: float = 86400.0
+
+    # --- mesh: what a peer may make this node do ---
+    # URL prefixes this node fetches from an origin when a peer asks it (as a block's owner).
+    # Empty: any remote-storage URL (http, https, s3, gs, az, hdfs, ...) except loopback and
+    # link-local hosts; file:// and other local schemes only when listed here.
+    peer_origins: list[str] = field(default_factory=list)
+    # Proven lies (bytes that do not match the digest asked, malformed or impossible replies)
+    # after which a peer is expelled from this node's view for an hour; each lie doubles the time
+    # it is avoided (30 s, 60 s, ...).
+    liar_expel_after: int = 3
+
     # --- host daemon (meshcache/host/) ---
     # The local API's Unix socket; "" is <cache_dir>/meshcached.sock. The library uses the daemon
     # serving it (MESHCACHE_DAEMON=off: never; =<path>: that socket).
@@ -207,9 +223,16 @@ class Config:
         for key in ("metadata_ttl", "origin_timeout", "request_timeout", "ping_interval",
                     "suspect_timeout", "indirect_checks", "sync_interval", "origin_retries",
                     "egress_rate", "ingress_rate",
-                    "peer_egress_rate", "peer_ingress_rate"):
+                    "peer_egress_rate", "peer_ingress_rate", "stale_if_error"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
+        for prefix in self.peer_origins:
+            if "://" not in prefix:
+                raise ConfigError(f"peer_origins: {prefix!r} is not a URL prefix "
+                                  "(scheme://host/path...)")
+        if self.liar_expel_after < 1:
+            raise ConfigError(f"liar_expel_after: must be at least 1, got {self.liar_expel_after}")
+
         if self.metrics_listen and not re.match(r"^\[?[0-9A-Za-z.:-]*\]?:\d{1,5}$",
                                                 self.metrics_listen):
             raise ConfigError(f"metrics_listen: expected host:port or '', got "

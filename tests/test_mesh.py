@@ -12,9 +12,9 @@ from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
 from meshcache.core.membership import State
 
-from tests.conftest import SMALL_BLOCK, make_bytes
+from tests.conftest import CLUSTER_SECRET, SMALL_BLOCK, make_bytes
 
-SECRET = "zone-secret"
+SECRET = CLUSTER_SECRET
 
 
 def zone(tmp_path, n, **kw):
@@ -23,7 +23,8 @@ def zone(tmp_path, n, **kw):
         cfg = dict(cache_dir=str(tmp_path / f"n{i}"), block_size=SMALL_BLOCK, fsync=False,
                    cluster_secret=SECRET, listen="127.0.0.1:0", ping_interval=0.2,
                    suspect_timeout=1.5, request_timeout=3.0, readahead=4,
-                   peers=["%s:%d" % x.peers.address for x in nodes])
+                   peers=["%s:%d" % x.peers.address for x in nodes],
+                   peer_origins=["http://127.0.0.1"])  # the test origin is on loopback
         cfg.update(kw)
         node = Node(Config.local(**cfg))
         node.start_peers()

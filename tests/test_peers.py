@@ -16,9 +16,9 @@ import pytest
 from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
 
-from tests.conftest import SMALL_BLOCK, make_bytes
+from tests.conftest import CLUSTER_SECRET, OTHER_SECRET, SMALL_BLOCK, make_bytes
 
-SECRET = "test-cluster-secret"
+SECRET = CLUSTER_SECRET
 
 
 def start_daemon(cache_dir, secret=SECRET, extra_env=None, code=None):
@@ -94,7 +94,7 @@ def test_peer_without_the_credential_gets_nothing(tmp_path, origin):
     data, url = warmed_object(tmp_path, origin, 4 * SMALL_BLOCK, 52)
     proc, addr = start_daemon(tmp_path / "a")
     try:
-        node = reader_node(tmp_path, [addr], secret="not-the-secret")
+        node = reader_node(tmp_path, [addr], secret=OTHER_SECRET)
         with node.open(url) as f:
             assert f.read() == data  # from the origin: the peer refused us
         st = node.stats()
@@ -114,7 +114,7 @@ LIAR = textwrap.dedent("""
         async def _serve_block(self, stream, conn, msg):
             from meshcache.core import wire
             import asyncio
-            data = self.node.store.read_block(msg.digest)
+            data = self.server.store.read_block(msg.digest)
             await stream.send_frame(wire.encode(wire.Block(msg.request_id, msg.digest, len(data))))
             if mode == "corrupt":
                 data = bytes([data[0] ^ 1]) + data[1:]

@@ -24,7 +24,9 @@ from meshcache.core.manifest import Manifest
 from meshcache.core.version import ObjectVersion
 from meshcache.host.frames import (API_VERSION, MAX_REPLY, decode_body, encode_frame,
                                    recv_frame)
-from meshcache.read.node import FetchResult, Node, shared_node
+from meshcache.read.ladder import FetchResult
+from meshcache.read.node import Node
+from meshcache.read.shared import shared_node
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, OriginError, normalize_url
 from meshcache.read.reader import open_reader, read_range
 from meshcache.read.store import BlockCorrupt, StoreError

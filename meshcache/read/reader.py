@@ -5,6 +5,7 @@ for cold blocks with a readahead window of K blocks when access is sequential.""
 from __future__ import annotations
 
 import concurrent.futures
+from collections import defaultdict
 import io
 import os
 import threading
@@ -13,12 +14,13 @@ from typing import Any, Mapping, Protocol
 from meshcache.config import Config
 from meshcache.core.manifest import Manifest
 from meshcache.core.version import ObjectVersion
-from meshcache.read.node import FetchResult
+from meshcache.read.ladder import FetchResult
 from meshcache.read.origin import ObjectChanged
 from meshcache.read.store import BlockCorrupt
 
 _SOURCES = ("local", "peers", "origin")
 _STATS_EVERY = 64 << 20  # bytes read between updates of the node's counters
+
 
 
 class BlockFilesView(Protocol):
@@ -97,11 +99,11 @@ class Reader(io.RawIOBase):
         self._mem: bytes | None = None
         self._prev: int | None = None
         self._ahead: dict[int, concurrent.futures.Future[FetchResult]] = {}
-        self._pending = dict.fromkeys(_SOURCES, 0)
+        self._pending: defaultdict[str, int] = defaultdict(int, dict.fromkeys(_SOURCES, 0))
         self._hits = 0
         self._checked = 0  # blocks below this index were found in the store by _schedule
-        self._stats: dict[str, int] = {"bytes_from_local": 0, "bytes_from_peers": 0,
-                                       "bytes_from_origin": 0, "origin_requests": 0}
+        self._stats: dict[str, int] = {f"bytes_from_{s}": 0 for s in _SOURCES}
+        self._stats["origin_requests"] = 0
 
     @property
     def stats(self) -> dict[str, int]:
@@ -263,8 +265,7 @@ class Reader(io.RawIOBase):
             except (FileNotFoundError, BlockCorrupt):
                 continue  # evicted or damaged since: fetch again
             self._cur, self._fd, self._digest, self._cur_len = i, fd, res.digest, size
-            self._cur_source = "origin" if res.source == "origin" else (
-                "peers" if res.source == "peer" else "local")
+            self._cur_source = res.source
             self._note_source(res.source)
             return
         # The store keeps losing this block (capacity far too small): serve it from memory.
@@ -303,8 +304,7 @@ class Reader(io.RawIOBase):
 
     def _set_memory(self, i: int, data: bytes, source: str) -> None:
         self._cur, self._mem, self._cur_len = i, data, len(data)
-        self._cur_source = "origin" if source == "origin" else "peers" if source == "peer" \
-            else "local"
+        self._cur_source = source
         self._note_source(source)
 
     def _note_source(self, source: str) -> None:
@@ -333,17 +333,16 @@ class Reader(io.RawIOBase):
         p = self._pending
         if not any(p.values()) and not self._hits:
             return
-        self._stats["bytes_from_local"] += p["local"]
-        self._stats["bytes_from_peers"] += p["peers"]
-        self._stats["bytes_from_origin"] += p["origin"]
+        for source, n in p.items():
+            key = f"bytes_from_{source}"
+            self._stats[key] = self._stats.get(key, 0) + n
         self._node.count(bytes_from_local=p["local"], block_hits=self._hits)
         self._hits = 0
         for k in p:
             p[k] = 0
 
     def _pending_total(self) -> int:
-        p = self._pending
-        return p["local"] + p["peers"] + p["origin"]
+        return sum(self._pending.values())
 
     def __repr__(self) -> str:
         return f"<meshcache.Reader {self.url} size={self.size} pos={self._pos}>"

@@ -677,6 +677,9 @@ class Transport(abc.ABC):
             # a minute per host so a peer retrying every round does not flood the log.
             host, now = conn.peer.address[0], time.monotonic()
             if now - self._rejected_logged.get(host, -60.0) >= 60.0:
+                if len(self._rejected_logged) >= 1024:  # many hosts: forget the old entries
+                    self._rejected_logged = {h: t for h, t in self._rejected_logged.items()
+                                             if now - t < 60.0}
                 self._rejected_logged[host] = now
                 log.warning("connection from %r rejected: %s", conn.peer.address, e)
             else:
