@@ -4,7 +4,6 @@ the daemon refuses clients without permission on its socket, and its API is boun
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import subprocess
@@ -16,18 +15,9 @@ import meshcache
 from meshcache.config import Config
 from meshcache.host.client import DaemonClient, DaemonNode, daemon_node
 from meshcache.host.frames import encode_frame
-from meshcache.lab.httporigin import OriginServer
 from tests.conftest import make_bytes
+from tests.host_fixtures import origin  # noqa: F401 (a fixture)
 from tests.host_fixtures import SMALL_BLOCK, cache_env, read_in_processes, running_daemon
-
-
-@pytest.fixture
-def origin():
-    srv = OriginServer(rate_per_conn=8e6)
-    try:
-        yield srv
-    finally:
-        srv.close()
 
 
 @pytest.fixture

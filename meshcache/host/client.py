@@ -193,6 +193,7 @@ class DaemonNode:
         self._latest: dict[str, ObjectVersion] = {}
         self._manifests: dict[bytes, Manifest] = {}
         self._pending = [0, 0]  # bytes_from_local, block_hits not yet told to the daemon
+        self._count_lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pid = os.getpid()
         self.closed = False
@@ -245,12 +246,14 @@ class DaemonNode:
         return res.data if res.data is not None else self.store.read_block(res.digest)
 
     def count(self, bytes_from_local: int = 0, block_hits: int = 0, **_: int) -> None:
-        self._pending[0] += bytes_from_local
-        self._pending[1] += block_hits
+        with self._count_lock:
+            self._pending[0] += bytes_from_local
+            self._pending[1] += block_hits
 
     def flush(self) -> None:
         """Tell the daemon the short-circuit reads it did not see (its hit counters)."""
-        rows, self._pending = self._pending, [0, 0]
+        with self._count_lock:
+            rows, self._pending = self._pending, [0, 0]
         if any(rows):
             try:
                 self.client.call("count", rows)
