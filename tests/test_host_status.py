@@ -133,3 +133,14 @@ def test_a_wrong_credential_is_a_warning_on_both_ends(dirs):
         assert "rejected" in logs[0] and "authentication" in logs[0]  # the side that refused
         assert "refused this node" in logs[1] and "credential" in logs[1]  # and why
         assert "started: zone default" in logs[0]  # the start summary at the default level
+
+
+def test_a_taken_metrics_port_is_a_warning_not_a_dead_daemon(dirs):
+    with running_daemon(dirs[0]) as a:
+        port = str(a["metrics"]).rsplit(":", 1)[1].strip("/")
+        with running_daemon(dirs[1], metrics_listen=f"127.0.0.1:{port}") as b:
+            assert b["metrics"] is None and b["socket"]
+            assert "metrics and status page off" in open(str(b["log_file"])).read()
+            node = daemon_node(Config.from_dict({"cache_dir": dirs[1]}), environ={})
+            assert node is not None and node.stats()["local_clients"] == 1
+            node.close()
