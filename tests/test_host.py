@@ -156,3 +156,25 @@ def test_a_client_without_permission_on_the_socket_is_refused(short_dir):
         # The library, finding a daemon it may not use, says so and reads without it.
         cfg = Config.from_dict({"cache_dir": short_dir})
         assert daemon_node(cfg, environ={}) is not None  # root may
+
+
+def test_a_tampered_block_file_is_not_read_by_a_client(short_dir, origin):
+    data = make_bytes(4 * SMALL_BLOCK, seed=11)
+    origin.put("t.bin", data)
+    url = origin.url_for("t.bin")
+    with running_daemon(short_dir) as ready:
+        env = cache_env(short_dir, daemon=str(ready["socket"]))
+        cfg = Config.from_dict({"cache_dir": short_dir, "block_size": SMALL_BLOCK})
+        node = daemon_node(cfg, environ={"MESHCACHE_DAEMON": env["MESHCACHE_DAEMON"]})
+        assert node is not None
+        try:
+            assert node.cat(url) == data
+            v = node.version(url)
+            victim = node.store.block_path(node.manifest(v).digests[2])
+            victim.write_bytes(b"\0" * SMALL_BLOCK)  # same size, other bytes, new mtime
+            with node.open(url) as f:
+                assert f.read() == data  # the daemon re-checked it, dropped it, fetched again
+            assert node.stats()["corrupt_blocks"] == 1
+            assert origin.bytes_sent == len(data) + SMALL_BLOCK
+        finally:
+            node.close()
