@@ -23,6 +23,7 @@ import click
 
 from meshcache.config import Config, ConfigError
 from meshcache.host.client import DaemonNode, DaemonUnavailable, daemon_node
+from meshcache.lab.cli import lab as lab_commands
 from meshcache.read.node import Node
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, OriginError
 from meshcache.read.store import StoreError
@@ -277,6 +278,31 @@ def refresh(obj: _Ctx, url: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("url_prefix")
+@click.argument("mountpoint", type=click.Path(file_okay=False, exists=True))
+@click.option("--storage-options", default="{}", metavar="JSON",
+              help="fsspec storage options for the origin, as a JSON object.")
+@click.option("--debug", is_flag=True, help="Log every FUSE request (libfuse's -d).")
+@click.pass_obj
+@_run
+def mount(obj: _Ctx, url_prefix: str, mountpoint: str, storage_options: str,
+          debug: bool) -> None:
+    """Mount URL_PREFIX read-only at MOUNTPOINT, read through the cache; runs until
+    `umount MOUNTPOINT` (or `fusermount3 -u`), SIGTERM or Ctrl-C, which unmount cleanly."""
+    import json
+
+    from meshcache.surfaces.fuse import mount as fuse_mount
+
+    try:
+        options = json.loads(storage_options)
+    except ValueError as e:
+        raise ConfigError(f"--storage-options: not JSON: {e}") from None
+    if not isinstance(options, dict):
+        raise ConfigError("--storage-options: expected a JSON object")
+    fuse_mount(obj.node, url_prefix, mountpoint, options, debug=debug)
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 @_run
@@ -328,7 +354,8 @@ def status(obj: _Ctx, as_json: bool) -> None:
 @click.pass_obj
 @_run
 def peers(obj: _Ctx, as_json: bool) -> None:
-    """List the live members the local meshcached sees: zone, address, summary size."""
+    """List the live members the local meshcached sees (zone, address, summary size) and the
+    remote zones its DHT has heard from."""
     import time as _time
 
     from meshcache.mesh.mesh import STATUS_FILE
@@ -355,6 +382,11 @@ def peers(obj: _Ctx, as_json: bool) -> None:
                    f"{_human(m['summary_bytes']):>10}  {m['last_seen_s']:.1f} s ago")
     if not status["members"]:
         click.echo("(no live members)")
+    remote = status.get("remote_zones")  # zone -> DHT nodes heard from (when the DHT runs)
+    if remote is not None:
+        seen = ", ".join(f"{z} ({n} nodes)" for z, n in sorted(remote.items())
+                         if z != status["zone"])
+        click.echo(f"remote zones seen: {seen or '(none)'}")
 
 
 @cli.command()
@@ -470,6 +502,9 @@ def cache_evict(obj: _Ctx, urls: tuple[str, ...], evict_all: bool) -> None:
                 _fail(EXIT_REFUSED, f"{url} is pinned; unpin it first")
     freed = obj.node.evict(None) if evict_all else sum(obj.node.evict(u) for u in urls)
     click.echo(f"freed {_human(freed)}", err=True)
+
+
+cli.add_command(lab_commands)
 
 
 def main() -> None:

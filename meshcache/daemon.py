@@ -74,7 +74,7 @@ def main(config_path: str | None, preset: str | None, cache_dir: str | None, zon
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("quic").setLevel(max(level, logging.WARNING))  # aioquic's per-stream chatter
     log = logging.getLogger("meshcached")
-    api = status = None
+    api = status = gateway = None
     try:
         node = Node(cfg)
         serve_peers = bool(cfg.credential() or cfg.peers or cfg.preset != "local")
@@ -95,6 +95,10 @@ def main(config_path: str | None, preset: str | None, cache_dir: str | None, zon
                             cfg.metrics_listen, e.strerror or e)
                 status.close()
                 status = None
+        if cfg.s3_listen:
+            from meshcache.surfaces.s3gateway import serve
+
+            gateway = serve(node)
     except (ConfigError, ValueError, KeyError) as e:
         _stop(api, status)
         click.echo(f"meshcached: error: {e}", err=True)
@@ -103,7 +107,7 @@ def main(config_path: str | None, preset: str | None, cache_dir: str | None, zon
         _stop(api, status)
         click.echo(f"meshcached: error: {e.strerror or e}", err=True)
         sys.exit(5)
-    except OSError as e:
+    except OSError as e:  # the cache directory, or a port that is taken
         _stop(api, status)
         click.echo(f"meshcached: error: {e.strerror or e}", err=True)
         sys.exit(5)
@@ -121,6 +125,8 @@ def main(config_path: str | None, preset: str | None, cache_dir: str | None, zon
              "zone": cfg.zone, "cache_dir": cfg.cache_dir, "block_size": cfg.block_size,
              "capacity": cfg.capacity, "socket": api.path, "peers_found": members,
              "metrics": f"http://{metrics_addr[0]}:{metrics_addr[1]}/" if metrics_addr else None}
+    if gateway is not None and gateway.address is not None:
+        ready["s3"] = f"http://{gateway.address[0]}:{gateway.address[1]}"
     print(json.dumps(ready), flush=True)
     log.warning("started: zone %s, peers on %s, %d peer(s) found, cache %s (%d MiB), local API "
                 "%s, metrics %s", cfg.zone, ready["address"], members, cfg.cache_dir,
@@ -128,6 +134,8 @@ def main(config_path: str | None, preset: str | None, cache_dir: str | None, zon
     while not stop.wait(1.0):
         pass
     _stop(api, status)
+    if gateway is not None:
+        gateway.close()
     node.close()
     log.info("stopped")
 

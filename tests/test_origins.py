@@ -50,6 +50,8 @@ def test_listed_prefixes_allow_what_the_default_refuses():
     assert refusal("file:///srv/models/a.bin", allowed) is None
     assert refusal("file:///etc/passwd", allowed) is not None
     assert refusal("http://127.0.0.1:9001/x", allowed) is not None
+    # a list is exact: what the default allows is refused when it is not listed
+    assert "peer_origins" in refusal("https://models.example.com/a", allowed)
 
 
 def test_a_prefix_ending_in_the_host_does_not_match_a_longer_host():

@@ -50,7 +50,7 @@ def _keep_apart(readers):
                 mesh.ignore(other)
 
     for r in readers:
-        r._loop.run(apart(r.mesh))
+        r.run(apart(r.mesh))
 
 
 def _timed_reads(nodes, url):

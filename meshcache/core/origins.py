@@ -1,12 +1,12 @@
 """Which URLs a node fetches from an origin when a peer asks it to (the `peer_origins` policy).
 
 A peer that holds the credential can name any URL in a GET_BLOCK sent to the block's owner. The
-owner fetches only URLs its operator allows: one that starts with a prefix listed in
-`peer_origins`, or, outside the list, a URL of a remote storage scheme whose host is not this
-host (loopback), a link-local address (the cloud metadata endpoint 169.254.169.254) or another
-address that cannot name a shared origin. `file://` and every other local or chained fsspec
-scheme are refused unless listed. Pure: no name is resolved (a DNS name that resolves to
-loopback is only refused when listed prefixes are used instead of the default).
+owner fetches only URLs its operator allows: with `peer_origins` listed, exactly the URLs under
+those prefixes; with none (the default, so a zone works out of the box), a URL of a remote
+storage scheme whose host is not this host (loopback), a link-local address (the cloud metadata
+endpoint 169.254.169.254) or another address that cannot name a shared origin; `file://` and
+every other local or chained fsspec scheme are refused. Pure: no name is resolved (a DNS name
+that resolves to loopback passes the default; list the prefixes to shut that too).
 """
 
 from __future__ import annotations
@@ -65,10 +65,12 @@ def _host_refusal(host: str) -> str | None:
 def refusal(url: str, allowed: Sequence[str] = ()) -> str | None:
     """Why a peer may not make this node fetch `url`, or None when it may.
 
-    A URL that starts with one of `allowed` is fetched; any other must use a remote storage
-    scheme and must not name this host or a link-local address."""
-    if any(prefix_matches(url, p) for p in allowed):
-        return None
+    With prefixes listed in `allowed`, exactly the URLs that start with one of them. With none,
+    the default: a remote storage scheme, not naming this host or a link-local address."""
+    if allowed:
+        if any(prefix_matches(url, p) for p in allowed):
+            return None
+        return "not under any prefix listed in peer_origins"
     if "::" in url.partition("://")[0]:
         return "chained fsspec URLs are not fetched for peers"
     try:

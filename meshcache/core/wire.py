@@ -123,11 +123,8 @@ def _show(v: object) -> str:
 
 @dataclass(frozen=True)
 class Hello:
-    """HELLO: who a node is and the mesh parameters it insists on (B, cluster tag).
-
-    Every frame's envelope already carries the version it is written in (a mismatch fails
-    decoding); `protocol` is the newest version the sender speaks, for logs and a later upgrade.
-    """
+    """HELLO: who a node is and the mesh parameters it insists on (B, cluster tag). Every
+    frame's envelope carries the protocol version it is written in (a mismatch fails decoding)."""
 
     node_id: bytes
     block_size: int
@@ -135,7 +132,6 @@ class Hello:
     max_datagram_size: int
     zone: str
     port: int
-    protocol: int = PROTOCOL_VERSION
 
     def __post_init__(self) -> None:
         _bytes("node_id", self.node_id, MAX_ID, 1)
@@ -147,7 +143,6 @@ class Hello:
         _text("zone", self.zone, MAX_ZONE)
         if _uint("port", self.port) > 65535:
             raise WireError(f"port: {self.port} is not a port")
-        _uint("protocol", self.protocol)
 
 
 @dataclass(frozen=True)
@@ -228,12 +223,11 @@ class GetManifest:
 
 @dataclass(frozen=True)
 class ManifestMsg:
-    """MANIFEST: B and the digest of each block (None where not known yet); size is optional."""
+    """MANIFEST: B and the digest of each block (None where not known yet)."""
 
     request_id: int
     block_size: int
     digests: tuple[bytes | None, ...]
-    size: int | None = None
 
     def __post_init__(self) -> None:
         _uint("request_id", self.request_id)
@@ -244,8 +238,6 @@ class ManifestMsg:
             if d is not None:
                 _digest("digests[]", d)
         object.__setattr__(self, "digests", tuple(self.digests))
-        if self.size is not None:
-            _uint("size", self.size)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import cbor2
 
 from meshcache.config import ConfigError
 from meshcache.core.wire import WireError, decode_items
+from meshcache.transport.base import Authenticator, Connection
 
 AUTH_VERSION = 2
 NONCE_SIZE = 32
@@ -254,11 +255,11 @@ class ServerHandshake:
         return cbor2.dumps([AUTH_VERSION, "ok"])
 
 
-def make_authenticator(credential: bytes, node_id: bytes) -> Any:
+def make_authenticator(credential: bytes, node_id: bytes) -> Authenticator:
     """The transport's `authenticate(conn)` hook for this credential and node id."""
     key = derive_key(credential)
 
-    async def authenticate(conn: Any) -> None:
+    async def authenticate(conn: Connection) -> None:
         binding = conn.channel_binding()
         try:
             if conn.is_client:

@@ -14,7 +14,7 @@ import itertools
 import time
 from typing import Callable, Protocol
 
-__all__ = ["Clock", "Timer", "LoopClock", "FakeClock"]
+__all__ = ["Clock", "Timer", "LoopClock", "FakeClock", "settle"]
 
 
 class Timer(Protocol):

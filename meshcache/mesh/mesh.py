@@ -38,8 +38,8 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Coroutine, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Hashable
 
 from meshcache.config import Config
 from meshcache.core import membership as ms
@@ -79,7 +79,6 @@ class Member:
     summary_generation: int = 0  # the generation of ours it holds (0: none: send full)
     suspect: bool = False  # silent for suspect_timeout/2: not asked, not an owner
     suspect_since: float | None = None  # when membership began to suspect it (None: it does not)
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _addr(address: Address) -> str:
@@ -129,6 +128,8 @@ class Mesh:
         self.node_id: bytes = peers.node_id
         self.block_size = cfg.block_size
         self.zone = cfg.zone
+        # () -> {zone: DHT nodes heard from}, shown by `meshcache peers` (set when the DHT runs)
+        self.remote_zones: Callable[[], dict[str, int]] | None = None
         self.tag = cluster_tag(cfg.credential())
         self.members: dict[bytes, Member] = {}
         self.static: list[Address] = [parse_address(p) for p in cfg.peers]
@@ -632,6 +633,8 @@ class Mesh:
                   "time": time.time(), "ping_interval": self.config.ping_interval,
                   "summary_generation": self.summary.generation,
                   "summary_bytes": self.summary.filter.nbytes, "members": self.describe()}
+        if self.remote_zones is not None:  # the DHT's zones heard from (wan/dht.py)
+            status["remote_zones"] = self.remote_zones()
         path = os.path.join(self.config.cache_dir, STATUS_FILE)
         tmp = f"{path}.{os.getpid()}.tmp"
         try:

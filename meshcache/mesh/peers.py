@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
+
+from blake3 import blake3 as BlockHasher
 
 from meshcache.config import Config
 from meshcache.core import wire
-from meshcache.core.digest import digest as compute_digest
 from meshcache.core.digest import to_hex
 from meshcache.core.manifest import Manifest, ManifestError
 from meshcache.core.origins import refusal
@@ -56,13 +57,16 @@ class PeerRefused(TransportError):
         self.code = code
 
 
-def with_liveness(authenticate: Authenticator, heard: Callable[[Connection], None]
-                  ) -> Authenticator:
-    """`authenticate`, then count any packet of the now trusted peer as a sign of life (a
-    member busy streaming blocks may answer a PING late: its ACK waits behind the data)."""
+def admission(authenticate: Authenticator, heard: Callable[[Connection], None],
+              expelled: Callable[[bytes], bool]) -> Authenticator:
+    """`authenticate`, then refuse a node expelled for lying, and count any packet of the now
+    trusted peer as a sign of life (a member busy streaming blocks may answer a PING late:
+    its ACK waits behind the data)."""
 
     async def hook(conn: Connection) -> None:
         await authenticate(conn)
+        if isinstance(conn.peer_node_id, bytes) and expelled(conn.peer_node_id):
+            raise PeerMisbehaved("expelled from this node's view for lying")
         conn.on_heard = heard
 
     return hook
@@ -91,7 +95,8 @@ class PeerService:
         self.listen_address = listen
         self.mesh: MeshHandler | None = None
         if transport.authenticate is not None:
-            transport.authenticate = with_liveness(transport.authenticate, self._heard)
+            transport.authenticate = admission(transport.authenticate, self._heard,
+                                               self.expelled)
         self.egress = RateLimiter(config.egress_rate, config.peer_egress_rate)
         self.ingress = RateLimiter(config.ingress_rate, config.peer_ingress_rate)
         self._address: Address = None
@@ -101,6 +106,9 @@ class PeerService:
         self._liars = PenaltyBox(base=LIE_PENALTY, expel_after=config.liar_expel_after,
                                  expel_for=EXPEL_SECONDS, max_entries=MAX_PENALTIES)
         self._inflight: dict[Address, int] = {}
+        # await wan_egress(peer_node_id, n) before sending n block bytes (wan/caps.py: caps and
+        # counts bytes to remote zones); None: no WAN caps
+        self.wan_egress: Callable[[bytes | None, int], Awaitable[None]] | None = None
         self._ids = itertools.count(1)
         self.stats = {"peer_errors": 0, "peer_misses": 0, "bytes_to_peers": 0,
                       "blocks_to_peers": 0, "bad_peers": 0, "peers_expelled": 0,
@@ -217,11 +225,16 @@ class PeerService:
             await stream.send_frame(wire.encode(wire.Miss(msg.request_id, msg.digest)))
             return
         await stream.send_frame(wire.encode(wire.Block(msg.request_id, digest, len(data))))
-        view = memoryview(data)
-        for off in range(0, len(data), CHUNK):
-            piece = view[off:off + CHUNK]
-            await self.egress.take(conn, len(piece))
-            await stream.send_payload(piece)
+        if self.egress.unlimited and self.wan_egress is None:
+            await stream.send_payload(data)
+        else:
+            view = memoryview(data)
+            for off in range(0, len(data), CHUNK):
+                piece = view[off:off + CHUNK]
+                await self.egress.take(conn, len(piece))
+                if self.wan_egress is not None:
+                    await self.wan_egress(conn.peer_node_id, len(piece))
+                await stream.send_payload(piece)
         self.stats["bytes_to_peers"] += len(data)
         self.stats["blocks_to_peers"] += 1
 
@@ -356,8 +369,8 @@ class PeerService:
                 if reply.size != request.length:
                     raise self._misbehaved(peer, conn, f"announced a {reply.size}-byte block "
                                            f"where {request.length} bytes were asked")
-                data = await self._recv_block(stream, conn, reply.size)
-            if compute_digest(data) != reply.digest:
+                data, got = await self._recv_block(stream, conn, reply.size)
+            if got != reply.digest:
                 raise self._misbehaved(peer, conn, "sent bytes that do not hash to "
                                        f"{to_hex(reply.digest)}")
             if self.mesh is not None:
@@ -407,14 +420,19 @@ class PeerService:
                 peer_id = stream.connection.peer_node_id
                 return reply, peer_id if isinstance(peer_id, bytes) else None
 
-    async def _recv_block(self, stream: Stream, conn: Connection, size: int) -> bytes:
-        buf = bytearray(size)
-        got = 0
+    async def _recv_block(self, stream: Stream, conn: Connection,
+                          size: int) -> tuple[bytes, bytes]:
+        """(the block's `size` bytes, their digest): hashed while they arrive, copied once, the
+        limiter consulted only when a rate is set."""
+        hasher = BlockHasher()
+        chunks = []
+        limited = not self.ingress.unlimited
         async for chunk in stream.recv_payload(size):
-            await self.ingress.take(conn, len(chunk))
-            buf[got:got + len(chunk)] = chunk
-            got += len(chunk)
-        return bytes(buf)
+            if limited:
+                await self.ingress.take(conn, len(chunk))
+            hasher.update(chunk)
+            chunks.append(chunk)
+        return b"".join(chunks), hasher.digest()
 
     def _decode(self, frame: bytes, peer: Address, conn: Connection) -> wire.Message:
         try:

@@ -3,7 +3,7 @@ node and from each other, as narrow Protocols (the node, the store and tests imp
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Hashable, Protocol
 
 from meshcache.core.manifest import Manifest
 from meshcache.core.rungs import BlockRequest
@@ -12,7 +12,7 @@ from meshcache.core.version import ObjectVersion
 if TYPE_CHECKING:
     from meshcache.core import wire
 
-Address = Any  # ("host", port) over QUIC; any hashable name on the in-memory transport
+Address = Hashable  # ("host", port) over QUIC; any hashable name on the in-memory transport
 
 
 class StoreView(Protocol):

@@ -11,8 +11,9 @@ from typing import Callable
 from meshcache.core.rungs import Rank
 from meshcache.read.catalog import Catalog
 from meshcache.read.gate import Gate
-from meshcache.read.ladder import BlockRequest
+from meshcache.read.ladder import BlockRequest, Stored
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, Origin, OriginError
+from meshcache.read.streamfill import StreamFill
 
 log = logging.getLogger("meshcache.read.rungs.origin")
 
@@ -23,22 +24,26 @@ class OriginSource:
     authoritative = True
 
     def __init__(self, origin: Origin, gate: Gate, catalog: Catalog, retries: int,
-                 count: Callable[..., None], failed: Callable[[str, str], None]) -> None:
+                 count: Callable[..., None], failed: Callable[[str, str], None],
+                 streamfill: StreamFill | None = None) -> None:
         self.origin = origin
+        self.streamfill = streamfill  # origins that ignore Range (read/streamfill.py)
         self.gate = gate
         self.catalog = catalog
         self.retries = retries
         self.count = count
         self.failed = failed  # (url, error): the origin did not answer properly
 
-    async def fetch(self, request: BlockRequest) -> bytes:
+    async def fetch(self, request: BlockRequest) -> bytes | Stored:
         start, end = request.span
         version, options = request.version, dict(request.options)
         attempts = self.retries + 1
         for attempt in range(attempts):
             async with self.gate:
-                self.count(origin_requests=1)
                 try:
+                    if self.streamfill is not None:
+                        return await self.streamfill.read(self.origin, request, self)
+                    self.count(origin_requests=1)
                     return await self.origin.read(version, start, end, options)
                 except (ObjectChanged, ObjectNotFound):
                     self.count(origin_errors=1)

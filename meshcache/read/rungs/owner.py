@@ -8,7 +8,7 @@ import logging
 from typing import Callable
 
 from meshcache.core.rungs import Rank
-from meshcache.mesh.peers import PeerMisbehaved
+from meshcache.mesh.peers import PeerMisbehaved, PeerRefused
 from meshcache.read.ladder import BlockRequest
 from meshcache.read.rungs.mesh_view import PeerClient, ZoneView
 
@@ -39,7 +39,7 @@ class OwnerSource:
                 self.peers.failed(owner.address, e)
                 self.count(owner_failures=1)
                 again = attempt == 1 and self.peers.reachable(owner.address) \
-                    and not isinstance(e, PeerMisbehaved)
+                    and not isinstance(e, (PeerMisbehaved, PeerRefused))  # a refusal stands
                 log.info("owner %s of block %d of %s failed: %s; %s", owner.address,
                          request.index, request.version.url, e,
                          "asking again" if again else "trying the next rung")
