@@ -144,3 +144,33 @@ def test_a_taken_metrics_port_is_a_warning_not_a_dead_daemon(dirs):
             node = daemon_node(Config.from_dict({"cache_dir": dirs[1]}), environ={})
             assert node is not None and node.stats()["local_clients"] == 1
             node.close()
+
+
+class _Snapshot:
+    """A status source with fixed figures (the collector is a pure transform of them)."""
+
+    def status(self):
+        return {"stats": {"bytes_from_origin": 5, "bytes_from_zone:eu": 7, "bytes_to_zone:us": 3},
+                "members": [{"state": "suspect", "summary_bytes": 10}], "zones": {"default": 1},
+                "hit_ratio": None, "summary_bytes": 4}
+
+    def rate_limit_waits(self):
+        return {"egress": (2, 0.5)}
+
+
+def test_collector_names_zones_states_and_waits():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from meshcache.host.metrics import NodeCollector
+
+    reg = CollectorRegistry()
+    reg.register(NodeCollector(_Snapshot()))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(generate_latest(reg).decode())
+               for s in fam.samples}
+    assert samples[("meshcache_zone_bytes_total", (("direction", "from"), ("zone", "eu")))] == 7
+    assert samples[("meshcache_zone_bytes_total", (("direction", "to"), ("zone", "us")))] == 3
+    assert samples[("meshcache_members", (("state", "suspect"),))] == 1
+    assert samples[("meshcache_members", (("state", "alive"),))] == 0
+    assert samples[("meshcache_summary_bytes", (("whose", "peers"),))] == 10
+    assert samples[("meshcache_rate_limit_wait_seconds_total", (("direction", "egress"),))] == 0.5
