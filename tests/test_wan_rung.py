@@ -22,7 +22,9 @@ from meshcache.wan.dht import Dht
 from meshcache.wan.records import block_key, manifest_key
 from meshcache.wan.rung import RemoteZoneSource
 
-SECRET = "wan test secret"
+from tests.conftest import CLUSTER_SECRET, OTHER_SECRET
+
+SECRET = CLUSTER_SECRET
 B = 64 * 1024
 
 
@@ -40,11 +42,24 @@ class Host:
     def known_manifest(self, version: ObjectVersion) -> Manifest | None:
         return self.manifests.get(version.key)
 
+    async def fetch_request(self, request: BlockRequest) -> None:
+        return None  # serves its store only
+
 
 async def _zone_node(tmp: str, zone: str, bootstrap: list | None = None,
                      secret: str = SECRET) -> tuple[Host, PeerService, Dht]:
+    from meshcache.mesh import factory
+    from meshcache.mesh.auth import make_authenticator
+    from meshcache.transport.base import parse_address
+
     host = Host(tmp, zone, secret)
-    peers = PeerService(host)
+    cfg = host.config
+    identity = factory.load_identity(cfg)
+    node_id = bytes.fromhex(identity[2])
+    transport = factory.build_quic_transport(
+        cfg, identity, make_authenticator(cfg.credential(), node_id))
+    peers = PeerService(cfg, transport, host, node_id, clock=time.monotonic,
+                        listen=parse_address(cfg.listen))
     addr = await peers.start()
     dht = Dht(peers.node_id, zone, addr, secret.encode(), rpc_timeout=1.0)
     await dht.listen("127.0.0.1", 0)
@@ -58,7 +73,7 @@ def test_remote_zone_rung_fetches_verified_blocks_from_another_zone(tmp_path) ->
         a_host, a_peers, a_dht = await _zone_node(str(tmp_path / "a"), "a")
         b_host, b_peers, b_dht = await _zone_node(str(tmp_path / "b"), "b", [a_dht.address])
         x_host, x_peers, x_dht = await _zone_node(str(tmp_path / "x"), "x", [a_dht.address],
-                                                  secret="not the cluster's")
+                                                  secret=OTHER_SECRET)
         try:
             data = os.urandom(3 * B - 100)
             version = ObjectVersion("s3://bucket/model.bin", "etag:1", len(data))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Callable, Protocol
 
 from meshcache.core.manifest import Manifest
@@ -47,7 +48,8 @@ class PeerClient(Protocol):
 
     def failed(self, peer: Address, exc: BaseException) -> None: ...
 
-    async def get_block(self, peer: Address, d: bytes, max_size: int) -> bytes | None: ...
+    async def get_block(self, peer: Address, request: BlockRequest,
+                        max_rank: int) -> tuple[bytes, bytes] | None: ...
 
     async def get_manifest(self, peer: Address, version: ObjectVersion,
                            block_size: int) -> Manifest | None: ...
@@ -118,12 +120,15 @@ class RemoteZoneSource:
                 continue
             tried += 1
             try:
-                data = await self.peers.get_block(rec.address, digest, request.block_size)
+                # a provider is asked for its store only (its holders rank below HOLDERS)
+                got = await self.peers.get_block(rec.address, replace(request, digest=digest),
+                                                 Rank.HOLDERS)
             except Exception as e:  # unreachable, stalled or lying: the next provider
                 self.peers.failed(rec.address, e)
                 log.info("block %s from %s in zone %s: %s", digest.hex()[:16], rec.address,
                          rec.zone, e)
                 continue
+            data = got[1] if got is not None else None
             if data is not None and len(data) == request.length:
                 await self.caps.ingress(rec.zone, len(data))  # counted; waits off any excess
                 _zone.set(rec.zone)
