@@ -14,7 +14,7 @@ values. aioquic has no exporter; aioquic_fix.py adds it. `PeerInfo.cert_fingerpr
 `cert_node_id` name the peer's certificate: the server's on the client side and, because the
 server asks each client for its certificate, the client's on the server side.
 
-Throughput tunings (see DESIGN.md and benchmarks/transfer.py for the measurements):
+Throughput tunings (docs/transport.md and benchmarks/transfer.py have the measurements):
 * STREAM frames over 16383 bytes fixed (aioquic_fix.py), so `max_datagram_size` can be large.
 * `max_datagram_size` from config; both ends must use the same value (no PMTU discovery).
 * Reno congestion control; large flow-control windows (`max_data`, `max_stream_data`).
