@@ -192,3 +192,31 @@ def test_aws_cli_cp_and_ls(gateway, tmp_path):
     bad = subprocess.run(aws + ["s3", "cp", "s3://models/a/none.bin", str(tmp_path / "n")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "404" in bad.stderr
+
+
+def test_meshcached_serves_the_gateway(tmp_path):
+    """meshcached starts the gateway when s3_listen is set and stops it on SIGTERM."""
+    import json
+    import signal
+
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    (origin / "x.bin").write_bytes(make_bytes(100_000, 9))
+    env = dict(os.environ, MESHCACHE_CACHE_DIR=str(tmp_path / "cache"), MESHCACHE_FSYNC="0",
+               MESHCACHE_LISTEN="127.0.0.1:0", MESHCACHE_CLUSTER_SECRET="test-secret",
+               MESHCACHE_S3_LISTEN="127.0.0.1:0",
+               MESHCACHE_S3_BUCKETS=json.dumps({"files": f"file://{origin}/"}),
+               MESHCACHE_S3_ACCESS_KEYS=json.dumps({KEY: SECRET}))
+    proc = subprocess.Popen([sys.executable, "-c", "from meshcache.daemon import main; main()"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(proc.stdout.readline())
+        s3 = client(ready["s3"])
+        assert s3.get_object(Bucket="files", Key="x.bin")["Body"].read() == \
+            (origin / "x.bin").read_bytes()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
