@@ -223,6 +223,8 @@ class S3Gateway:
         url = self.listings[bucket].url(key)
         version = await asyncio.to_thread(self.node.version, url, b.options)
         etag = etag_of(version)
+        if len(self._first_seen) > 100_000:  # bounded: forget old versions' first sighting
+            self._first_seen.clear()
         mtime = self._first_seen.setdefault(version.key, self.clock())
         headers = {"ETag": f'"{etag}"', "Last-Modified": s3proto.http_date(mtime),
                    "Accept-Ranges": "bytes", "Server": SERVER,
