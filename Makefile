@@ -18,12 +18,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PIP) install -q -e '.[test,s3,bench,examples]'
 	touch $(STAMP)
 
-# System packages the benchmarks and lab tests use; installed only when missing and root.
+# System packages the benchmarks, lab tests and the status page test (chromium) use; installed only when missing and root.
 system-deps:
 	@missing=""; \
 	command -v aria2c >/dev/null 2>&1 || missing="$$missing aria2"; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v tc >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v fusermount3 >/dev/null 2>&1 || missing="$$missing fuse3"; \
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \

@@ -12,6 +12,8 @@ import tempfile
 import time
 from typing import Any
 
+from meshcache.mesh.auth import new_secret
+
 PORT = 7946
 
 
@@ -51,9 +53,10 @@ def run_meshcache(lab: Any, origin_url: str, size: int, rate_bits: float,
     work = tempfile.mkdtemp(prefix="meshcache-fanout-")
     go = os.path.join(work, "go")
     procs = []
+    secret = new_secret()  # one credential for the whole zone
     for h in hosts:
         args = ["-m", "meshcache.lab.meshnode", "--cache-dir", os.path.join(work, h.name),
-                "--listen", f"{h.address}:{PORT}", "--secret", "fanout-secret",
+                "--listen", f"{h.address}:{PORT}", "--secret", secret,
                 "--url", origin_url, "--go", go, "--members", str(len(hosts) - 1),
                 "--block-size", str(block_size)]
         if os.environ.get("FANOUT_LOGS"):

@@ -26,9 +26,7 @@ import time
 import meshcache
 from meshcache.config import parse_size
 from meshcache.lab.httporigin import make_file
-
-
-DEMO_SECRET = "demo-" + "0123456789abcdef" * 4  # a demo's own credential; use `meshcache secret`
+from meshcache.mesh.auth import new_secret
 
 
 def human(n: float) -> str:
@@ -70,11 +68,12 @@ def run_nodes(tmp: str, label: str, url: str, n: int, mesh: bool) -> list[dict]:
     ports = free_ports(n)
     go = os.path.join(tmp, f"go-{label}")
     procs = []
+    secret = new_secret()  # one credential for the whole zone
     for i, port in enumerate(ports):
         args = [sys.executable, "-m", "meshcache.lab.meshnode", "--cache-dir",
                 os.path.join(tmp, f"{label}{i}"), "--listen", f"127.0.0.1:{port}", "--secret",
-                DEMO_SECRET, "--url", url, "--go", go, "--members", str(n - 1 if mesh else 0),
-                "--max-datagram-size", "65000"]
+                secret, "--url", url, "--go", go, "--members", str(n - 1 if mesh else 0),
+                "--max-datagram-size", "65000", "--peer-origin", url.rsplit("/", 1)[0] + "/"]
         for other in ports if mesh else []:
             if other != port:
                 args += ["--peer", f"127.0.0.1:{other}"]

@@ -14,11 +14,12 @@ import pytest
 from meshcache.core.digest import digest
 from meshcache.lab.httporigin import make_file
 
+from tests.conftest import CLUSTER_SECRET, OTHER_SECRET
 from tests.lab_fixtures import lab, needs_lab  # noqa: F401
 
 BLOCK = 256 * 1024
 PORT = 7946
-SECRET = "lab-secret"
+SECRET = CLUSTER_SECRET
 
 
 def readline(proc, timeout):
@@ -122,7 +123,7 @@ def test_wrong_credential_learns_nothing(lab, tmp_path):
     go.write_text("go")
     good = start_nodes(lab3, lab3.hosts[:2], tmp_path, f"{base}/m.bin", go)
     good_results = [readline(p, 60) for p in good]
-    bad = start_nodes(lab3, [lab3.hosts[2]], tmp_path, f"{base}/m.bin", go, secret="wrong",
+    bad = start_nodes(lab3, [lab3.hosts[2]], tmp_path, f"{base}/m.bin", go, secret=OTHER_SECRET,
                       members=0, peer_hosts=lab3.hosts)
     # it is told about the good hosts but cannot join them
     bad_result = readline(bad[0], 60)

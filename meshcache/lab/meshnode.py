@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readahead", type=int, default=8)
     p.add_argument("--report-members", action="store_true",
                    help="print how many members it saw and how long that took")
+    p.add_argument("--peer-origin", action="append", default=[],
+                   help="URL prefix peers may make this node fetch (peer_origins; loopback "
+                        "origins must be listed)")
     p.add_argument("--log", help="append INFO logs (with times) to this file")
     a = p.parse_args(argv)
     if a.log:
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config.lan(cache_dir=a.cache_dir, listen=a.listen, peers=a.peer, cluster_secret=a.secret,
                      block_size=a.block_size, mdns=a.mdns, interfaces=a.interface,
                      max_datagram_size=a.max_datagram_size, readahead=a.readahead,
-                     ping_interval=0.5, suspect_timeout=5.0, request_timeout=10.0, fsync=False)
+                     peer_origins=a.peer_origin, ping_interval=0.5, suspect_timeout=5.0, request_timeout=10.0, fsync=False)
     node = Node(cfg)
     print(json.dumps({"ready": node.mesh.node_id.hex(), "address": a.listen}), flush=True)
 

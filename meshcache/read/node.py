@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable, Iterable, Mapping
 
 from meshcache.config import Config
@@ -21,13 +23,16 @@ from meshcache.core.blocks import block_span
 from meshcache.core.digest import digest as compute_digest
 from meshcache.core.manifest import Manifest
 from meshcache.core.rungs import Rank, may_use
+from meshcache.core.staleness import OutagePolicy
 from meshcache.core.version import ObjectVersion
 from meshcache.read import prewarm as _prewarm
 from meshcache.read.catalog import Catalog
+from meshcache.read.flock import BlockLocks, Held
 from meshcache.read.gate import Gate
-from meshcache.read.ladder import BlockRequest, FetchResult, Source, Stored
+from meshcache.core.rungs import BlockRequest
+from meshcache.read.ladder import FetchResult, Source, Stored
 from meshcache.read.loop import LoopThread
-from meshcache.read.origin import ObjectChanged, Origin, normalize_url
+from meshcache.read.origin import ObjectChanged, ObjectNotFound, Origin, OriginError, normalize_url
 from meshcache.read.rungs.local import LocalSource
 from meshcache.read.rungs.origin import OriginSource
 from meshcache.read.singleflight import SingleFlight
@@ -38,7 +43,8 @@ log = logging.getLogger("meshcache.read.node")
 
 STAT_KEYS = ("bytes_from_local", "bytes_from_peers", "bytes_from_origin", "origin_requests",
              "block_hits", "block_misses", "origin_errors", "store_errors", "corrupt_blocks",
-             "evicted_blocks", "version_changes", "bad_hints", "owner_failures")
+             "evicted_blocks", "version_changes", "bad_hints", "owner_failures", "stale_stats")
+ORIGIN_RETRY_AFTER = 5.0  # seconds a failed origin is not asked again (reads fail or go stale)
 
 __all__ = ["Node", "FetchResult", "BlockRequest"]
 
@@ -55,11 +61,13 @@ class Node:
         self.catalog = Catalog(self.store, self.block_size, self.config.metadata_ttl)
         self._lock = threading.Lock()
         self._stats = dict.fromkeys(STAT_KEYS, 0)
+        self._outages = OutagePolicy(self.config.stale_if_error, ORIGIN_RETRY_AFTER)
         self._loop = LoopThread()
         self._loop.on_fork(self._after_fork)
         self._reset_async_state()
         self.closed = False
         self._added: list[tuple[str, Source]] = []
+        self.block_locks = BlockLocks(self.store.root / "locks")
         self.peers: Any = None  # PeerService once started (mesh/peers.py)
         self.mesh: Any = None  # Mesh once started (mesh/mesh.py)
         if self.config.peers or self.config.mdns or self.config.preset in ("lan", "wan"):
@@ -85,14 +93,28 @@ class Node:
     def start_peers(self) -> tuple[str, int]:
         """Listen for peers on `config.listen` and ask them before the origin."""
         if self.peers is None:
+            from meshcache.mesh import factory
+            from meshcache.mesh.auth import check_credential, make_authenticator
             from meshcache.mesh.mesh import Mesh
             from meshcache.mesh.peers import PeerService
+            from meshcache.transport.base import parse_address
 
             async def start() -> Any:
-                service = PeerService(self)
+                cfg = self.config
+                if not cfg.credential():
+                    raise ValueError("peers need the cluster credential (cluster_secret or "
+                                     "cluster_secret_file): only nodes that hold it may connect")
+                check_credential(cfg.credential())  # a weak one is refused before any socket
+                identity = factory.load_identity(cfg)
+                node_id = bytes.fromhex(identity[2])
+                transport = factory.build_quic_transport(
+                    cfg, identity, make_authenticator(cfg.credential(), node_id))
+                service = PeerService(cfg, transport, self, node_id, clock=time.monotonic,
+                                      datagram_size=factory.datagram_size(cfg),
+                                      listen=parse_address(cfg.listen))
                 await service.start()
                 self.peers = service
-                self.mesh = Mesh(self, service)
+                self.mesh = Mesh(cfg, service, self.store)
                 await self.mesh.start()
                 self._sources = None  # rebuilt with the zone rungs
                 return service
@@ -127,7 +149,7 @@ class Node:
                                             self.config.ping_interval, self._loop_time))
                 ladder.append(OwnerSource(self.mesh, self.peers, self.count))
             ladder.append(OriginSource(origin, gate, self.catalog, self.config.origin_retries,
-                                       self.count, StreamFill(self)))
+                                       self.count, self._origin_failed, StreamFill(self)))
             for before, rung in self._added:
                 at = next((k for k, r in enumerate(ladder) if r.name == before), len(ladder))
                 ladder.insert(at, rung)
@@ -218,12 +240,45 @@ class Node:
         return self._loop.run(self._stat(url, dict(options or {})))
 
     async def _stat(self, url: str, options: dict[str, Any]) -> ObjectVersion:
-        origin, _ = self._origin_parts()
-        v = await origin.stat(url, options)
-        if self.catalog.put_version(v):
+        v, fresh = await self._stat_or_stale(url, options)
+        if fresh and self.catalog.put_version(v):
             self.count(version_changes=1)
             log.info("%s changed at the origin; new version %s", url, v.token)
         return v
+
+    # ---- origin outage: stale_if_error (policy in core/staleness.py) -----------------------------
+
+    async def _stat_or_stale(self, url: str, options: dict[str, Any]) -> tuple[ObjectVersion, bool]:
+        """(version, fresh): the origin's answer; or, while the origin fails, the version it last
+        confirmed (within stale_if_error), else an OriginError naming the origin, at once."""
+        now = time.monotonic()
+        outage = self._outages.down(url, now)
+        if outage is None:
+            origin, _ = self._origin_parts()
+            try:
+                v = await origin.stat(url, options)
+            except ObjectNotFound:
+                self._outages.forget(url)
+                raise
+            except OriginError as e:
+                now = time.monotonic()
+                self._outages.failed(url, str(e), now)
+                outage = self._outages.down(url, now)
+                if outage is None:  # retry_after 0: no memory of the outage
+                    raise
+            else:
+                self._outages.confirmed(v, time.monotonic())
+                return v, True
+        stale = self._outages.stale(url, now)
+        if stale is None:
+            raise OriginError(self._outages.outage_message(url, outage, now))
+        self.count(stale_stats=1)
+        log.warning("%s: origin %s failing (%s); serving the last known version %s",
+                    url, outage.origin, outage.error, stale.token)
+        return stale, False
+
+    def _origin_failed(self, url: str, error: str) -> None:
+        self._outages.failed(url, error, time.monotonic())
 
     def latest(self, url: str) -> ObjectVersion | None:
         """The newest version of `url` this node has seen (no origin request)."""
@@ -283,24 +338,42 @@ class Node:
                                       lambda: self._climb(request))
 
     async def _climb(self, request: BlockRequest) -> FetchResult | None:
-        for rung in self.sources():
-            if not may_use(request.max_rank, rung.rank):
-                continue
-            if request.digest is None:
-                known = self.catalog.digest(request.version, request.index)
-                if known is not None:
-                    request = dataclasses.replace(request, digest=known)
-            got = await rung.fetch(request)
-            if got is None:
-                if rung.rank == Rank.LOCAL:
-                    self.count(block_misses=1)
-                continue
-            if isinstance(got, Stored):
-                return FetchResult(got.digest, rung.counter)
-            res = await self.admit(request, rung, got)
-            if res is not None:
-                return res
+        async with contextlib.AsyncExitStack() as stack:
+            locked = False
+            held: Held | None = None
+            for rung in self.sources():
+                if not may_use(request.max_rank, rung.rank):
+                    continue
+                if rung.rank != Rank.LOCAL and not locked:
+                    # Past the store: one process per cache directory climbs on (read/flock.py);
+                    # None when locks cannot be used here (read-only directory).
+                    locked = True
+                    held = await stack.enter_async_context(
+                        self.block_locks.hold(request.version.key, request.index))
+                    if held is not None and held.digest is not None and held.digest in self.store:
+                        self.catalog.record(request.version, request.index, held.digest)
+                        return FetchResult(held.digest, "local")
+                res = await self._try(rung, request)
+                if res is not None:
+                    if held is not None and res.data is None:
+                        held.done(res.digest)
+                    return res
         return None
+
+    async def _try(self, rung: Source, request: BlockRequest) -> FetchResult | None:
+        """One rung: its answer admitted, or None to go on."""
+        if request.digest is None:
+            known = self.catalog.digest(request.version, request.index)
+            if known is not None:
+                request = dataclasses.replace(request, digest=known)
+        got = await rung.fetch(request)
+        if got is None:
+            if rung.rank == Rank.LOCAL:
+                self.count(block_misses=1)
+            return None
+        if isinstance(got, Stored):
+            return FetchResult(got.digest, rung.counter)
+        return await self.admit(request, rung, got)
 
     async def admit(self, request: BlockRequest, rung: Source, data: bytes) -> FetchResult | None:
         """The one way bytes from any rung enter: verify against the known digest, store, record
@@ -382,18 +455,9 @@ class Node:
     def cat(self, url: str, start: int | None = None, end: int | None = None,
             options: Mapping[str, Any] | None = None) -> bytes:
         """Bytes [start, end) of the object (negative offsets count from the end)."""
-        from meshcache.read.reader import Reader
+        from meshcache.read.reader import read_range
 
-        with Reader(self, url, options) as f:
-            size = f.size
-            s = 0 if start is None else (start + size if start < 0 else start)
-            e = size if end is None else (end + size if end < 0 else end)
-            s, e = max(0, min(s, size)), max(0, min(e, size))
-            if e <= s:
-                return b""
-            f.limit_readahead(e)
-            f.seek(s)
-            return f.read(e - s)
+        return read_range(self, url, start, end, options)
 
     def open(self, url: str, mode: str = "rb", **options: Any) -> Any:
         """A read-only file object over `url` (binary, or text for mode 'r')."""

@@ -9,10 +9,12 @@ from collections import defaultdict
 import io
 import os
 import threading
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
+from meshcache.config import Config
+from meshcache.core.manifest import Manifest
+from meshcache.core.version import ObjectVersion
 from meshcache.read.ladder import FetchResult
-from meshcache.read.node import Node
 from meshcache.read.origin import ObjectChanged
 from meshcache.read.store import BlockCorrupt
 
@@ -20,10 +22,59 @@ _SOURCES = ("local", "peers", "origin")
 _STATS_EVERY = 64 << 20  # bytes read between updates of the node's counters
 
 
+
+class BlockFilesView(Protocol):
+    """What a Reader needs of a store: block files it may open and read itself."""
+
+    def __contains__(self, d: bytes) -> bool: ...
+
+    def first_missing(self, digests: list[bytes | None], start: int,
+                      limit: int = 4096) -> int: ...
+
+    def open_block(self, d: bytes,
+                   release: tuple[bytes, int] | None = None) -> tuple[int, int]: ...
+
+    def close_block(self, d: bytes, fd: int) -> None: ...
+
+    def remove(self, d: bytes) -> None: ...
+
+
+class ReaderBackend(Protocol):
+    """What a Reader needs of a node: the in-process Node, or the host daemon's client
+    (meshcache.host.client.DaemonNode) that asks the daemon for cold blocks."""
+
+    config: Config
+
+    @property
+    def store(self) -> BlockFilesView: ...
+
+    def version(self, url: str, options: Mapping[str, Any] | None = None, *,
+                refresh: bool = False) -> ObjectVersion: ...
+
+    def latest(self, url: str) -> ObjectVersion | None: ...
+
+    def manifest(self, version: ObjectVersion) -> Manifest: ...
+
+    def has_block(self, version: ObjectVersion, index: int) -> bytes | None: ...
+
+    def submit_fetch(self, version: ObjectVersion, index: int, options: Mapping[str, Any] | None
+                     = None) -> "concurrent.futures.Future[FetchResult]": ...
+
+    def fetch_sync(self, version: ObjectVersion, index: int,
+                   options: Mapping[str, Any] | None = None) -> FetchResult: ...
+
+    def read_origin_sync(self, version: ObjectVersion, index: int,
+                         options: Mapping[str, Any] | None = None) -> bytes: ...
+
+    def count(self, **deltas: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
 class Reader(io.RawIOBase):
     """Read-only, seekable, thread-safe file over `url` as it was when opened."""
 
-    def __init__(self, node: Node, url: str, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, node: ReaderBackend, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self._node = node
         self._options = dict(options or {})
@@ -297,7 +348,7 @@ class Reader(io.RawIOBase):
         return f"<meshcache.Reader {self.url} size={self.size} pos={self._pos}>"
 
 
-def open_reader(node: Node, url: str, mode: str = "rb",
+def open_reader(node: ReaderBackend, url: str, mode: str = "rb",
                 options: Mapping[str, Any] | None = None, **text_kwargs: Any) -> Any:
     """`Reader` for mode 'rb'; a TextIOWrapper over a buffered Reader for mode 'r'/'rt'."""
     if mode in ("rb", "br"):
@@ -307,3 +358,18 @@ def open_reader(node: Node, url: str, mode: str = "rb",
                                 **text_kwargs)
     raise ValueError(f"meshcache.open: mode {mode!r} is not supported; the cache is read-only "
                      "('rb' or 'r')")
+
+
+def read_range(node: ReaderBackend, url: str, start: int | None = None, end: int | None = None,
+               options: Mapping[str, Any] | None = None) -> bytes:
+    """Bytes [start, end) of the object (negative offsets count from the end)."""
+    with Reader(node, url, options) as f:
+        size = f.size
+        s = 0 if start is None else (start + size if start < 0 else start)
+        e = size if end is None else (end + size if end < 0 else end)
+        s, e = max(0, min(s, size)), max(0, min(e, size))
+        if e <= s:
+            return b""
+        f.limit_readahead(e)
+        f.seek(s)
+        return f.read(e - s)

@@ -4,6 +4,7 @@ the manifest's owner, once per version per `ping_interval`."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from typing import Callable
@@ -55,13 +56,14 @@ class HoldersSource:
         candidates = [c for c in candidates if not self.peers.penalized(c.address)]
         for member in candidates[:MAX_TRIED]:
             try:
-                data = await self.peers.get_block(member.address, known, request.block_size)
+                got = await self.peers.get_block(
+                    member.address, dataclasses.replace(request, digest=known), Rank.HOLDERS)
             except Exception as e:  # unreachable, stalled or lying: try the next holder
                 self.peers.failed(member.address, e)
                 log.info("block %d of %s from %s: %s", index, version.url, member.address, e)
                 continue
-            if data is not None and len(data) == request.length:
-                return data
+            if got is not None:
+                return got[1]  # verified against `known` and of the asked length by the peers
         return None
 
     def remembered(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Container, Protocol
 
 from meshcache.core.manifest import Manifest
+from meshcache.core.rungs import BlockRequest
 from meshcache.core.version import ObjectVersion
 
 Address = tuple[str, int]
@@ -36,10 +37,8 @@ class PeerClient(Protocol):
 
     def reachable(self, peer: Address) -> bool: ...
 
-    async def get_block(self, peer: Address, d: bytes, max_size: int) -> bytes | None: ...
-
-    async def get_block_by_hint(self, peer: Address, version: ObjectVersion, index: int,
-                                known: bytes | None, max_size: int) -> tuple[bytes, bytes]: ...
+    async def get_block(self, peer: Address, request: BlockRequest,
+                        max_rank: int) -> tuple[bytes, bytes] | None: ...
 
     async def get_manifest(self, peer: Address, version: ObjectVersion,
                            block_size: int) -> Manifest | None: ...

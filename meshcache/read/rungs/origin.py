@@ -24,13 +24,15 @@ class OriginSource:
     authoritative = True
 
     def __init__(self, origin: Origin, gate: Gate, catalog: Catalog, retries: int,
-                 count: Callable[..., None], streamfill: StreamFill | None = None) -> None:
+                 count: Callable[..., None], failed: Callable[[str, str], None],
+                 streamfill: StreamFill | None = None) -> None:
         self.origin = origin
         self.streamfill = streamfill  # origins that ignore Range (read/streamfill.py)
         self.gate = gate
         self.catalog = catalog
         self.retries = retries
         self.count = count
+        self.failed = failed  # (url, error): the origin did not answer properly
 
     async def fetch(self, request: BlockRequest) -> bytes | Stored:
         start, end = request.span
@@ -50,6 +52,7 @@ class OriginSource:
                 except OriginError as e:
                     self.count(origin_errors=1)
                     if attempt + 1 == attempts:
+                        self.failed(version.url, str(e))
                         raise
                     log.info("%s (attempt %d of %d)", e, attempt + 1, attempts)
             await asyncio.sleep(0.1 * 2**attempt)

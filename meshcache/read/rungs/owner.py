@@ -8,7 +8,7 @@ import logging
 from typing import Callable
 
 from meshcache.core.rungs import Rank
-from meshcache.mesh.peers import PeerMisbehaved
+from meshcache.mesh.peers import PeerMisbehaved, PeerRefused
 from meshcache.read.ladder import BlockRequest
 from meshcache.read.rungs.mesh_view import PeerClient, ZoneView
 
@@ -33,18 +33,16 @@ class OwnerSource:
             return None  # no other member, or this node is the owner
         for attempt in (1, 2):
             try:
-                d, data = await self.peers.get_block_by_hint(
-                    owner.address, request.version, request.index, request.digest,
-                    request.block_size)
+                got = await self.peers.get_block(owner.address, request, Rank.OWNER)
                 break
             except Exception as e:
                 self.peers.failed(owner.address, e)
                 self.count(owner_failures=1)
                 again = attempt == 1 and self.peers.reachable(owner.address) \
-                    and not isinstance(e, PeerMisbehaved)
+                    and not isinstance(e, (PeerMisbehaved, PeerRefused))  # a refusal stands
                 log.info("owner %s of block %d of %s failed: %s; %s", owner.address,
                          request.index, request.version.url, e,
                          "asking again" if again else "trying the next rung")
                 if not again:
                     return None
-        return data if len(data) == request.length else None
+        return None if got is None else got[1]
