@@ -5,6 +5,8 @@ opened here is a Reader over the object version current at open, so sequential r
 node's readahead and hot blocks are read straight from their block files. Files are opened with
 `keep_cache` while their version is unchanged, so rereads are served from the kernel's page
 cache. A missing object is ENOENT; an origin failure is EIO and a log line naming the URL.
+`meshcache mount` passes the host's daemon (DaemonNode) as the node where one serves the cache
+directory, so the mount reads through it; the operations use only what both node kinds offer.
 """
 
 from __future__ import annotations
