@@ -203,7 +203,8 @@ def test_meshcached_serves_the_gateway(tmp_path):
     origin.mkdir()
     (origin / "x.bin").write_bytes(make_bytes(100_000, 9))
     env = dict(os.environ, MESHCACHE_CACHE_DIR=str(tmp_path / "cache"), MESHCACHE_FSYNC="0",
-               MESHCACHE_LISTEN="127.0.0.1:0", MESHCACHE_CLUSTER_SECRET="test-secret",
+               MESHCACHE_LISTEN="127.0.0.1:0", MESHCACHE_CLUSTER_SECRET="9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c",
+               MESHCACHE_METRICS_LISTEN="",
                MESHCACHE_S3_LISTEN="127.0.0.1:0",
                MESHCACHE_S3_BUCKETS=json.dumps({"files": f"file://{origin}/"}),
                MESHCACHE_S3_ACCESS_KEYS=json.dumps({KEY: SECRET}))
