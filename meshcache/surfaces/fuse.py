@@ -18,7 +18,7 @@ import os
 import stat
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import mfusepy
 
@@ -26,9 +26,10 @@ from meshcache.read.node import Node
 from meshcache.read.origin import ObjectNotFound, OriginError
 from meshcache.read.reader import Reader
 from meshcache.read.store import StoreError
-from meshcache.surfaces.listing import Item, Listing
+from meshcache.surfaces.listing import Listing
 
 log = logging.getLogger("meshcache.surfaces.fuse")
+T = TypeVar("T")
 
 MAX_READAHEAD = 1 << 20  # bytes the kernel may read ahead of a sequential reader
 # libfuse worker threads; idle ones are kept (libfuse 3.14 otherwise starts a thread per
@@ -70,9 +71,10 @@ class MeshcacheFuse(mfusepy.Operations):
                 "st_uid": self._uid, "st_gid": self._gid, "st_blocks": (size + 511) // 512,
                 "st_blksize": 1 << 20, "st_mtime": ns, "st_ctime": ns, "st_atime": ns}
 
-    def _list(self, rel_dir: str) -> list[Item]:
+    def _listed(self, ask: Callable[[], T], rel_dir: str) -> T:
+        """Run a listing lookup: a missing directory is ENOENT, an origin failure EIO + log."""
         try:
-            return self.listing.list(rel_dir)
+            return ask()
         except ObjectNotFound:
             raise mfusepy.FuseOSError(errno.ENOENT) from None
         except OriginError as e:
@@ -83,14 +85,13 @@ class MeshcacheFuse(mfusepy.Operations):
         rel = path.strip("/")
         if not rel:
             return self._dir_attrs(0)
-        parent = rel.rpartition("/")[0]
-        for item in self._list(parent):
-            if item.path == rel:
-                if item.is_dir:
-                    return self._dir_attrs(item.mtime)
-                size = item.size if item.size >= 0 else self._stat_size(rel)
-                return self._file_attrs(size, item.mtime)
-        raise mfusepy.FuseOSError(errno.ENOENT)
+        item = self._listed(lambda: self.listing.item(rel), rel.rpartition("/")[0])
+        if item is None:
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        if item.is_dir:
+            return self._dir_attrs(item.mtime)
+        size = item.size if item.size >= 0 else self._stat_size(rel)
+        return self._file_attrs(size, item.mtime)
 
     def _stat_size(self, rel: str) -> int:
         """The size from the origin's stat (cached by the node) when the listing lacks it."""
@@ -105,7 +106,8 @@ class MeshcacheFuse(mfusepy.Operations):
 
     def readdir(self, path: str, fh: Any) -> list[str]:
         rel = path.strip("/")
-        names = [item.path.rpartition("/")[2] for item in self._list(rel)]
+        names = [item.path.rpartition("/")[2]
+                 for item in self._listed(lambda: self.listing.list(rel), rel)]
         return [".", ".."] + sorted(n for n in names if n)
 
     def statfs(self, path: str) -> dict[str, int]:

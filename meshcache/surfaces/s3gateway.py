@@ -219,6 +219,8 @@ class S3Gateway:
     # ---- GetObject / HeadObject --------------------------------------------------------------
 
     async def _object(self, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+        if key.endswith("/"):  # a "directory": S3 has no object by that name
+            raise ObjectNotFound(key)
         b = self.buckets[bucket]
         url = self.listings[bucket].url(key)
         version = await asyncio.to_thread(self.node.version, url, b.options)
