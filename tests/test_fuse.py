@@ -40,7 +40,8 @@ def start_mount(prefix: str, mnt, cache, log, *extra: str) -> subprocess.Popen:
     return proc
 
 
-def stop_mount(proc: subprocess.Popen, mnt) -> None:
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it does not end within 20 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -48,6 +49,10 @@ def stop_mount(proc: subprocess.Popen, mnt) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def stop_mount(proc: subprocess.Popen, mnt) -> None:
+    terminate(proc)
     if os.path.ismount(mnt):
         subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
 
@@ -189,9 +194,4 @@ def test_mount_reads_through_the_host_daemon(local_tree, tmp_path):
                                capture_output=True, text=True, check=True, timeout=60)
         assert json.loads(stats.stdout)["bytes_from_origin"] == len(big)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(5)
+        terminate(daemon)
