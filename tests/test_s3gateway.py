@@ -221,3 +221,37 @@ def test_meshcached_serves_the_gateway(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_origin_failure_before_and_after_the_status_line(cache_config):
+    """An origin that fails before any byte is sent is an S3 error (503); one that fails after
+    the status line cuts the body short (the client sees an incomplete read, never wrong
+    bytes), and the gateway goes on serving."""
+    from meshcache.lab.httporigin import OriginServer
+
+    data = make_bytes(6 * SMALL_BLOCK, 12)
+    with OriginServer() as srv:
+        srv.put("d/x.bin", data)
+        srv.put("d/y.bin", data[::-1])
+        node = Node(cache_config(origin_retries=0, metadata_ttl=600.0))
+        gw = S3Gateway(node, {"web": Bucket("web", srv.url_for("d/"))}, {KEY: SECRET})
+        server = GatewayServer(gw)
+        host, port = server.start("127.0.0.1:0")
+        try:
+            s3 = client(f"http://{host}:{port}")
+            v = node.version(srv.url_for("d/x.bin"))
+            node.fetch_sync(v, 0)  # block 0 hot: the status line goes out before block 1
+            srv.refuse("d/x.bin", 500)
+            body = s3.get_object(Bucket="web", Key="x.bin")["Body"]
+            with pytest.raises((botocore.exceptions.IncompleteReadError,
+                                botocore.exceptions.ResponseStreamingError)):
+                body.read()
+            srv.refuse("d/y.bin", 500)
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                s3.get_object(Bucket="web", Key="y.bin")
+            assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+            srv.unrefuse("d/x.bin")
+            assert s3.get_object(Bucket="web", Key="x.bin")["Body"].read() == data
+        finally:
+            server.close()
+            node.close()
