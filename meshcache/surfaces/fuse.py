@@ -185,6 +185,8 @@ def mount(node: Node, prefix: str, mountpoint: str, options: Mapping[str, Any] |
     """Serve `prefix` at `mountpoint` until unmounted (umount / fusermount3 -u) or SIGTERM /
     SIGINT (libfuse unmounts on both); blocks the calling (main) thread."""
     ops = MeshcacheFuse(node, prefix, options)
+    threading.Thread(target=_widen_readahead, args=(mountpoint,), daemon=True,
+                     name="meshcache-fuse-readahead").start()
     try:
         mfusepy.FUSE(ops, mountpoint, raw_fi=True, foreground=True, debug=debug, ro=True,
                      fsname="meshcache", subtype="meshcache", default_permissions=True,
@@ -196,3 +198,24 @@ def mount(node: Node, prefix: str, mountpoint: str, options: Mapping[str, Any] |
             raise
         log.info("%s unmounted (%s)", mountpoint, e)
     log.info("%s: unmounted", mountpoint)
+
+
+def _widen_readahead(mountpoint: str, timeout: float = 30.0) -> None:
+    """Let the kernel read ahead MAX_READ bytes per request on this mount once it is up.
+
+    A FUSE mount's readahead window is the kernel's default (128 KiB) whatever the filesystem
+    asks for at init; each request costs thread wake-ups in two processes, so fewer, larger
+    requests read faster (measured 1.6x on a loaded 2-core host). Needs root (sysfs); best effort.
+    """
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mountpoint):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+    dev = os.stat(mountpoint).st_dev
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(str(MAX_READ // 1024))
+    except OSError as e:
+        log.debug("cannot widen readahead of %s (%s): %s", mountpoint, path, e)
