@@ -51,7 +51,7 @@ sys.path.insert(0, HERE)
 
 import blake3  # noqa: E402
 
-from _common import GiB, MiB, emit, log, make_file  # noqa: E402
+from _common import GiB, MiB, emit, exit_on_sigterm, log, make_file  # noqa: E402
 from meshcache.mesh.auth import new_secret  # noqa: E402
 from meshcache.read.loop import new_event_loop  # noqa: E402
 
@@ -422,6 +422,7 @@ def measure_nodes(work: str, size: int, datagram_size: int, engine: str = "auto"
 
 
 def main() -> None:
+    exit_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="256 MiB per transport (< 2 minutes)")
     p.add_argument("--size", type=int, default=0, help="bytes per transport (default 1 GiB)")

@@ -23,6 +23,7 @@ import click
 
 from meshcache.config import Config, ConfigError
 from meshcache.host.client import DaemonNode, DaemonUnavailable, daemon_node
+from meshcache.lab.cli import lab as lab_commands
 from meshcache.read.node import Node
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, OriginError
 from meshcache.read.store import StoreError
@@ -501,6 +502,9 @@ def cache_evict(obj: _Ctx, urls: tuple[str, ...], evict_all: bool) -> None:
                 _fail(EXIT_REFUSED, f"{url} is pinned; unpin it first")
     freed = obj.node.evict(None) if evict_all else sum(obj.node.evict(u) for u in urls)
     click.echo(f"freed {_human(freed)}", err=True)
+
+
+cli.add_command(lab_commands)
 
 
 def main() -> None:

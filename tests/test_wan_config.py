@@ -15,7 +15,7 @@ from meshcache.mesh.mesh import STATUS_FILE
 
 
 def test_wan_preset_runs_the_dht_and_keys_are_checked() -> None:
-    c = Config.wan(cluster_secret="s", zone="b", zone_costs=["a=10", "c=40"],
+    c = Config.wan(cluster_secret="81NI1w26Cdtrd9pmtWZeimZjro0LAm2EFHtoPOwT6qg", zone="b", zone_costs=["a=10", "c=40"],
                    dht_bootstrap=["10.0.0.1:7947"], zone_egress_rate="10MiB")
     assert c.dht_listen == "0.0.0.0:7947" and c.zone_egress_rate == 10 << 20
     assert Config.local().dht_listen == ""

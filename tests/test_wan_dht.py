@@ -18,7 +18,10 @@ from meshcache.wan.records import (ProviderRecord, ProviderTable, block_key, dht
 from meshcache.wan.seal import SealError, Sealer
 from meshcache.wan.sim import DhtSim
 
-SECRET = b"cluster secret"
+from meshcache.wan.sim import SIM_CREDENTIAL
+from tests.conftest import CLUSTER_SECRET, OTHER_SECRET
+
+SECRET = CLUSTER_SECRET.encode()
 
 
 # ---- sealing -----------------------------------------------------------------------------------
@@ -30,7 +33,7 @@ def test_seal_round_trip_and_refusals() -> None:
     with pytest.raises(SealError, match="replayed"):
         b.open(d, 1000.6)
     with pytest.raises(SealError, match="cluster key"):
-        Sealer(b"another secret").open(a.seal(b"x", 1000.0), 1000.0)
+        Sealer(OTHER_SECRET.encode()).open(a.seal(b"x", 1000.0), 1000.0)
     with pytest.raises(SealError, match="window"):
         Sealer(SECRET).open(a.seal(b"x", 1000.0), 1000.0 + 31)
     tampered = bytearray(a.seal(b"abc", 1000.0))
@@ -120,7 +123,7 @@ def test_lookups_among_1000_simulated_nodes() -> None:
 def test_a_node_without_the_credential_cannot_join_publish_or_read() -> None:
     async def run() -> None:
         sim = DhtSim(30, seed=3, zones=2)
-        intruder = Dht(b"intruder-node-id", "evil", ("10.9.9.9", 7946), b"wrong secret",
+        intruder = Dht(b"intruder-node-id", "evil", ("10.9.9.9", 7946), OTHER_SECRET.encode(),
                        rpc_timeout=0.2)
         try:
             await sim.join()
@@ -174,7 +177,7 @@ def test_records_of_a_gone_node_stop_being_used_after_their_ttl() -> None:
 def test_a_node_bootstrapped_in_another_zone_finds_providers() -> None:
     async def run() -> None:
         sim = DhtSim(30, seed=9, zones=3)  # zones z0, z1, z2
-        newcomer = Dht(b"newcomer", "z3", ("10.8.0.1", 7946), b"sim-secret", rpc_timeout=0.5)
+        newcomer = Dht(b"newcomer", "z3", ("10.8.0.1", 7946), SIM_CREDENTIAL, rpc_timeout=0.5)
         try:
             await sim.join()
             digest = os.urandom(32)
@@ -277,3 +280,18 @@ def test_decode_value_on_random_bytes_only_raises_wire_error(data: bytes) -> Non
         pass
     with pytest.raises(WireError):
         decode_value(b"\x9b" + b"\xff" * 8, max_size=256)  # an array claiming 2**64 items
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 9), st.floats(0, 50),
+                          st.floats(0, 5)), max_size=80))
+def test_provider_table_stays_bounded_and_never_returns_expired(ops) -> None:  # type: ignore
+    t = ProviderTable(max_keys=4, max_providers=3)
+    now = 0.0
+    for key, node, ttl, step in ops:
+        now += step
+        t.add(bytes([key]) * 20, _rec(node, now + ttl), now)
+        assert len(t) <= 4
+        for k, recs in t.items(now):
+            assert 0 < len(recs) <= 3 and all(r.expires > now for r in recs)
+            assert len({r.node_id for r in recs}) == len(recs)

@@ -22,7 +22,12 @@ from meshcache.wan.dht import Dht
 from meshcache.wan.records import block_key, manifest_key
 from meshcache.wan.rung import RemoteZoneSource
 
-SECRET = "wan test secret"
+from meshcache.mesh import factory
+from meshcache.mesh.auth import make_authenticator
+from meshcache.transport.base import parse_address
+from tests.conftest import CLUSTER_SECRET, OTHER_SECRET
+
+SECRET = CLUSTER_SECRET
 B = 64 * 1024
 
 
@@ -44,7 +49,14 @@ class Host:
 async def _zone_node(tmp: str, zone: str, bootstrap: list | None = None,
                      secret: str = SECRET) -> tuple[Host, PeerService, Dht]:
     host = Host(tmp, zone, secret)
-    peers = PeerService(host)
+    cfg = host.config
+    identity = factory.load_identity(cfg)
+    node_id = bytes.fromhex(identity[2])
+    transport = factory.build_quic_transport(cfg, identity,
+                                             make_authenticator(cfg.credential(), node_id))
+    peers = PeerService(cfg, transport, host, node_id, clock=time.monotonic,
+                        datagram_size=factory.datagram_size(cfg),
+                        listen=parse_address(cfg.listen))
     addr = await peers.start()
     dht = Dht(peers.node_id, zone, addr, secret.encode(), rpc_timeout=1.0)
     await dht.listen("127.0.0.1", 0)
@@ -58,7 +70,7 @@ def test_remote_zone_rung_fetches_verified_blocks_from_another_zone(tmp_path) ->
         a_host, a_peers, a_dht = await _zone_node(str(tmp_path / "a"), "a")
         b_host, b_peers, b_dht = await _zone_node(str(tmp_path / "b"), "b", [a_dht.address])
         x_host, x_peers, x_dht = await _zone_node(str(tmp_path / "x"), "x", [a_dht.address],
-                                                  secret="not the cluster's")
+                                                  secret=OTHER_SECRET)
         try:
             data = os.urandom(3 * B - 100)
             version = ObjectVersion("s3://bucket/model.bin", "etag:1", len(data))
@@ -116,15 +128,36 @@ def test_zone_caps_hold_within_5_percent(direction: str) -> None:
 
 
 def test_providers_are_tried_cheapest_zone_first() -> None:
+    """zone_costs first, then the round trip the DHT measured (a real DHT over a delayed
+    in-memory network: zone "e" 2 ms away, zone "d" 100 ms)."""
+    from meshcache.wan.memnet import MemoryNetwork
     from meshcache.wan.records import ProviderRecord
 
-    class NoDht:
-        node_id = b"me"
+    async def run() -> list[tuple[str, bytes]]:
+        net = MemoryNetwork()
+        far = {"10.0.0.3": 0.05, "10.0.0.5": 0.001}  # one way
+        net.delay = lambda src, dst: far.get(src[0], 0.0) + far.get(dst[0], 0.0)
+        me = Dht(b"me", "b", ("10.0.0.1", 7946), SECRET.encode(), rpc_timeout=1.0)
+        me.attach(net, ("10.0.0.1", 4000))
+        others = []
+        for i, zone in ((3, "d"), (5, "e")):
+            d = Dht(b"n%d" % i, zone, (f"10.0.0.{i}", 7946), SECRET.encode())
+            d.attach(net, (f"10.0.0.{i}", 4000))
+            others.append(d)
+        try:
+            await me.bootstrap([d.address for d in others])
+            for _ in range(3):
+                await me.bootstrap([d.address for d in others])
+            assert me.zone_rtt("d") > 0.09 and me.zone_rtt("e") < me.zone_rtt("d") - 0.05
+            cfg = Config.local(zone="b", zone_costs=["c=30", "a=80"])  # milliseconds
+            rung = RemoteZoneSource(me, None, cfg)  # type: ignore[arg-type]
+            recs = [ProviderRecord(b"%d" % i, z, "10.0.0.%d" % i, 7946, 100.0 + i)
+                    for i, z in enumerate(["a", "b", "c", "d", "c", "e", "x"])]
+            return [(r.zone, r.node_id) for r in rung.order(recs)]
+        finally:
+            me.close()
+            for d in others:
+                d.close()
 
-    cfg = Config.local(zone="b", zone_costs=["c=5", "a=50"])
-    rung = RemoteZoneSource(NoDht(), None, cfg)  # type: ignore[arg-type]
-    recs = [ProviderRecord(b"%d" % i, z, "10.0.0.%d" % i, 7946, 100.0 + i)
-            for i, z in enumerate(["a", "b", "c", "d", "c", "e"])]
-    rung.rtt["e"] = 0.002  # measured: 2 ms, cheaper than the configured zones
-    order = [(r.zone, r.node_id) for r in rung.order(recs)]
-    assert order == [("e", b"5"), ("c", b"4"), ("c", b"2"), ("a", b"0"), ("d", b"3")]
+    assert asyncio.run(run()) == [("e", b"5"), ("c", b"4"), ("c", b"2"), ("a", b"0"),
+                                  ("d", b"3"), ("x", b"6")]

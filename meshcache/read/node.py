@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from meshcache.config import Config
 from meshcache.core.blocks import block_span
@@ -38,6 +38,11 @@ from meshcache.read.rungs.origin import OriginSource
 from meshcache.read.singleflight import SingleFlight
 from meshcache.read.streamfill import StreamFill
 from meshcache.read.store import BlockCorrupt, BlockStore, StoreError, raise_fd_limit
+
+if TYPE_CHECKING:
+    from meshcache.mesh.mesh import Mesh
+    from meshcache.mesh.peers import PeerService
+    from meshcache.wan.zone import WanSide
 
 log = logging.getLogger("meshcache.read.node")
 
@@ -68,8 +73,9 @@ class Node:
         self.closed = False
         self._added: list[tuple[str, Source]] = []
         self.block_locks = BlockLocks(self.store.root / "locks")
-        self.peers: Any = None  # PeerService once started (mesh/peers.py)
-        self.mesh: Any = None  # Mesh once started (mesh/mesh.py)
+        self.peers: PeerService | None = None  # once started (mesh/peers.py)
+        self.mesh: Mesh | None = None  # once started (mesh/mesh.py)
+        self.wan: WanSide | None = None  # once started with a DHT (wan/zone.py)
         if self.config.peers or self.config.mdns or self.config.preset in ("lan", "wan"):
             self.start_peers()
 
@@ -89,6 +95,7 @@ class Node:
         self._reset_async_state()
         self.peers = None  # its sockets belong to the parent; a child reads without peers
         self.mesh = None
+        self.wan = None
 
     def start_peers(self) -> tuple[str, int]:
         """Listen for peers on `config.listen` and ask them before the origin."""
@@ -116,6 +123,15 @@ class Node:
                 self.peers = service
                 self.mesh = Mesh(cfg, service, self.store)
                 await self.mesh.start()
+                if cfg.dht_listen:
+                    from meshcache.wan.zone import WanSide
+
+                    self.wan = WanSide(cfg, node_id, service.address, service,
+                                       self.store.__contains__)
+                    await self.wan.start()
+                    service.wan_egress = self.wan.caps.egress_hook(self.wan.dht.zone_of,
+                                                                   cfg.zone)
+                    self.mesh.remote_zones = self.wan.dht.zones_seen
                 self._sources = None  # rebuilt with the zone rungs
                 return service
 
@@ -148,6 +164,8 @@ class Node:
                 ladder.append(HoldersSource(self.mesh, self.peers, self.catalog,
                                             self.config.ping_interval, self._loop_time))
                 ladder.append(OwnerSource(self.mesh, self.peers, self.count))
+            if self.wan is not None:
+                ladder.append(self.wan.rung)
             ladder.append(OriginSource(origin, gate, self.catalog, self.config.origin_retries,
                                        self.count, self._origin_failed, StreamFill(self)))
             for before, rung in self._added:
@@ -184,6 +202,8 @@ class Node:
         self._loop.stop()
 
     async def _shutdown(self) -> None:
+        if self.wan is not None:
+            await self.wan.close()
         if self.mesh is not None:
             await self.mesh.close()
         if self.peers is not None:
@@ -220,6 +240,8 @@ class Node:
         if self.mesh is not None:
             out.update(self.mesh.stats)
             out["members"] = len(self.mesh.members)
+        if self.wan is not None:
+            out.update(self.wan.stats())
         out["corrupt_blocks"] = self.store.corrupt_blocks
         out["evicted_blocks"] = self.store.evicted_blocks
         out["store_bytes"] = self.store.used
@@ -410,6 +432,8 @@ class Node:
         self.catalog.record(version, index, d)
         if self.mesh is not None:
             self.mesh.on_stored(d)
+        if self.wan is not None and rung.rank in (Rank.ORIGIN, Rank.REMOTE_ZONE):
+            self.wan.brought_in(d, version.key)
         return FetchResult(d, rung.counter)
 
     async def _confirm_version(self, request: BlockRequest) -> None:

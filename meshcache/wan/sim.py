@@ -33,10 +33,13 @@ async def _join_all(nodes: list[Any], join: Any, rng: random.Random, batch: int)
         await asyncio.gather(*(join(nodes[i], rng.randrange(i)) for i in group))
 
 
+SIM_CREDENTIAL = b"simulation-Qm9zSW1DcmVkZW50aWFsMTIzNDU2Nzg5"  # a simulation's own strong credential
+
+
 class DhtSim:
     """N `Dht` nodes (zones z0..z{zones-1}) on one MemoryNetwork."""
 
-    def __init__(self, n: int, *, credential: bytes = b"sim-secret", zones: int = 1,
+    def __init__(self, n: int, *, credential: bytes = SIM_CREDENTIAL, zones: int = 1,
                  ksize: int = 20, alpha: int = 3, rpc_timeout: float = 1.0,
                  seed: int = 1) -> None:
         self.net = MemoryNetwork()
