@@ -77,3 +77,15 @@ def test_surfaces_keys():
         Config.local(s3_buckets={"abc": "s3://x/"}, s3_bucket_options={"zzz": {}})
     with pytest.raises(ConfigError, match="S3_BUCKETS"):
         Config.from_env({"MESHCACHE_S3_BUCKETS": "not json"})
+
+
+def test_peer_origins_and_liar_expel_after():
+    c = Config.from_env({"MESHCACHE_PEER_ORIGINS": "http://10.0.0.9:8080/,s3://models/",
+                         "MESHCACHE_LIAR_EXPEL_AFTER": "2"})
+    assert c.peer_origins == ["http://10.0.0.9:8080/", "s3://models/"]
+    assert c.liar_expel_after == 2
+    assert Config.local().peer_origins == [] and Config.local().liar_expel_after == 3
+    with pytest.raises(ConfigError, match="peer_origins"):
+        Config.local(peer_origins=["/etc"])
+    with pytest.raises(ConfigError, match="liar_expel_after"):
+        Config.local(liar_expel_after=0)
