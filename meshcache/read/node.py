@@ -451,6 +451,8 @@ class Node:
         async def read() -> bytes:
             rung = next(s for s in self.sources() if s.rank == Rank.ORIGIN)
             data = await rung.fetch(self.request(version, index, options))
+            if isinstance(data, Stored):  # a range-less origin's fill stored it meanwhile
+                data = await asyncio.to_thread(self.store.read_block, data.digest)
             assert isinstance(data, bytes)
             self.count(bytes_from_origin=len(data))
             return data
