@@ -24,7 +24,7 @@ except ImportError:
     atheris = None
 
 if atheris is not None and "--child" in sys.argv:
-    with atheris.instrument_imports():
+    with atheris.instrument_imports(include=["meshcache"]):
         from meshcache.core import wire
         from meshcache.core.bloom import BloomError, BloomFilter
         from meshcache.core.manifest import Manifest, ManifestError
@@ -189,8 +189,8 @@ def run_atheris(n: int) -> dict[str, Any]:
             p = subprocess.run([sys.executable, __file__, "--child", name, str(n), corpus],
                                capture_output=True, text=True)
             err = p.stderr
-            runs = re.findall(r"stat::number_of_executed_units: (\d+)", err)
-            rss_mb = re.findall(r"stat::peak_rss_mb: (\d+)", err)
+            runs = re.findall(r"stat::number_of_executed_units:\s+(\d+)", err)
+            rss_mb = re.findall(r"stat::peak_rss_mb:\s+(\d+)", err)
             cov = re.findall(r"cov: (\d+)", err)
             crashed = p.returncode != 0
             if crashed:
