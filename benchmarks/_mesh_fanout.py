@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import subprocess
 import tempfile
 import time
@@ -79,6 +80,7 @@ def run_meshcache(lab: Any, origin_url: str, size: int, rate_bits: float,
         origin_bytes = tx_bytes(lab.origin) - before
     finally:
         stop_all(procs)
+        shutil.rmtree(work, ignore_errors=True)   # 8 caches of the object: 1.1 GiB in --quick
     errors = [r["error"] for r in results if "error" in r]
     if errors:
         raise RuntimeError(f"meshcache nodes failed: {errors}")

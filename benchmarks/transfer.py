@@ -11,11 +11,20 @@ in flight:
   tcp      plain TCP, asyncio streams, one connection per request slot
 
 Prints one JSON object as its last line: <mode>_MBps, ratio_vs_tls (quic / tls_tcp), and CPU
-seconds per GiB moved on each end (<mode>_cpu_s_per_GiB_server / _client).
+seconds per GiB moved on each end (<mode>_cpu_s_per_GiB_server / _client). In the same run:
+
+  wan_*        the same QUIC and TLS-over-TCP transfer between two network namespaces joined
+               by 1500-MTU links (root only; `wan_skipped` says why otherwise), QUIC at the
+               MTU's datagram size (1472): wan_quic_MBps, wan_tls_tcp_MBps, wan_ratio_vs_tls,
+               wan_quic_cpu_s_per_gib (server, client)
+  node_*       the whole product path (meshcached store -> GET_BLOCK -> verify -> Node store):
+               node_to_node_MBps, store_write_MBps (blocks written, fsynced and renamed as the
+               store does), node_ratio_vs_limit = node / min(tls_tcp, store_write)
 
   .venv/bin/python benchmarks/transfer.py --quick     # 256 MiB per transport
   .venv/bin/python benchmarks/transfer.py             # 1 GiB per transport
-  options for the QUIC tunings: --datagram-size, --cc, --no-coalesce, --sockbuf, --concurrency
+  options for the QUIC tunings: --engine, --datagram-size, --cc, --no-coalesce, --sockbuf,
+  --concurrency, --no-batching
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ sys.path.insert(0, HERE)
 
 import blake3  # noqa: E402
 
-from _common import GiB, MiB, emit, log, make_file  # noqa: E402
+from _common import GiB, MiB, emit, exit_on_sigterm, log, make_file  # noqa: E402
 from meshcache.mesh.auth import new_secret  # noqa: E402
 from meshcache.read.loop import new_event_loop  # noqa: E402
 
@@ -91,7 +100,7 @@ async def serve_quic(args: argparse.Namespace, served: Served) -> None:
         await stream.send_payload(data, end=True)
 
     t = QuicTransport(quic_config(args))
-    addr = await t.listen(("127.0.0.1", 0), handler)
+    addr = await t.listen((args.host, 0), handler)
     served.reset()
     print(addr[1], flush=True)
     await asyncio.Event().wait()
@@ -117,7 +126,7 @@ async def serve_tcp(args: argparse.Namespace, served: Served, use_tls: bool) -> 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.load_cert_chain(args.cert, args.key)
-    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=ctx, limit=1 << 20)
+    server = await asyncio.start_server(handler, args.host, 0, ssl=ctx, limit=1 << 20)
     served.reset()
     print(server.sockets[0].getsockname()[1], flush=True)
     await asyncio.Event().wait()
@@ -149,7 +158,7 @@ async def client_quic(args: argparse.Namespace, names: list[str], sink: Sink) ->
     from meshcache.transport.quic import QuicTransport
 
     t = QuicTransport(quic_config(args))
-    conn = await t.connect(("127.0.0.1", args.port))
+    conn = await t.connect((args.host, args.port))
     queue = list(reversed(names))
 
     async def worker() -> None:
@@ -195,7 +204,7 @@ async def client_tcp(args: argparse.Namespace, names: list[str], sink: Sink,
         return int.from_bytes(await reader.readexactly(8), "big")
 
     async def worker() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", args.port, ssl=ctx,
+        reader, writer = await asyncio.open_connection(args.host, args.port, ssl=ctx,
                                                        limit=1 << 20)
         while queue:
             name = queue.pop()
@@ -215,7 +224,7 @@ async def client_tcp(args: argparse.Namespace, names: list[str], sink: Sink,
     t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    reader, writer = await asyncio.open_connection("127.0.0.1", args.port, ssl=ctx)
+    reader, writer = await asyncio.open_connection(args.host, args.port, ssl=ctx)
     size = await request(reader, writer, STATS)
     stats = json.loads(await reader.readexactly(size))
     writer.close()
@@ -230,7 +239,8 @@ def quic_config(args: argparse.Namespace) -> Any:
 
     return TransportConfig(max_datagram_size=args.datagram_size, congestion_control=args.cc,
                            coalesce_transmit=not args.no_coalesce, socket_buffer=args.sockbuf,
-                           max_congestion_window=args.max_cwnd,
+                           max_congestion_window=args.max_cwnd, quic_engine=args.engine,
+                           udp_batching=not args.no_batching,
                            recv_timeout=30, send_timeout=30)
 
 
@@ -266,24 +276,39 @@ def run_child(args: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
-def measure(args: argparse.Namespace, mode: str, work: str, manifest: str) -> dict[str, Any]:
-    me = [sys.executable, os.path.abspath(__file__), "--mode", mode,
-          "--datagram-size", str(args.datagram_size), "--cc", args.cc,
+def measure(args: argparse.Namespace, mode: str, work: str, manifest: str,
+            lab: Any = None, datagram_size: int = 0) -> dict[str, Any]:
+    """One transfer of `mode`; on loopback, or from lab host 0 to lab host 1 when `lab`."""
+    host = lab[0].address if lab is not None else "127.0.0.1"
+    me = [os.path.abspath(__file__), "--mode", mode,
+          "--datagram-size", str(datagram_size or args.datagram_size), "--cc", args.cc,
           "--sockbuf", str(args.sockbuf), "--concurrency", str(args.concurrency),
-          "--max-cwnd", str(args.max_cwnd),
+          "--max-cwnd", str(args.max_cwnd), "--engine", args.engine, "--host", host,
           "--cert", os.path.join(work, "cert.pem"), "--key", os.path.join(work, "key.pem")]
     if args.no_coalesce:
         me.append("--no-coalesce")
-    server = subprocess.Popen(me + ["--role", "server", "--dir", os.path.join(work, "blocks")],
-                              stdout=subprocess.PIPE, text=True)
+    if args.no_batching:
+        me.append("--no-batching")
+    server_argv = me + ["--role", "server", "--dir", os.path.join(work, "blocks")]
+    if lab is not None:
+        server = lab[0].python(server_argv, stdout=subprocess.PIPE, text=True)
+    else:
+        server = subprocess.Popen([sys.executable, *server_argv], stdout=subprocess.PIPE,
+                                  text=True)
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
         out_dir = tempfile.mkdtemp(dir=work, prefix="out-")
-        client = subprocess.run(
-            me + ["--role", "client", "--port", str(port), "--dir", out_dir,
-                  "--manifest", manifest, "--repeat", str(args.repeat)],
-            stdout=subprocess.PIPE, text=True, timeout=600)
+        client_argv = me + ["--role", "client", "--port", str(port), "--dir", out_dir,
+                            "--manifest", manifest, "--repeat", str(args.repeat)]
+        if lab is not None:
+            client_argv = lab[1].argv([sys.executable, *client_argv])
+            env = lab[1].python_env()
+        else:
+            client_argv = [sys.executable, *client_argv]
+            env = None
+        client = subprocess.run(client_argv, stdout=subprocess.PIPE, text=True, timeout=600,
+                                env=env)
         if client.returncode != 0:
             raise SystemExit(f"{mode} client failed ({client.returncode})")
         return json.loads(client.stdout.strip().splitlines()[-1])
@@ -292,7 +317,73 @@ def measure(args: argparse.Namespace, mode: str, work: str, manifest: str) -> di
         server.wait(10)
 
 
-def measure_nodes(work: str, size: int, datagram_size: int) -> float:
+def quic_engine_name(name: str) -> str:
+    from meshcache.transport import engine
+
+    e = engine.load(name)
+    return f"{e.name} {e.version}"
+
+
+def measure_wan(args: argparse.Namespace, work: str, names: list[str], digests: dict[str, str],
+                size: int) -> dict[str, Any]:
+    """QUIC (at the MTU's datagram size) and TLS over TCP between two network namespaces joined
+    by 1500-MTU links: what a real WAN path's packet size costs."""
+    from meshcache.lab.netns import Lab, LabError, requires_root
+
+    reason = requires_root()
+    if reason:
+        return {"wan_skipped": reason}
+    subset = names[:max(1, size // BLOCK)]
+    manifest = os.path.join(work, "wan-manifest.json")
+    with open(manifest, "w") as f:
+        json.dump({n: digests[n] for n in subset}, f)
+    saved, args.repeat = args.repeat, 1
+    out: dict[str, Any] = {}
+    try:
+        with Lab(2, mtu=1500) as lab:
+            runs: dict[str, list[dict[str, float]]] = {"quic": [], "tls_tcp": []}
+            for _ in range(max(1, args.rounds - 1)):
+                for mode in runs:
+                    r = measure(args, mode, work, manifest, lab=lab, datagram_size=1472)
+                    gib = r["bytes"] / GiB
+                    runs[mode].append({"MBps": r["bytes"] / r["seconds"] / 1e6,
+                                       "server": r["server_cpu"] / gib,
+                                       "client": r["client_cpu"] / gib})
+                    log(f"wan {mode:8s} {runs[mode][-1]['MBps']:7.1f} MB/s  cpu s/GiB server "
+                        f"{runs[mode][-1]['server']:.1f} client {runs[mode][-1]['client']:.1f}")
+            out["wan_mtu"] = 1500
+            out["wan_bytes"] = len(subset) * BLOCK
+            out["wan_quic_MBps"] = statistics.median(x["MBps"] for x in runs["quic"])
+            out["wan_tls_tcp_MBps"] = statistics.median(x["MBps"] for x in runs["tls_tcp"])
+            out["wan_ratio_vs_tls"] = out["wan_quic_MBps"] / out["wan_tls_tcp_MBps"]
+            out["wan_quic_cpu_s_per_gib"] = {
+                end: statistics.median(x[end] for x in runs["quic"])
+                for end in ("server", "client")}
+    except LabError as e:
+        out = {"wan_skipped": str(e)}
+    finally:
+        args.repeat = saved
+    return out
+
+
+def measure_store_write(work: str, size: int) -> float:
+    """The store's own write rate: 8 MiB blocks written, fsynced and renamed by BlockStore.put
+    (each a distinct block). MB/s."""
+    from meshcache.read.store import BlockStore
+
+    root = os.path.join(work, "store-write")
+    store = BlockStore(root, capacity=2 * size + BLOCK, fsync=True)
+    base = os.urandom(BLOCK)
+    n = max(1, size // BLOCK)
+    t = time.perf_counter()
+    for i in range(n):
+        store.put(i.to_bytes(8, "big") + base[8:])
+    seconds = time.perf_counter() - t
+    shutil.rmtree(root, ignore_errors=True)
+    return n * BLOCK / seconds / 1e6
+
+
+def measure_nodes(work: str, size: int, datagram_size: int, engine: str = "auto") -> float:
     """The whole product path: a `meshcached` serving its store, a Node in this process reading
     an object through the mesh (GET_BLOCK, rate limiter, BLAKE3 check, store put). MB/s."""
     from meshcache import Config, Node
@@ -307,15 +398,15 @@ def measure_nodes(work: str, size: int, datagram_size: int) -> float:
         seed.prewarm(url)
         seed.close()
         env = dict(os.environ, MESHCACHE_CLUSTER_SECRET=secret, MESHCACHE_CACHE_DIR=a_dir,
-                   MESHCACHE_LISTEN="127.0.0.1:0", MESHCACHE_FSYNC="0",
+                   MESHCACHE_LISTEN="127.0.0.1:0", MESHCACHE_QUIC_ENGINE=engine,
                    MESHCACHE_MAX_DATAGRAM_SIZE=str(datagram_size))
         proc = subprocess.Popen([sys.executable, "-m", "meshcache.daemon"], env=env,
                                 stdout=subprocess.PIPE, text=True)
         try:
             addr = json.loads(proc.stdout.readline())["address"]
-            node = Node(Config.local(cache_dir=os.path.join(work, "node-b"), fsync=False,
+            node = Node(Config.local(cache_dir=os.path.join(work, "node-b"), fsync=True,
                                      cluster_secret=secret, listen="127.0.0.1:0", peers=[addr],
-                                     max_datagram_size=datagram_size))
+                                     max_datagram_size=datagram_size, quic_engine=engine))
             buf = bytearray(4 * MiB)
             t = time.perf_counter()
             with node.open(url) as f:
@@ -331,6 +422,7 @@ def measure_nodes(work: str, size: int, datagram_size: int) -> float:
 
 
 def main() -> None:
+    exit_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="256 MiB per transport (< 2 minutes)")
     p.add_argument("--size", type=int, default=0, help="bytes per transport (default 1 GiB)")
@@ -343,6 +435,11 @@ def main() -> None:
     p.add_argument("--no-coalesce", action="store_true", help="QUIC: transmit after each event")
     p.add_argument("--sockbuf", type=int, default=4 * MiB, help="QUIC SO_RCVBUF/SO_SNDBUF")
     p.add_argument("--max-cwnd", type=int, default=4 * MiB, help="QUIC congestion window cap")
+    p.add_argument("--engine", default="auto", help="QUIC engine: auto, qh3, aioquic")
+    p.add_argument("--no-batching", action="store_true", help="QUIC: one sendto per datagram")
+    p.add_argument("--no-wan", action="store_true",
+                   help="skip the two-namespace 1500-MTU measurement")
+    p.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     # child processes
     p.add_argument("--no-nodes", action="store_true",
                    help="skip the meshcached -> Node measurement of the whole product path")
@@ -389,7 +486,10 @@ def main() -> None:
                                   "concurrency": args.concurrency,
                                   "quic_max_datagram_size": args.datagram_size,
                                   "quic_cc": args.cc, "quic_coalesce": not args.no_coalesce,
-                                  "quic_sockbuf": args.sockbuf, "quic_max_cwnd": args.max_cwnd}
+                                  "quic_sockbuf": args.sockbuf, "quic_max_cwnd": args.max_cwnd,
+                                  "quic_engine": quic_engine_name(args.engine),
+                                  "quic_udp_batching": not args.no_batching,
+                                  "machine_note": "shared, loaded 2-core machine"}
         modes = args.modes.split(",")
         runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         for _ in range(args.rounds):
@@ -411,13 +511,21 @@ def main() -> None:
                 x["client"] for x in runs[mode])
         if "quic_MBps" in result and "tls_tcp_MBps" in result:
             result["ratio_vs_tls"] = result["quic_MBps"] / result["tls_tcp_MBps"]
+        if not args.no_wan:
+            result.update(measure_wan(args, work, sorted(digests), digests,
+                                      64 * MiB if args.quick else 256 * MiB))
         if not args.no_nodes:
-            result["node_to_node_MBps"] = measure_nodes(work, min(moved, 256 * MiB),
-                                                        args.datagram_size)
+            node_bytes = min(moved, 128 * MiB if args.quick else 256 * MiB)
+            result["store_write_MBps"] = measure_store_write(work, node_bytes)
+            log(f"store    {result['store_write_MBps']:7.1f} MB/s (write, fsync, rename)")
+            result["node_to_node_MBps"] = measure_nodes(work, node_bytes, args.datagram_size,
+                                                        args.engine)
             log(f"nodes    {result['node_to_node_MBps']:7.1f} MB/s (meshcached store -> "
                 "Node store, verified)")
             if "tls_tcp_MBps" in result:
                 result["node_ratio_vs_tls"] = result["node_to_node_MBps"] / result["tls_tcp_MBps"]
+                limit = min(result["tls_tcp_MBps"], result["store_write_MBps"])
+                result["node_ratio_vs_limit"] = result["node_to_node_MBps"] / limit
         emit(result)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -98,13 +98,18 @@ def test_member_killed_mid_read_leaves_the_others_complete(lab, tmp_path):
     go.write_text("go")
     time.sleep(0.6)
     procs[3].kill()
+    procs[3].wait(10)
+    killed_said = procs[3].stdout.read()
     results = [readline(p, 150) for p in procs[:3]]
     for p in procs:
         p.terminate()
     origin.terminate()
+    # The kill landed mid-read: the victim had not finished, and the others were still reading.
+    assert '"seconds"' not in killed_said and '"error"' not in killed_said
     for r in results:
         assert "error" not in r, r
         assert r["digest"] == want
+        assert r["seconds"] > 0.6
 
 
 @pytest.mark.timeout(180)

@@ -29,6 +29,8 @@ from typing import Any
 import cbor2
 
 from meshcache.config import ConfigError
+from meshcache.core.wire import WireError, decode_items
+from meshcache.transport.base import Authenticator, Connection
 
 AUTH_VERSION = 2
 NONCE_SIZE = 32
@@ -165,14 +167,12 @@ def _proof(key: bytes, role: bytes, binding: bytes, nonce_c: bytes, nonce_s: byt
 
 
 def _decode(frame: bytes, kind: str, n: int) -> list[Any]:
-    if len(frame) > MAX_AUTH_FRAME:
-        raise AuthFailed(f"{kind}: frame of {len(frame)} bytes is too large")
+    """One handshake frame through wire's bounded decoder: [AUTH_VERSION, kind, bytes...]."""
     try:
-        obj = cbor2.loads(frame)
-    except Exception:
-        raise AuthFailed(f"{kind}: not CBOR") from None
-    if not (isinstance(obj, list) and len(obj) == n and obj[0] == AUTH_VERSION
-            and obj[1] == kind):
+        obj = decode_items(frame, max_size=MAX_AUTH_FRAME)
+    except WireError as e:
+        raise AuthFailed(f"{kind}: {e}") from None
+    if not (len(obj) == n and obj[0] == AUTH_VERSION and obj[1] == kind):
         raise AuthFailed(f"expected {kind} (auth version {AUTH_VERSION})")
     for item in obj[2:]:
         if not isinstance(item, bytes) or len(item) > 64:
@@ -255,11 +255,11 @@ class ServerHandshake:
         return cbor2.dumps([AUTH_VERSION, "ok"])
 
 
-def make_authenticator(credential: bytes, node_id: bytes) -> Any:
+def make_authenticator(credential: bytes, node_id: bytes) -> Authenticator:
     """The transport's `authenticate(conn)` hook for this credential and node id."""
     key = derive_key(credential)
 
-    async def authenticate(conn: Any) -> None:
+    async def authenticate(conn: Connection) -> None:
         binding = conn.channel_binding()
         try:
             if conn.is_client:

@@ -40,8 +40,10 @@ class BlockCorrupt(Exception):
     """A block file on disk does not hash to its name; it has been removed."""
 
 
-def _fd_budget() -> int:
-    """How many block descriptors to keep open: a quarter of the (raised) soft fd limit."""
+def raise_fd_limit() -> int:
+    """Raise the process's soft descriptor limit toward the hard one (at most 65536); returns
+    the soft limit now. The node and the daemon call it once at start: a store keeps block
+    descriptors open, and the usual soft limit of 1024 is small for it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
     if soft != resource.RLIM_INFINITY and soft < want:
@@ -50,6 +52,12 @@ def _fd_budget() -> int:
             soft = want
         except (ValueError, OSError):
             pass
+    return 65536 if soft == resource.RLIM_INFINITY else soft
+
+
+def _fd_budget() -> int:
+    """How many block descriptors to keep open: a quarter of the soft fd limit, at most 4096."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     limit = 65536 if soft == resource.RLIM_INFINITY else soft
     return max(16, min(4096, limit // 4))
 
@@ -73,6 +81,10 @@ class BlockStore:
         self.corrupt_blocks = 0
         self.evicted_blocks = 0
         self._open()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's lock may have been held by another thread."""
+        self._lock = threading.Lock()
 
     # ---- start -------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import time
 from functools import partial
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -138,6 +139,25 @@ class TransportConfig:
     stream_send_buffer: int = 8 * MiB
     # Most streams one peer may have open towards us at once (QUIC MAX_STREAMS).
     max_streams: int = 128
+    # QUIC engine: "auto" (qh3 when installed, else aioquic), "qh3" or "aioquic" (engine.py).
+    quic_engine: str = "auto"
+    # Batched UDP I/O: GSO sends and GRO / recvmmsg receives where the kernel has them
+    # (batching.py); off: one sendto per datagram.
+    udp_batching: bool = True
+    # ---- before authentication (bounded memory; see docs/security.md) ----
+    # Streams a peer may open before it is admitted (the authenticator needs one).
+    preauth_max_streams: int = 4
+    # Bytes a peer may send on all its streams before it is admitted; more closes it.
+    preauth_max_bytes: int = 256 * KiB
+    # QUIC connection receive window until admission: what the engine itself may hold for the
+    # peer, out-of-order data included (aioquic: the normal windows after admission; qh3: a
+    # server's windows stay at this size and are returned as the data is delivered).
+    preauth_max_data: int = 1 * MiB
+    # Connections handshaking or authenticating at once; new ones beyond are not taken.
+    max_unauthenticated: int = 64
+    # Pending connections past which a new client must first prove its address (QUIC Retry);
+    # 0: always.
+    retry_threshold: int = 8
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> "TransportConfig":
@@ -145,6 +165,10 @@ class TransportConfig:
         values: dict[str, Any] = {}
         if getattr(config, "max_datagram_size", None):
             values["max_datagram_size"] = int(config.max_datagram_size)
+        for key in ("quic_engine", "udp_batching", "preauth_max_bytes", "max_unauthenticated",
+                    "retry_threshold"):
+            if getattr(config, key, None) is not None:
+                values[key] = getattr(config, key)
         if getattr(config, "request_timeout", None):
             t = float(config.request_timeout)
             values.update(recv_timeout=t, send_timeout=t, connect_timeout=t, auth_timeout=t)
@@ -222,6 +246,9 @@ class Stream(abc.ABC):
 
     def _feed(self, data: bytes) -> None:
         if self._eof or self._error is not None or not data:
+            return
+        conn = self.connection
+        if not conn.authenticated and not conn._preauth_take(len(data)):
             return
         self._chunks.append(data)
         self._buffered += len(data)
@@ -499,6 +526,33 @@ class Connection(abc.ABC):
         # HEARD_INTERVAL seconds: liveness can count any traffic, not only replies to pings.
         self.on_heard: Callable[["Connection"], None] | None = None
         self._heard_at = -math.inf
+        self._preauth_bytes = 0
+        self._preauth_streams = 0
+
+    # ---- before authentication: bounded ------------------------------------------------------
+
+    def _preauth_take(self, n: int) -> bool:
+        """Count `n` bytes received before admission; False (and the connection refused) past
+        config.preauth_max_bytes."""
+        self._preauth_bytes += n
+        if self._preauth_bytes > self.config.preauth_max_bytes:
+            self._refuse(f"sent more than {self.config.preauth_max_bytes} bytes "
+                         "before authentication")
+            return False
+        return True
+
+    def _refuse(self, reason: str) -> None:
+        """Close a connection that broke a pre-authentication bound."""
+        if self._closed_exc is None:
+            log.info("closing connection from %r: %s", self.peer.address, reason)
+            self._abort(ERR_AUTH, reason[:100])
+
+    def _abort(self, code: int, reason: str) -> None:
+        """Close now, from synchronous code (transports override)."""
+        self._mark_closed(ConnectionClosed(f"connection closed locally ({code:#x} {reason})"))
+
+    def _admitted(self) -> None:
+        """The authenticator accepted the peer (transports raise their limits here)."""
 
     def _heard(self, now: float) -> None:
         """The transport received a packet from the peer at `now` (cheap: hot path)."""
@@ -550,6 +604,13 @@ class Connection(abc.ABC):
         await self._closed_event.wait()
 
     def _new_incoming(self, stream: Stream) -> None:
+        if not self.authenticated:
+            self._preauth_streams += 1
+            if self._preauth_streams > self.config.preauth_max_streams:
+                self._refuse(f"opened more than {self.config.preauth_max_streams} streams "
+                             "before authentication")
+                stream._feed_error(ConnectionClosed("connection refused"))
+                return
         self._streams[stream.stream_id] = stream
         self._incoming.put_nowait(stream)
 
@@ -579,6 +640,7 @@ class Transport(abc.ABC):
                  authenticate: Authenticator | None = None) -> None:
         self.config = config or TransportConfig()
         self.authenticate = authenticate
+        self._rejected_logged: dict[Any, float] = {}  # host -> when its rejection was logged
         self._handler: StreamHandler | None = None
         self._pool: dict[Any, Connection] = {}
         self._connecting: dict[Any, asyncio.Future[Connection]] = {}
@@ -665,20 +727,35 @@ class Transport(abc.ABC):
     def _accepted(self, conn: Connection) -> None:
         """A peer connected to us (handshake done): authenticate, then serve its streams."""
         self._connections.add(conn)
+        if self.authenticate is None:  # admitted before any of its bytes are counted
+            conn.authenticated = True
+            conn._admitted()
         self._spawn(self._serve_accepted(conn))
 
     async def _serve_accepted(self, conn: Connection) -> None:
         try:
             await self._authenticate(conn)
         except TransportError as e:
-            log.info("connection from %r rejected: %s", conn.peer.address, e)
+            # A rejected peer is what an operator must see (a wrong credential): WARNING, once
+            # a minute per host so a peer retrying every round does not flood the log.
+            host, now = conn.peer.address[0], time.monotonic()
+            if now - self._rejected_logged.get(host, -60.0) >= 60.0:
+                if len(self._rejected_logged) >= 1024:  # many hosts: forget the old entries
+                    self._rejected_logged = {h: t for h, t in self._rejected_logged.items()
+                                             if now - t < 60.0}
+                self._rejected_logged[host] = now
+                log.warning("connection from %r rejected: %s", conn.peer.address, e)
+            else:
+                log.debug("connection from %r rejected: %s", conn.peer.address, e)
             self._connections.discard(conn)
             return
         await self._serve_streams(conn)
 
     async def _authenticate(self, conn: Connection) -> None:
         if self.authenticate is None:
-            conn.authenticated = True
+            if not conn.authenticated:
+                conn.authenticated = True
+                conn._admitted()
             return
         try:
             async with asyncio.timeout(self.config.auth_timeout):
@@ -692,6 +769,7 @@ class Transport(abc.ABC):
         if conn.is_closed:
             raise AuthenticationError(f"connection to {conn.peer.address!r} closed during auth")
         conn.authenticated = True
+        conn._admitted()
 
     async def _serve_streams(self, conn: Connection) -> None:
         """Hand each incoming stream of an authenticated connection to the handler."""

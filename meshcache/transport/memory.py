@@ -119,6 +119,9 @@ class MemoryConnection(Connection):
         return self._binding
 
     async def close(self, code: int = ERR_NONE, reason: str = "") -> None:
+        self._abort(code, reason)
+
+    def _abort(self, code: int, reason: str) -> None:
         if self._closed_exc is not None:
             return
         self._mark_closed(ConnectionClosed(f"connection closed locally ({code:#x} {reason})"))

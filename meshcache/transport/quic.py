@@ -29,24 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
 import socket
 import ssl
 from functools import partial
 from typing import Any, cast
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer
-from aioquic.quic import events
-from aioquic.quic.congestion import base as _cc_base
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
-from cryptography.hazmat.primitives import serialization
-
-from meshcache.transport import aioquic_fix
+from meshcache.transport import admission, batching
+from meshcache.transport import engine as _engine
 from meshcache.transport.base import (
     ALPN,
     ERR_NONE,
@@ -63,9 +53,6 @@ from meshcache.transport.base import (
     parse_address,
 )
 from meshcache.transport.identity import create_identity, load_or_create_identity, node_id_of_certificate
-
-# MESHCACHE_AIOQUIC_SEND_BUFFER=0 keeps aioquic's own send buffer (to measure the patch)
-aioquic_fix.apply(send_buffer=os.environ.get("MESHCACHE_AIOQUIC_SEND_BUFFER", "1") != "0")
 
 log = logging.getLogger("meshcache.transport.quic")
 
@@ -86,6 +73,8 @@ def congestion_control_name(algorithm: str, max_window: int) -> str:
     receive buffer, and every drop costs a retransmission, out-of-order reassembly and a
     halved window. Capping the bytes in flight near the peer's socket buffer avoids that on a
     LAN; on a long fat WAN path raise it to the bandwidth-delay product."""
+    from aioquic.quic.congestion import base as _cc_base
+
     if not max_window:
         return algorithm
     name = f"{algorithm}-max{max_window}"
@@ -132,11 +121,8 @@ class QuicStream(Stream):
     connection: "QuicPeerConnection"
 
     def _unacked(self) -> int:
-        s = self.connection._quic._streams.get(self.stream_id)
-        if s is None:
-            return 0
-        sender = s.sender
-        return sender._buffer_stop - sender._buffer_start
+        conn = self.connection
+        return conn._engine.unsent(conn._quic, self.stream_id)
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
         if self._send_error is not None:
@@ -232,13 +218,14 @@ class QuicPeerConnection(Connection):
         self._next_peer_id = 1 if is_client else 0
         self._unseen_peer_ids: set[int] = set()
         self._binding: bytes | None = None
+        self._engine: _engine.Engine = protocol.owner.engine
 
     async def open_stream(self) -> Stream:
         if self._closed_exc is not None:
             raise self._closed_exc
         sid = self._quic.get_next_available_stream_id()
-        # aioquic allocates the id when the stream is first used; reserve it now
-        self._quic._get_or_create_stream_for_send(sid)
+        # the engine allocates the id when the stream is first used; reserve it now
+        self._engine.reserve_stream(self._quic, sid)
         stream = QuicStream(self, sid, self.config)
         self._streams[sid] = stream
         return stream
@@ -246,19 +233,25 @@ class QuicPeerConnection(Connection):
     def channel_binding(self) -> bytes:
         if self._binding is None:
             try:
-                self._binding = aioquic_fix.export_keying_material(
-                    self._quic.tls, EXPORTER_LABEL, b"", 32)
+                self._binding = self._engine.export_keying_material(
+                    self._quic, EXPORTER_LABEL, b"", 32)
             except Exception as e:
                 raise TransportError(f"no channel binding available: {e}") from None
         return self._binding
 
     async def close(self, code: int = ERR_NONE, reason: str = "") -> None:
+        self._abort(code, reason)
+
+    def _abort(self, code: int, reason: str) -> None:
         if self._closed_exc is not None:
             return
         self._quic.close(error_code=code, reason_phrase=reason)
         self._protocol._flush_now()
         self._mark_closed(ConnectionClosed(f"connection closed locally ({code:#x} {reason})"))
         self._protocol._on_closed_locally()
+
+    def _admitted(self) -> None:
+        self._protocol._admitted()
 
     # ---- events ----------------------------------------------------------------------------------
 
@@ -282,7 +275,7 @@ class QuicPeerConnection(Connection):
         self._new_incoming(s)
         return s
 
-    def _on_data(self, ev: events.StreamDataReceived) -> None:
+    def _on_data(self, ev: Any) -> None:
         s = self._stream_for_event(ev.stream_id)
         if s is None:
             return
@@ -291,12 +284,12 @@ class QuicPeerConnection(Connection):
         if ev.end_stream:
             s._feed_eof()
 
-    def _on_reset(self, ev: events.StreamReset) -> None:
+    def _on_reset(self, ev: Any) -> None:
         s = self._stream_for_event(ev.stream_id)
         if s is not None:
             s._feed_error(StreamReset(f"stream {ev.stream_id} reset by peer", ev.error_code))
 
-    def _on_stop_sending(self, ev: events.StopSendingReceived) -> None:
+    def _on_stop_sending(self, ev: Any) -> None:
         s = self._streams.get(ev.stream_id)
         with contextlib.suppress(Exception):
             self._quic.reset_stream(ev.stream_id, ev.error_code)
@@ -309,12 +302,21 @@ class QuicPeerConnection(Connection):
 # ---- protocol --------------------------------------------------------------------------------------
 
 
-class _Protocol(QuicConnectionProtocol):
-    """aioquic's asyncio protocol with coalesced transmits and meshcache streams."""
+class _ProtocolMixin:
+    """The engine's asyncio protocol with coalesced, batched transmits and meshcache streams.
+    Combined with an engine's QuicConnectionProtocol by `_classes`."""
 
-    def __init__(self, quic: QuicConnection, stream_handler: Any = None, *,
+    _quic: Any
+    _loop: asyncio.AbstractEventLoop
+    _transport: Any
+    _timer: asyncio.TimerHandle | None
+    _timer_at: float | None
+    _closed: asyncio.Event
+    _connection_terminated_handler: Any
+
+    def __init__(self, quic: Any, stream_handler: Any = None, *,
                  owner: "QuicTransport", is_client: bool, address: Any = None) -> None:
-        super().__init__(quic)
+        super().__init__(quic)  # type: ignore[call-arg]
         self.owner = owner
         self.is_client = is_client
         self.address = address
@@ -324,7 +326,9 @@ class _Protocol(QuicConnectionProtocol):
         self._drain_waiters: dict[QuicStream, tuple[asyncio.Future[None], int]] = {}
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._udp_owned = False  # client: the UDP transport is ours to close
-        if not is_client:
+        self._sendmany: Any = None
+        self._pending = False  # counted in owner's unadmitted connections
+        if not is_client and owner.engine.client_certificates:
             # ask the client for its certificate (mutual TLS, not CA-verified): instance-level
             # hook on aioquic's lazily created TLS context
             init = quic._initialize
@@ -333,9 +337,11 @@ class _Protocol(QuicConnectionProtocol):
                 init(peer_cid)
                 quic.tls._request_client_certificate = True
 
-            quic._initialize = _initialize  # type: ignore[method-assign]
+            quic._initialize = _initialize
+        if owner.engine.admission_windows:
+            admission.hold(quic, owner.config)
 
-    # ---- transmit coalescing -------------------------------------------------------------------
+    # ---- transmit coalescing and batching ----------------------------------------------------
 
     def transmit(self) -> None:
         if not self._coalesce:
@@ -349,9 +355,24 @@ class _Protocol(QuicConnectionProtocol):
             self._flush_handle = None
         if self._transport is None or self._transport.is_closing():
             return
-        QuicConnectionProtocol.transmit(self)
+        self._send_datagrams()
         if self._drain_waiters:
             self._check_drain()
+
+    def _send_datagrams(self) -> None:
+        """Send what the engine has to send (batched with GSO where the socket has it), then
+        re-arm the engine's timer."""
+        loop = self._loop
+        datagrams = self._quic.datagrams_to_send(now=loop.time())
+        if datagrams:
+            batching.send(self._transport, self._sendmany, datagrams)
+        timer_at = self._quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = loop.call_at(timer_at, self._handle_timer)  # type: ignore[attr-defined]
+        self._timer_at = timer_at
 
     def _check_drain(self) -> None:
         for stream, (fut, before) in list(self._drain_waiters.items()):
@@ -368,22 +389,44 @@ class _Protocol(QuicConnectionProtocol):
     # ---- asyncio ---------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[misc]
+        self._sendmany = batching.sender_of(transport, self.owner.config.udp_batching)
         if not self.is_client:
             # a connection that does not complete its handshake in time is forgotten
             # (garbage Initial packets must not pin state until the idle timeout)
             self._handshake_timer = self._loop.call_later(
                 self.owner.config.connect_timeout, self._handshake_expired)
+            self._pending = True
+            self.owner._unadmitted += 1
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         try:
             now = self._loop.time()
+            if self.address is None:
+                self.address = addr
             self._quic.receive_datagram(cast(bytes, data), addr, now=now)
             if self.conn is not None:
                 self.conn._heard(now)
-            self._process_events()
-        except Exception:  # aioquic should not raise here; never let one peer stop the loop
+            self._process_events()  # type: ignore[attr-defined]
+        except Exception:  # the engine should not raise here; never let one peer stop the loop
             log.exception("error handling a datagram from %r", addr)
+        self.transmit()
+
+    def datagrams_received(self, data: list[bytes], addr: Any) -> None:
+        """A batch from one sender (recvmmsg / GRO through batching.py)."""
+        try:
+            now = self._loop.time()
+            receive_many = getattr(self._quic, "receive_many_datagrams", None)
+            if receive_many is not None:
+                receive_many(data, addr, now=now)
+            else:
+                for d in data:
+                    self._quic.receive_datagram(d, addr, now=now)
+            if self.conn is not None:
+                self.conn._heard(now)
+            self._process_events()  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("error handling datagrams from %r", addr)
         self.transmit()
 
     def error_received(self, exc: Exception) -> None:
@@ -403,12 +446,26 @@ class _Protocol(QuicConnectionProtocol):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        self._not_pending()
         self._connection_terminated_handler()
         self._closed.set()
 
+    def _not_pending(self) -> None:
+        if self._pending:
+            self._pending = False
+            self.owner._unadmitted -= 1
+
+    def _admitted(self) -> None:
+        """The peer passed authentication: normal receive windows, no longer pending."""
+        self._not_pending()
+        if self.owner.engine.admission_windows:
+            admission.release(self._quic, self.owner.config)
+            self.transmit()
+
     def _on_closed_locally(self) -> None:
-        # The CONNECTION_CLOSE went out in _flush_now; skip aioquic's draining period (it would
-        # keep the client's socket and timers alive for 3 PTOs).
+        self._not_pending()
+        # The CONNECTION_CLOSE went out in _flush_now; skip the engine's draining period (it
+        # would keep the client's socket and timers alive for 3 PTOs).
         if self._udp_owned:
             self._drop()
             if self._transport is not None:
@@ -416,24 +473,25 @@ class _Protocol(QuicConnectionProtocol):
 
     # ---- QUIC events -----------------------------------------------------------------------------
 
-    def quic_event_received(self, event: events.QuicEvent) -> None:
+    def quic_event_received(self, event: Any) -> None:
         t = type(event)
+        ev = self.owner.engine.events
         conn = self.conn
-        if t is events.StreamDataReceived:
+        if t is ev.StreamDataReceived:
             if conn is not None:
-                conn._on_data(cast(events.StreamDataReceived, event))
-        elif t is events.StreamReset:
+                conn._on_data(event)
+        elif t is ev.StreamReset:
             if conn is not None:
-                conn._on_reset(cast(events.StreamReset, event))
-        elif t is events.StopSendingReceived:
+                conn._on_reset(event)
+        elif t is ev.StopSendingReceived:
             if conn is not None:
-                conn._on_stop_sending(cast(events.StopSendingReceived, event))
-        elif t is events.HandshakeCompleted:
-            self._handshake_done(cast(events.HandshakeCompleted, event))
-        elif t is events.ConnectionTerminated:
-            self._terminated(cast(events.ConnectionTerminated, event))
+                conn._on_stop_sending(event)
+        elif t is ev.HandshakeCompleted:
+            self._handshake_done(event)
+        elif t is ev.ConnectionTerminated:
+            self._terminated(event)
 
-    def _handshake_done(self, event: events.HandshakeCompleted) -> None:
+    def _handshake_done(self, event: Any) -> None:
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -441,23 +499,25 @@ class _Protocol(QuicConnectionProtocol):
             self._quic.close(error_code=0x0178, reason_phrase="ALPN mismatch")  # no_application_protocol
             self.transmit()
             return
-        peer_cert = getattr(self._quic.tls, "_peer_certificate", None)
+        der = self.owner.engine.peer_certificate_der(self._quic)
         fp = node_id = None
-        if peer_cert is not None:
-            der = peer_cert.public_bytes(serialization.Encoding.DER)
-            fp = hashlib.sha256(der).digest()
-            node_id = node_id_of_certificate(peer_cert)
-        address = self.address if self.is_client else self._quic.get_peer_address()
+        if der is not None:
+            fp = _engine.fingerprint(der)
+            node_id = node_id_of_certificate(der)
+        address = self.address
         if isinstance(address, tuple) and len(address) > 2:
             address = address[:2]
+            if isinstance(address[0], str) and address[0].startswith("::ffff:"):
+                address = (address[0][7:], address[1])
         self.conn = QuicPeerConnection(
-            self, is_client=self.is_client,
+            self, is_client=self.is_client,  # type: ignore[arg-type]
             peer=PeerInfo(address, cert_fingerprint=fp, cert_node_id=node_id),
             config=self.owner.config)
         if not self.is_client:
             self.owner._accepted(self.conn)
 
-    def _terminated(self, event: events.ConnectionTerminated) -> None:
+    def _terminated(self, event: Any) -> None:
+        self._not_pending()
         for fut, _ in list(self._drain_waiters.values()):
             if not fut.done():
                 fut.set_exception(ConnectionClosed("connection closed"))
@@ -473,18 +533,82 @@ class _Protocol(QuicConnectionProtocol):
             self._transport.close()
 
 
-class _Server(QuicServer):
-    """aioquic's server (connection-id routing, version negotiation) that never lets one bad
-    datagram escape into the event loop."""
+class _ServerMixin:
+    """The engine's server (connection-id routing, version negotiation) that never lets one
+    bad datagram escape into the event loop, and that bounds handshakes before authentication:
+    past `retry_threshold` pending connections a new client must first prove its address
+    (QUIC Retry), and past `max_unauthenticated` new connections are not accepted at all."""
+
+    _protocols: dict[bytes, Any]
+    _retry: Any
+    _transport: Any
+
+    def __init__(self, *, owner: "QuicTransport", **kwargs: Any) -> None:
+        super().__init__(retry=True, **kwargs)  # type: ignore[call-arg]
+        self.owner = owner
+        self._retry_handler = self._retry
+        self.refused = 0
+        self.retries = 0
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         try:
-            super().datagram_received(data, addr)
+            if self._admit_datagram(cast(bytes, data), addr):
+                super().datagram_received(data, addr)  # type: ignore[misc]
         except Exception:
             log.exception("error handling a datagram from %r", addr)
 
+    def _admit_datagram(self, data: bytes, addr: Any) -> bool:
+        """False for a datagram that would start a connection we will not take now."""
+        if not data or not data[0] & 0x80 or len(data) < 1200:
+            return True  # short header (an existing connection) or too small to start one
+        dcid_len = data[5] if len(data) > 5 else 0
+        if bytes(data[6:6 + dcid_len]) in self._protocols:
+            return True
+        cfg = self.owner.config
+        pending = self.owner._unadmitted
+        if pending >= cfg.max_unauthenticated:
+            self.refused += 1
+            return False
+        # Retry only while handshakes pile up; a token already given is always checked
+        has_token = _initial_has_token(data, dcid_len)
+        want_retry = has_token or pending >= cfg.retry_threshold
+        self._retry = self._retry_handler if want_retry else None
+        if want_retry and not has_token:
+            self.retries += 1
+        return True
+
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP error: %s", exc)
+
+
+def _initial_has_token(data: bytes, dcid_len: int) -> bool:
+    """Whether a long-header Initial packet carries a (Retry) token."""
+    try:
+        if (data[0] & 0x30) != 0:  # not Initial (v1 packet type 0)
+            return False
+        pos = 6 + dcid_len
+        pos += 1 + data[pos]  # source cid
+        first = data[pos]
+        size = 1 << (first >> 6)
+        token_len = first & 0x3F
+        for b in data[pos + 1:pos + size]:
+            token_len = (token_len << 8) | b
+        return token_len > 0
+    except IndexError:
+        return False
+
+
+_CLASSES: dict[str, tuple[type, type]] = {}
+
+
+def _classes(engine: _engine.Engine) -> tuple[type, type]:
+    """(protocol class, server class) for `engine`."""
+    pair = _CLASSES.get(engine.name)
+    if pair is None:
+        proto = type(f"_Protocol_{engine.name}", (_ProtocolMixin, engine.QuicConnectionProtocol), {})
+        server = type(f"_Server_{engine.name}", (_ServerMixin, engine.QuicServer), {})
+        pair = _CLASSES[engine.name] = (proto, server)
+    return pair
 
 
 # ---- transport -------------------------------------------------------------------------------------
@@ -494,41 +618,85 @@ class QuicTransport(Transport):
     """QUIC endpoint of one node.
 
     identity: (cert_pem, key_pem, node_id) from `load_or_create_identity`; or state_dir to load
-    or create it there; with neither, a throwaway identity is made (tests)."""
+    or create it there; with neither, a throwaway identity is made (tests).
+    engine: 'auto' (default: config.quic_engine), 'qh3' or 'aioquic' (engine.py)."""
 
     def __init__(self, config: TransportConfig | None = None, *,
                  identity: tuple[bytes, bytes, str] | None = None,
-                 state_dir: str | None = None, authenticate: Any = None) -> None:
+                 state_dir: str | None = None, authenticate: Any = None,
+                 engine: str | None = None) -> None:
         super().__init__(config, authenticate=authenticate)
+        self.engine = _engine.load(engine or self.config.quic_engine)
         if identity is None:
             identity = load_or_create_identity(state_dir) if state_dir else create_identity()
         cert_pem, key_pem, self.node_id = identity
-        self._certificate = load_pem_x509_certificates(cert_pem)[0]
-        self._private_key = load_pem_private_key(key_pem)
-        self._server: _Server | None = None
+        self._certificate = self.engine.load_certificate(cert_pem)
+        self._private_key = self.engine.load_private_key(key_pem)
+        self._server: Any = None
         self._server_udp: asyncio.DatagramTransport | None = None
         self.address: tuple[str, int] | None = None
+        # server connections not yet admitted (handshaking or authenticating)
+        self._unadmitted = 0
 
-    def _configuration(self, is_client: bool) -> QuicConfiguration:
+    @property
+    def datagram_size(self) -> int:
+        """The datagram size in use: the configured one, within what the engine encodes right."""
+        return min(self.config.max_datagram_size, self.engine.max_datagram_size)
+
+    @property
+    def unadmitted(self) -> int:
+        """Connections to this endpoint that have not passed authentication yet."""
+        return self._unadmitted
+
+    @property
+    def handshakes_refused(self) -> int:
+        """New connections not taken because `max_unauthenticated` were pending."""
+        return self._server.refused if self._server is not None else 0
+
+    @property
+    def retries_sent(self) -> int:
+        """QUIC Retry packets sent (address validation while handshakes piled up)."""
+        return self._server.retries if self._server is not None else 0
+
+    def _configuration(self, is_client: bool) -> Any:
         c = self.config
-        qc = QuicConfiguration(
+        kwargs: dict[str, Any] = dict(
             is_client=is_client,
             alpn_protocols=[ALPN],
-            congestion_control_algorithm=congestion_control_name(
-                c.congestion_control, c.max_congestion_window),
             idle_timeout=c.idle_timeout,
             max_data=c.max_data,
             max_stream_data=c.max_stream_data,
-            max_datagram_size=c.max_datagram_size,
+            max_datagram_size=self.datagram_size,
             server_name=SERVER_NAME if is_client else None,
             verify_mode=ssl.CERT_NONE,
         )
+        if self.engine.congestion_control:
+            kwargs["congestion_control_algorithm"] = congestion_control_name(
+                c.congestion_control, c.max_congestion_window)
+        else:
+            # both ends agree on the datagram size (no path MTU probing beyond it)
+            kwargs["probe_datagram_size"] = False
+            if not is_client:
+                # qh3 cannot raise windows after admission: a server's receive windows stay at
+                # the pre-authentication size (a server receives requests; blocks flow to the
+                # client, whose windows are the normal ones)
+                kwargs["max_data"] = c.preauth_max_data
+                kwargs["max_stream_data"] = min(c.max_stream_data, c.preauth_max_data)
+        qc = self.engine.QuicConfiguration(**kwargs)
         qc.certificate = self._certificate
         qc.private_key = self._private_key
         return qc
 
     def _pool_key(self, addr: Any) -> Any:
         return parse_address(addr)
+
+    async def _endpoint(self, factory: Any, sock: socket.socket) -> tuple[Any, Any]:
+        loop = asyncio.get_running_loop()
+        batched = self.engine.create_batched_endpoint if self.config.udp_batching else None
+        if batched is not None:
+            return cast(tuple[Any, Any], await batched(loop, factory, sock=sock,
+                                                       gro_segment_size=self.datagram_size))
+        return await loop.create_datagram_endpoint(factory, sock=sock)
 
     async def listen(self, addr: Any, handler: StreamHandler) -> tuple[str, int]:
         """Serve at 'host:port' or (host, port) (port 0: any); returns the bound address."""
@@ -549,11 +717,12 @@ class QuicTransport(Transport):
             raise
         self._handler = handler
         configuration = self._configuration(is_client=False)
-        udp, server = await loop.create_datagram_endpoint(
-            lambda: _Server(configuration=configuration,
-                            create_protocol=partial(_Protocol, owner=self, is_client=False)),
-            sock=sock)
-        self._server = cast(_Server, server)
+        proto_cls, server_cls = _classes(self.engine)
+        udp, server = await self._endpoint(
+            lambda: server_cls(owner=self, configuration=configuration,
+                               create_protocol=partial(proto_cls, owner=self, is_client=False)),
+            sock)
+        self._server = server
         self._server_udp = cast(asyncio.DatagramTransport, udp)
         bound = sock.getsockname()
         self.address = (bound[0], bound[1])
@@ -571,13 +740,14 @@ class QuicTransport(Transport):
         except BaseException:
             sock.close()
             raise
-        quic = QuicConnection(configuration=self._configuration(is_client=True))
-        udp, proto = await loop.create_datagram_endpoint(
-            lambda: _Protocol(quic, owner=self, is_client=True, address=(host, port)), sock=sock)
-        protocol = cast(_Protocol, proto)
+        quic = self.engine.QuicConnection(configuration=self._configuration(is_client=True))
+        proto_cls, _ = _classes(self.engine)
+        udp, proto = await self._endpoint(
+            lambda: proto_cls(quic, owner=self, is_client=True, address=(host, port)), sock)
+        protocol = cast(Any, proto)
         protocol._udp_owned = True
         try:
-            protocol.connect(sockaddr, transmit=True)
+            protocol.connect(sockaddr)
             async with asyncio.timeout(self.config.connect_timeout):
                 await protocol.wait_connected()
         except TimeoutError:
@@ -593,7 +763,7 @@ class QuicTransport(Transport):
         if protocol.conn is None:
             udp.close()
             raise ConnectionClosed(f"QUIC handshake with {host}:{port} failed")
-        return protocol.conn
+        return cast(Connection, protocol.conn)
 
     async def _close_endpoint(self) -> None:
         if self._server is not None:
@@ -601,3 +771,4 @@ class QuicTransport(Transport):
                 self._server.close()
             self._server = None
         await asyncio.sleep(0)
+
