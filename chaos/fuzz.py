@@ -16,7 +16,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from _common import MiB, emit, log, parse, peak_rss
+from _common import MiB, emit, log, peak_rss
 
 try:
     import atheris
@@ -211,9 +211,16 @@ def main() -> None:
         i = sys.argv.index("--child")
         child(sys.argv[i + 1], int(sys.argv[i + 2]), sys.argv[i + 3])
         return
-    args = parse(__doc__)
-    n = 20_000 if args.quick else 1_000_000
-    if atheris is not None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="20,000 inputs per decoder")
+    p.add_argument("--inputs", type=int, default=0, help="inputs per decoder (default 1,000,000)")
+    p.add_argument("--engine", choices=["atheris", "random"], default="atheris",
+                   help="atheris (coverage-guided, when installed) or random mutation")
+    args = p.parse_args()
+    n = args.inputs or (20_000 if args.quick else 1_000_000)
+    if atheris is not None and args.engine == "atheris":
         engine = "atheris (coverage-guided libFuzzer)"
         results = run_atheris(n)
     else:

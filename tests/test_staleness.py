@@ -129,7 +129,7 @@ def test_zone_peer_serves_what_this_node_lacks_while_the_origin_is_down(tmp_path
         node = Node(Config.local(cache_dir=str(tmp_path / "b"), block_size=SMALL_BLOCK,
                                  fsync=False, metadata_ttl=0.2, peers=[addr],
                                  cluster_secret=CLUSTER_SECRET, listen="127.0.0.1:0",
-                                 request_timeout=2.0))
+                                 request_timeout=5.0))
         try:
             v = node.version(url)
             origin.close()
