@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench fuzz clean system-deps
+.PHONY: install demo test bench fuzz chaos clean system-deps
 
 install: $(STAMP)
 
@@ -48,6 +48,12 @@ bench: install
 
 fuzz: install
 	$(PY) -m pytest -q tests/fuzz -p no:cacheprovider
+
+# The chaos suite (long: about an hour; not CI): every scenario in chaos/, full size; figures go
+# to docs/reliability.md. `python chaos/run.py NAME --quick` runs one short.
+chaos: install
+	$(PIP) install -q atheris || echo "note: atheris did not install; fuzzing without coverage"
+	$(PY) chaos/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from meshcache.mesh.auth import new_secret
+
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import GiB, MiB, Timer, emit, log, make_file, parse  # noqa: E402
 
@@ -100,7 +102,7 @@ def start_daemon(tmp: str, cache: str, buckets: dict[str, str], block: int,
                  fsync: bool) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, MESHCACHE_CACHE_DIR=cache, MESHCACHE_BLOCK_SIZE=str(block),
                MESHCACHE_FSYNC="1" if fsync else "0", MESHCACHE_LISTEN="127.0.0.1:0",
-               MESHCACHE_CLUSTER_SECRET="4b6d8f0a2c4e6b8d0f2a4c6e8b0d2f4a", MESHCACHE_METRICS_LISTEN="",
+               MESHCACHE_CLUSTER_SECRET=new_secret(), MESHCACHE_METRICS_LISTEN="",
                MESHCACHE_S3_LISTEN=f"127.0.0.1:{free_port()}",
                MESHCACHE_S3_BUCKETS=json.dumps(buckets),
                MESHCACHE_S3_ACCESS_KEYS=json.dumps({KEY: SECRET}))

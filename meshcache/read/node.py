@@ -275,7 +275,8 @@ class Node:
         confirmed (within stale_if_error), else an OriginError naming the origin, at once."""
         now = time.monotonic()
         outage = self._outages.down(url, now)
-        if outage is None:
+        asked = outage is None
+        if asked:
             origin, _ = self._origin_parts()
             try:
                 v = await origin.stat(url, options)
@@ -295,8 +296,9 @@ class Node:
         if stale is None:
             raise OriginError(self._outages.outage_message(url, outage, now))
         self.count(stale_stats=1)
-        log.warning("%s: origin %s failing (%s); serving the last known version %s",
-                    url, outage.origin, outage.error, stale.token)
+        log.log(logging.WARNING if asked else logging.DEBUG,  # once per retry_after
+                "%s: origin %s failing (%s); serving the last known version %s",
+                url, outage.origin, outage.error, stale.token)
         return stale, False
 
     def _origin_failed(self, url: str, error: str) -> None:
