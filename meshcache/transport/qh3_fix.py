@@ -19,6 +19,10 @@
    configured `max_datagram_size` instead. To drop: once `advertised_udp_payload_size()` on an
    unpatched qh3 follows the configuration (the test checks it).
 
+4. Log noise: qh3 2.1 logs every peer's ordinary CONNECTION_CLOSE as a WARNING
+   ("Native peer close"); a filter on its logger turns those into nothing (the transport reports
+   closes itself).
+
 Not fixed, said instead: qh3's server cannot ask a client for its certificate, so with qh3
 `PeerInfo.cert_node_id` is known on the client side only (authentication does not need it).
 """
@@ -26,6 +30,7 @@ Not fixed, said instead: qh3's server cannot ask a client for its certificate, s
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from typing import Any, cast
 
@@ -204,7 +209,21 @@ def advertised_udp_payload_size(max_datagram_size: int = 65000,
     return cast("int | None", params.max_udp_payload_size)
 
 
+class _QuietPeerClose(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Native peer close")
+
+
+def _quiet_logs() -> None:
+    from qh3.quic import connection
+
+    logger = connection.logger
+    if not any(isinstance(f, _QuietPeerClose) for f in logger.filters):
+        logger.addFilter(_QuietPeerClose())
+
+
 def apply() -> None:
     """Apply the patches (idempotent)."""
     _patch_exporter()
     _patch_udp_payload()
+    _quiet_logs()
