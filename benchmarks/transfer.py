@@ -358,6 +358,11 @@ def measure_wan(args: argparse.Namespace, work: str, names: list[str], digests: 
             out["wan_quic_cpu_s_per_gib"] = {
                 end: statistics.median(x[end] for x in runs["quic"])
                 for end in ("server", "client")}
+            # what the ratio would be where each side had its cores to itself (CPU-bound)
+            quic_cpu = max(out["wan_quic_cpu_s_per_gib"].values())
+            tls_cpu = max(statistics.median(x[end] for x in runs["tls_tcp"])
+                          for end in ("server", "client"))
+            out["wan_cpu_ratio_vs_tls"] = tls_cpu / quic_cpu
     except LabError as e:
         out = {"wan_skipped": str(e)}
     finally:

@@ -544,9 +544,9 @@ class _ServerMixin:
     _transport: Any
 
     def __init__(self, *, owner: "QuicTransport", **kwargs: Any) -> None:
-        super().__init__(retry=True, **kwargs)  # type: ignore[call-arg]
+        super().__init__(retry=False, **kwargs)  # type: ignore[call-arg]
         self.owner = owner
-        self._retry_handler = self._retry
+        self._retry_handler: Any = None  # made on first need (it generates an RSA key)
         self.refused = 0
         self.retries = 0
 
@@ -572,6 +572,10 @@ class _ServerMixin:
         # Retry only while handshakes pile up; a token already given is always checked
         has_token = _initial_has_token(data, dcid_len)
         want_retry = has_token or pending >= cfg.retry_threshold
+        if want_retry and self._retry_handler is None:
+            if has_token:
+                return False  # a token we never issued (we made no key yet)
+            self._retry_handler = self.owner.engine.RetryTokenHandler()
         self._retry = self._retry_handler if want_retry else None
         if want_retry and not has_token:
             self.retries += 1
