@@ -324,3 +324,27 @@ def test_memory_transport_bounds_before_admission() -> None:
             await server.close()
 
     run(main())
+
+
+def test_aioquic_window_is_held_before_admission() -> None:
+    """Upstream aioquic doubles a connection's receive window whenever half of it has been
+    received; before admission it stays at preauth_max_data, so a stranger whose bytes are under
+    the byte bound still cannot get more than that into the node."""
+    if "aioquic" not in quic_engine.available():
+        pytest.skip("aioquic not installed")
+    from meshcache.transport import admission
+
+    cfg = _config(preauth_max_bytes=64 * MiB, preauth_max_data=512 * 1024, send_timeout=1)
+
+    async def main() -> None:
+        async with Pair("quic-aioquic", echo, config=cfg,
+                        authenticate=_hang_auth_server_side()) as p:
+            conn = await p.client.connect(p.addr)
+            await _push(conn, streams=2, per_stream=2 * MiB, deadline=4)
+            server = p.server.connections[0]
+            assert admission.is_held(server._quic)
+            assert server._quic._local_max_data.value == 512 * 1024
+            assert server._quic._local_max_data.used <= 512 * 1024
+            assert not server.is_closed  # held by flow control, under the byte bound
+
+    run(main())
