@@ -1,5 +1,5 @@
 # meshcache: `make demo` shows it working, `make test` runs the whole suite.
-# Both install what they need first (a .venv here; aria2 and iproute2 via apt when root).
+# Both install what they need first (a .venv here; aria2, iproute2, fuse3 and nginx via apt when root).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -15,15 +15,18 @@ $(STAMP): setup.cfg pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test,s3,bench]'
+	$(PIP) install -q -e '.[test,s3,bench,examples]'
 	touch $(STAMP)
 
-# System packages the benchmarks and lab tests use; installed only when missing and root.
+# System packages the benchmarks, lab tests and the status page test (chromium) use; installed only when missing and root.
 system-deps:
 	@missing=""; \
 	command -v aria2c >/dev/null 2>&1 || missing="$$missing aria2"; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v tc >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v fusermount3 >/dev/null 2>&1 || missing="$$missing fuse3"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$missing"; \

@@ -6,12 +6,20 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
 import time
 from typing import Any
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit, so `finally` blocks remove work dirs and labs on the way
+    out (called by parse(); benchmarks with their own parser call it themselves)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def parse(description: str, **extra: Any) -> argparse.Namespace:
+    exit_on_sigterm()
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="small sizes; finishes within 2 minutes")
     for name, (kind, default, help_) in extra.items():
@@ -36,6 +44,11 @@ def emit(result: dict[str, Any]) -> None:
     out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
     sys.stdout.flush()
     print(json.dumps(out), flush=True)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either half of a benchmark did not run."""
+    return a / b if a is not None and b else None
 
 
 def log(msg: str) -> None:

@@ -1,6 +1,6 @@
 """One libtorrent peer of the fanout baseline, run inside a lab host.
 
-    python benchmarks/_swarm.py TORRENT SAVE_DIR LISTEN_ADDR [PEER_ADDR...] [--set JSON]
+    python benchmarks/_swarm.py TORRENT SAVE_DIR LISTEN_ADDR [PEER_ADDR...] [--set JSON] [--seed]
 
 It starts a libtorrent session listening on LISTEN_ADDR:6881 (no DHT, LSD, UPnP or NAT-PMP;
 TCP only), adds the torrent (whose `url-list` names the origin's URL of the file: a BEP 19 web
@@ -16,7 +16,8 @@ completes; `is_seeding` means all of them did), one line
 
     {"done": seconds_since_go, "done_at": unix_time, "web_seed_bytes": b, "peer_bytes": b, ...}
 
-after which it keeps seeding until SIGTERM, so slower peers can finish. `--set JSON` overrides
+after which it keeps seeding until SIGTERM, so slower peers can finish (with `--seed` the file is
+in SAVE_DIR already and that line comes at once). `--set JSON` overrides
 session settings (for experiments); the defaults below are what a fair user would pick for a LAN
 swarm behind one slow origin: no rate limits anywhere, many connections, web seed allowed.
 """
@@ -28,8 +29,11 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import libtorrent as lt
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)  # libtorrent's 1.x-style API
 
 PORT = 6881
 
@@ -67,6 +71,9 @@ def main() -> None:
         i = argv.index("--set")
         overrides = json.loads(argv[i + 1])
         del argv[i:i + 2]
+    seed = "--seed" in argv
+    if seed:
+        argv.remove("--seed")
     torrent, save, listen, *peers = argv
     ses = lt.session({**SETTINGS, **overrides, "listen_interfaces": f"{listen}:{PORT}"})
     params = lt.add_torrent_params()
@@ -74,6 +81,8 @@ def main() -> None:
     params.save_path = save
     # Added paused and not auto-managed: nothing (the web seed included) is fetched before "go".
     params.flags = (params.flags | lt.torrent_flags.paused) & ~lt.torrent_flags.auto_managed
+    if seed:  # the file is in SAVE_DIR already: trust it, as a seed that made it would
+        params.flags |= lt.torrent_flags.seed_mode
     handle = ses.add_torrent(params)
     print(json.dumps({"ready": listen, "web_seeds": params.ti.web_seeds()
                       and [w["url"] for w in params.ti.web_seeds()]}), flush=True)

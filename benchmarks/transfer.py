@@ -51,7 +51,8 @@ sys.path.insert(0, HERE)
 
 import blake3  # noqa: E402
 
-from _common import GiB, MiB, emit, log, make_file  # noqa: E402
+from _common import GiB, MiB, emit, exit_on_sigterm, log, make_file  # noqa: E402
+from meshcache.mesh.auth import new_secret  # noqa: E402
 from meshcache.read.loop import new_event_loop  # noqa: E402
 
 STATS = "__stats__"
@@ -393,7 +394,7 @@ def measure_nodes(work: str, size: int, datagram_size: int, engine: str = "auto"
     from meshcache import Config, Node
     from meshcache.lab.httporigin import OriginServer
 
-    secret = "transfer-bench"
+    secret = new_secret()
     with OriginServer(directory=work) as srv:
         make_file(os.path.join(work, "object.bin"), size, seed=99)
         url = srv.url_for("object.bin")
@@ -426,6 +427,7 @@ def measure_nodes(work: str, size: int, datagram_size: int, engine: str = "auto"
 
 
 def main() -> None:
+    exit_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="256 MiB per transport (< 2 minutes)")
     p.add_argument("--size", type=int, default=0, help="bytes per transport (default 1 GiB)")

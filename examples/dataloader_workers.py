@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import tempfile
 import time
 
@@ -47,41 +48,43 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     a = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="meshcache-example-")
-    shards = make_shards(a.origin or os.path.join(tmp, "origin"))
-    config = {"cache_dir": a.cache_dir or os.path.join(tmp, "cache"), "block_size": 4 << 20}
     try:
-        import torch.utils.data as tud
+        shards = make_shards(a.origin or os.path.join(tmp, "origin"))
+        config = {"cache_dir": a.cache_dir or os.path.join(tmp, "cache"), "block_size": 4 << 20}
+        try:
+            import torch.utils.data as tud
 
-        class Shards(tud.Dataset):
-            def __len__(self) -> int:
-                return len(shards)
+            class Shards(tud.Dataset):
+                def __len__(self) -> int:
+                    return len(shards)
 
-            def __getitem__(self, i: int) -> tuple[int, dict]:
-                return read_shard((shards[i], config))
+                def __getitem__(self, i: int) -> tuple[int, dict]:
+                    return read_shard((shards[i], config))
 
-        def epoch() -> list:
-            loader = tud.DataLoader(Shards(), batch_size=None, num_workers=a.workers)
-            return list(loader)
-        engine = "torch DataLoader"
-    except ImportError:
-        import multiprocessing as mp
+            def epoch() -> list:
+                loader = tud.DataLoader(Shards(), batch_size=None, num_workers=a.workers)
+                return list(loader)
+            engine = "torch DataLoader"
+        except ImportError:
+            import multiprocessing as mp
 
-        def epoch() -> list:
-            with mp.get_context("spawn").Pool(a.workers) as pool:
-                return pool.map(read_shard, [(s, config) for s in shards])
-        engine = "multiprocessing (spawn)"
-    for e in range(a.epochs):
-        t = time.perf_counter()
-        results = epoch()
-        secs = time.perf_counter() - t
-        total = sum(n for n, _ in results)
-        origin = sum(s["bytes_from_origin"] for _, s in results)
-        local = sum(s["bytes_from_local"] for _, s in results)
-        print(f"epoch {e} [{engine}, {a.workers} workers]: {total >> 20} MiB in {secs:.2f} s; "
-              f"origin {origin >> 20} MiB, local {local >> 20} MiB")
-    print("cache:", meshcache.Node(meshcache.Config.from_dict(config)).stats()["store_bytes"] >> 20,
-          "MiB stored in", config["cache_dir"])
-
+            def epoch() -> list:
+                with mp.get_context("spawn").Pool(a.workers) as pool:
+                    return pool.map(read_shard, [(s, config) for s in shards])
+            engine = "multiprocessing (spawn)"
+        for e in range(a.epochs):
+            t = time.perf_counter()
+            results = epoch()
+            secs = time.perf_counter() - t
+            total = sum(n for n, _ in results)
+            origin = sum(s["bytes_from_origin"] for _, s in results)
+            local = sum(s["bytes_from_local"] for _, s in results)
+            print(f"epoch {e} [{engine}, {a.workers} workers]: {total >> 20} MiB in {secs:.2f} s; "
+                  f"origin {origin >> 20} MiB, local {local >> 20} MiB")
+        stored = meshcache.Node(meshcache.Config.from_dict(config)).stats()["store_bytes"]
+        print("cache:", stored >> 20, "MiB stored in", config["cache_dir"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)   # what this run made (not --origin/--cache-dir)
 
 if __name__ == "__main__":
     main()

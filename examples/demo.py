@@ -1,8 +1,10 @@
 """`make demo`: a local HTTP origin serving a generated file, read cold and then hot through
 meshcache, with where the bytes came from and how fast; then a mesh of nodes on this machine
-reading one new object at once: one origin read per block, the rest from peers.
+reading one new object at once, first each on its own and then as one zone, side by side: as a
+zone each block leaves the capped origin once and the rest moves between peers.
 
-    python examples/demo.py [--size 256MiB] [--rate-per-conn 20e6] [--nodes 4] [--keep]
+    python examples/demo.py [--size 256MiB] [--rate-per-conn 20e6] [--origin-rate 50e6]
+                            [--nodes 4] [--mesh-size 128MiB] [--keep]
 
 The origin runs in its own process and caps each connection (as a busy object store or a far
 datacenter would); meshcache reads the cold object with parallel ranged reads (readahead) and
@@ -24,6 +26,7 @@ import time
 import meshcache
 from meshcache.config import parse_size
 from meshcache.lab.httporigin import make_file
+from meshcache.mesh.auth import new_secret
 
 
 def human(n: float) -> str:
@@ -60,44 +63,64 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def mesh_demo(tmp: str, base: str, n: int, size: int) -> None:
-    """n meshcache processes on this machine read one new object at once."""
-    make_file(os.path.join(tmp, "shard.bin"), size, seed=2)
-    url = f"{base}/shard.bin"
+def run_nodes(tmp: str, label: str, url: str, n: int, mesh: bool) -> list[dict]:
+    """n meshcache processes read `url` at once: as one zone (peers) or each on its own."""
     ports = free_ports(n)
-    go = os.path.join(tmp, "go")
-    print(f"\nthe mesh: {n} nodes (separate processes, QUIC on 127.0.0.1) read a new "
-          f"{human(size)} object at once")
+    go = os.path.join(tmp, f"go-{label}")
     procs = []
+    secret = new_secret()  # one credential for the whole zone
     for i, port in enumerate(ports):
         args = [sys.executable, "-m", "meshcache.lab.meshnode", "--cache-dir",
-                os.path.join(tmp, f"node{i}"), "--listen", f"127.0.0.1:{port}", "--secret",
-                "demo-cluster-secret", "--url", url, "--go", go, "--members", str(n - 1),
-                "--max-datagram-size", "65000"]
-        for other in ports:
+                os.path.join(tmp, f"{label}{i}"), "--listen", f"127.0.0.1:{port}", "--secret",
+                secret, "--url", url, "--go", go, "--members", str(n - 1 if mesh else 0),
+                "--max-datagram-size", "65000", "--peer-origin", url.rsplit("/", 1)[0] + "/"]
+        for other in ports if mesh else []:
             if other != port:
                 args += ["--peer", f"127.0.0.1:{other}"]
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, text=True))
     try:
         for p in procs:
             json.loads(p.stdout.readline())  # ready
-        time.sleep(1.0)
+        time.sleep(1.0 if mesh else 0.0)
         open(go, "w").close()
-        results = [json.loads(p.stdout.readline()) for p in procs]
+        return [json.loads(p.stdout.readline()) for p in procs]
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(10)
-    for i, r in enumerate(results):
-        if "error" in r:
-            print(f"  node{i}: {r['error']}")
-            continue
-        print(f"  node{i}: {r['seconds']:6.2f} s   origin {human(r['bytes_from_origin']):>10} "
-              f"({r['origin_requests']} requests)   peers {human(r['bytes_from_peers']):>10}")
-    origin_total = sum(r.get("bytes_from_origin", 0) for r in results)
-    print(f"  the zone read {human(origin_total)} from the origin for {n} copies of "
-          f"{human(size)} ({origin_total / size:.2f}x the object); the rest came from peers")
+
+
+def mesh_demo(tmp: str, base: str, n: int, size: int, origin_rate: float) -> None:
+    """n nodes read one new object at once: each on its own, then as one zone."""
+    make_file(os.path.join(tmp, "shard.bin"), size, seed=2)
+    url = f"{base}/shard.bin"
+    print(f"\n{n} nodes (separate processes on this machine) read a new {human(size)} object "
+          f"at once; the origin's link is capped at {origin_rate / 1e6:.0f} MB/s in all")
+    runs = [("alone", run_nodes(tmp, "alone", url, n, mesh=False)),
+            ("zone", run_nodes(tmp, "zone", url, n, mesh=True))]
+    print(f"  {'':6}{'each node on its own':>36}   {'one zone (QUIC peers, owners)':>36}")
+    for i in range(n):
+        cells = []
+        for _, results in runs:
+            r = results[i]
+            cells.append(r["error"][:36] if "error" in r else
+                         f"{r['seconds']:6.1f} s  origin {human(r['bytes_from_origin']):>9}  "
+                         f"peers {human(r['bytes_from_peers']):>9}")
+        print(f"  node{i} {cells[0]:>36}   {cells[1]:>36}")
+    totals = []
+    for label, results in runs:
+        origin_total = sum(r.get("bytes_from_origin", 0) for r in results)
+        slowest = max((r.get("seconds", 0.0) for r in results), default=0.0)
+        totals.append((origin_total, slowest))
+    (alone_bytes, alone_s), (zone_bytes, zone_s) = totals
+    print(f"  {'origin sent':<14}{human(alone_bytes):>24} ({alone_bytes / size:.2f}x){'':4}"
+          f"{human(zone_bytes):>22} ({zone_bytes / size:.2f}x)")
+    print(f"  {'slowest node':<14}{alone_s:>23.1f} s{'':12}{zone_s:>22.1f} s")
+    print(f"  alone, every node pulls the whole object through the one capped origin link; as a "
+          f"zone each block\n  leaves the origin once (read by its owner) and the nodes copy it "
+          f"from each other: {alone_s / max(zone_s, 1e-9):.1f}x sooner, "
+          f"{alone_bytes / max(zone_bytes, 1):.1f}x fewer origin bytes")
 
 
 def main() -> None:
@@ -105,6 +128,9 @@ def main() -> None:
     p.add_argument("--size", default="256MiB", help="size of the generated object")
     p.add_argument("--rate-per-conn", type=float, default=20e6,
                    help="origin cap per connection, bytes/s")
+    p.add_argument("--origin-rate", type=float, default=50e6,
+                   help="origin cap for all connections together, bytes/s")
+    p.add_argument("--mesh-size", default="128MiB", help="size of the object the nodes read")
     p.add_argument("--keep", action="store_true", help="keep the temp directory")
     p.add_argument("--nodes", type=int, default=4, help="nodes in the mesh part (1: skip it)")
     a = p.parse_args()
@@ -115,12 +141,14 @@ def main() -> None:
         make_file(os.path.join(tmp, "model.bin"), size, seed=1)
         origin = subprocess.Popen(
             [sys.executable, "-m", "meshcache.lab.httporigin", "--dir", tmp,
-             "--rate-per-conn", str(a.rate_per_conn)], stdout=subprocess.PIPE,
+             "--rate-per-conn", str(a.rate_per_conn), "--global-rate", str(a.origin_rate)],
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True)
         try:
             assert origin.stdout is not None
             url = origin.stdout.readline().strip() + "/model.bin"
-            print(f"origin: {url} (each connection capped at {a.rate_per_conn / 1e6:.0f} MB/s)")
+            print(f"origin: {url} (capped at {a.origin_rate / 1e6:.0f} MB/s in all and "
+                  f"{a.rate_per_conn / 1e6:.0f} MB/s per connection, as a busy object store)")
             node = meshcache.Node(meshcache.Config.local(cache_dir=os.path.join(tmp, "cache")))
             cfg = node.config
             print(f"meshcache: block size {human(cfg.block_size)}, readahead {cfg.readahead} "
@@ -137,7 +165,8 @@ def main() -> None:
                   f"at the origin's per-connection cap")
             node.close()
             if a.nodes > 1:
-                mesh_demo(tmp, url.rsplit("/", 1)[0], a.nodes, size)
+                mesh_demo(tmp, url.rsplit("/", 1)[0], a.nodes,
+                          parse_size(a.mesh_size, "--mesh-size"), a.origin_rate)
         finally:
             origin.terminate()
             origin.wait(10)

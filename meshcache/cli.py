@@ -1,8 +1,13 @@
 """The `meshcache` command: read through the cache, inspect it and manage it from a shell.
 
-Exit codes (for scripts): 0 ok, 1 unexpected error, 2 bad usage, 3 object not found at the
-origin, 4 origin failed or the object changed mid-read, 5 cache directory or store error,
-6 bad configuration, 130 interrupted.
+Commands that print data take --json (one JSON document, or JSON lines for lists). When a
+meshcached serves the cache directory the commands ask it (MESHCACHE_DAEMON=off: never).
+
+Exit codes (for scripts), one meaning each: 0 ok, 1 unexpected error, 2 bad usage, 3 object
+not found at the origin, 4 origin failed or the object changed mid-read, 5 cache directory or
+store error, 6 bad configuration, 7 refused by the cache's state (evicting a pinned URL,
+unpinning one that is not pinned) or by the daemon (no permission), 8 no meshcached serves this
+cache directory (status, peers), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from typing import Any, Callable, Iterator
 import click
 
 from meshcache.config import Config, ConfigError
+from meshcache.host.client import DaemonNode, DaemonUnavailable, daemon_node
+from meshcache.lab.cli import lab as lab_commands
 from meshcache.read.node import Node
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, OriginError
 from meshcache.read.store import StoreError
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_ORIGIN, EXIT_STORE, EXIT_CONFIG = 1, 2, 3, 4, 5, 6
+EXIT_REFUSED, EXIT_NO_DAEMON = 7, 8
 CHUNK = 4 * 1024 * 1024
 
 
@@ -37,12 +45,13 @@ class _Ctx:
     def __init__(self, config: Config, progress: bool | None) -> None:
         self.config = config
         self.progress = progress
-        self._node: Node | None = None
+        self._node: Node | DaemonNode | None = None
 
     @property
-    def node(self) -> Node:
+    def node(self) -> Node | DaemonNode:
+        """The host's daemon for this cache directory, else a node of this process."""
         if self._node is None:
-            self._node = Node(self.config)
+            self._node = daemon_node(self.config) or Node(self.config)
         return self._node
 
     def close(self) -> None:
@@ -109,6 +118,10 @@ def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(EXIT_STORE, e.strerror or str(e))
         except ConfigError as e:
             _fail(EXIT_CONFIG, str(e))
+        except PermissionError as e:
+            _fail(EXIT_REFUSED, str(e))
+        except DaemonUnavailable as e:
+            _fail(EXIT_NO_DAEMON, str(e))
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -159,9 +172,10 @@ def cli(ctx: click.Context, config_path: str | None, cache_dir: str | None,
 @click.argument("url")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
               help="Where to write (default: the URL's file name here; '-' for stdout).")
+@click.option("--json", "as_json", is_flag=True, help="Print where the bytes came from as JSON.")
 @click.pass_obj
 @_run
-def get(obj: _Ctx, url: str, output: str | None) -> None:
+def get(obj: _Ctx, url: str, output: str | None, as_json: bool) -> None:
     """Download URL through the cache to a file."""
     name = output or os.path.basename(url.rstrip("/")) or "download"
     with obj.node.open(url) as src:
@@ -181,7 +195,10 @@ def get(obj: _Ctx, url: str, output: str | None) -> None:
             out.close()
             os.replace(name + ".part", name)
         stats = src.stats
-    if name != "-":
+    if as_json:
+        click.echo(json.dumps({"url": src.url, "output": name, "size": src.size, **stats}),
+                   err=name == "-")
+    elif name != "-":
         click.echo(f"{name}: {_human(src.size)} (local {_human(stats['bytes_from_local'])}, "
                    f"peers {_human(stats['bytes_from_peers'])}, "
                    f"origin {_human(stats['bytes_from_origin'])})", err=True)
@@ -195,6 +212,8 @@ def get(obj: _Ctx, url: str, output: str | None) -> None:
 @_run
 def cat(obj: _Ctx, url: str, start: int | None, end: int | None) -> None:
     """Write URL's bytes (or a range of them) to standard output."""
+    if start is not None and end is not None and (start < 0) == (end < 0) and end < start:
+        raise click.UsageError(f"--end {end} is before --start {start}")
     if start is None and end is None:
         with obj.node.open(url) as src:
             buf = bytearray(CHUNK)
@@ -217,23 +236,70 @@ def stat(obj: _Ctx, url: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("urls", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per URL.")
 @click.pass_obj
 @_run
-def prewarm(obj: _Ctx, urls: tuple[str, ...]) -> None:
-    """Fetch every block of each URL into the cache (returns when stored)."""
-    with obj.bar("prewarm") as bar:
-        done = obj.node.prewarm(list(urls), bar.update, on_total=_set_total(bar))
-    click.echo(f"prewarmed {len(done)} object(s), {_human(sum(done.values()))}", err=True)
+def prewarm(obj: _Ctx, urls: tuple[str, ...], as_json: bool) -> None:
+    """Fetch every block of each URL into the cache (returns when stored). Each URL is reported;
+    the good ones are stored even when others fail (the exit code is the first failure's)."""
+    failed = 0
+    for url in urls:
+        try:
+            with obj.bar(os.path.basename(url)) as bar:
+                done = obj.node.prewarm([url], bar.update, on_total=_set_total(bar))
+        except (ObjectNotFound, ObjectChanged, OriginError, StoreError, PermissionError) as e:
+            code = EXIT_NOT_FOUND if isinstance(e, ObjectNotFound) else \
+                EXIT_REFUSED if isinstance(e, PermissionError) else \
+                EXIT_STORE if isinstance(e, StoreError) else EXIT_ORIGIN
+            failed = failed or code
+            message = e.strerror if isinstance(e, StoreError) and e.strerror else str(e)
+            click.echo(json.dumps({"url": url, "ok": False, "error": message}) if as_json
+                       else f"{url}: error: {message}", err=not as_json)
+            continue
+        for u, size in done.items():
+            click.echo(json.dumps({"url": u, "ok": True, "size": size}) if as_json
+                       else f"prewarmed {u} ({_human(size)})", err=not as_json)
+    if failed:
+        sys.exit(failed)
 
 
 @cli.command()
 @click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 @_run
-def refresh(obj: _Ctx, url: str) -> None:
+def refresh(obj: _Ctx, url: str, as_json: bool) -> None:
     """Forget URL's cached stat and ask the origin for its current version."""
     v = obj.node.refresh(url)
-    click.echo(f"{v.url}: size {v.size}, version {v.token}")
+    if as_json:
+        click.echo(json.dumps({"url": v.url, "size": v.size, "version": v.token}))
+    else:
+        click.echo(f"{v.url}: size {v.size}, version {v.token}")
+
+
+@cli.command()
+@click.argument("url_prefix")
+@click.argument("mountpoint", type=click.Path(file_okay=False, exists=True))
+@click.option("--storage-options", default="{}", metavar="JSON",
+              help="fsspec storage options for the origin, as a JSON object.")
+@click.option("--debug", is_flag=True, help="Log every FUSE request (libfuse's -d).")
+@click.pass_obj
+@_run
+def mount(obj: _Ctx, url_prefix: str, mountpoint: str, storage_options: str,
+          debug: bool) -> None:
+    """Mount URL_PREFIX read-only at MOUNTPOINT, read through the cache; runs until
+    `umount MOUNTPOINT` (or `fusermount3 -u`), SIGTERM or Ctrl-C, which unmount cleanly."""
+    import json
+
+    from meshcache.surfaces.fuse import mount as fuse_mount
+
+    try:
+        options = json.loads(storage_options)
+    except ValueError as e:
+        raise ConfigError(f"--storage-options: not JSON: {e}") from None
+    if not isinstance(options, dict):
+        raise ConfigError("--storage-options: expected a JSON object")
+    fuse_mount(obj.node, url_prefix, mountpoint, options, debug=debug)
 
 
 @cli.command()
@@ -241,7 +307,7 @@ def refresh(obj: _Ctx, url: str) -> None:
 @click.pass_obj
 @_run
 def stats(obj: _Ctx, as_json: bool) -> None:
-    """Show this cache's counters and use."""
+    """Show this cache's counters and use (the daemon's, when one serves the cache)."""
     _print_mapping(obj.node.stats(), as_json)
 
 
@@ -249,8 +315,47 @@ def stats(obj: _Ctx, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 @_run
+def status(obj: _Ctx, as_json: bool) -> None:
+    """What the host's meshcached is doing: counters, hit ratio, members, objects being read
+    (the same as its status page)."""
+    node = daemon_node(obj.config)
+    if node is None:
+        _fail(EXIT_NO_DAEMON, f"no meshcached serves {obj.config.cache_dir} (its socket "
+                              f"{obj.config.socket_path()} does not answer)")
+    try:
+        st = node.status()
+    finally:
+        node.close()
+    if as_json:
+        click.echo(json.dumps(st))
+        return
+    s = st["stats"]
+    ratio = "-" if st["hit_ratio"] is None else f"{100 * st['hit_ratio']:.1f} %"
+    click.echo(f"meshcached pid {st['pid']}, zone {st['zone']}, node "
+               f"{(st['node_id'] or '-')[:16]}, peers on {st['address'] or '-'}")
+    click.echo(f"cache {st['cache_dir']}: {_human(s['store_bytes'])} of "
+               f"{_human(s['capacity'])}, hit ratio {ratio}")
+    click.echo(f"bytes from local {_human(s['bytes_from_local'])}, peers "
+               f"{_human(s['bytes_from_peers'])}, origin {_human(s['bytes_from_origin'])} "
+               f"({s['origin_requests']} requests, {s['origin_errors']} errors)")
+    click.echo(f"local clients {s['local_clients']}, requests {s['local_requests']}")
+    click.echo(f"{'member':<18}{'zone':<12}{'address':<24}{'state':<9}")
+    for m in st["members"]:
+        click.echo(f"{m['node_id'][:16]:<18}{m['zone']:<12}{m['address']:<24}{m['state']:<9}")
+    if not st["members"]:
+        click.echo("(no other members)")
+    for r in st["reading"]:
+        click.echo(f"reading {r['url']} ({r['blocks_asked']} blocks asked, last "
+                   f"{r['last_s']:.0f} s ago)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_run
 def peers(obj: _Ctx, as_json: bool) -> None:
-    """List the live members the local meshcached sees: zone, address, summary size."""
+    """List the live members the local meshcached sees (zone, address, summary size) and the
+    remote zones its DHT has heard from."""
     import time as _time
 
     from meshcache.mesh.mesh import STATUS_FILE
@@ -277,6 +382,26 @@ def peers(obj: _Ctx, as_json: bool) -> None:
                    f"{_human(m['summary_bytes']):>10}  {m['last_seen_s']:.1f} s ago")
     if not status["members"]:
         click.echo("(no live members)")
+    remote = status.get("remote_zones")  # zone -> DHT nodes heard from (when the DHT runs)
+    if remote is not None:
+        seen = ", ".join(f"{z} ({n} nodes)" for z, n in sorted(remote.items())
+                         if z != status["zone"])
+        click.echo(f"remote zones seen: {seen or '(none)'}")
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write it to this file (mode 0600) instead of stdout.")
+def secret(output: str | None) -> None:
+    """Print a new cluster credential (256 random bits, base64url) for cluster_secret(_file)."""
+    from meshcache.mesh.auth import new_secret
+
+    if output is None:
+        click.echo(new_secret())
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new_secret() + "\n")
 
 
 @cli.group()
@@ -289,36 +414,61 @@ def cache() -> None:
 @click.pass_obj
 @_run
 def cache_ls(obj: _Ctx, as_json: bool) -> None:
-    """List cached objects with how much of each is stored."""
-    for o in obj.node.cached_objects():
+    """List cached objects with how much of each is stored; versions the origin has replaced
+    are marked superseded."""
+    objects = obj.node.cached_objects()
+    counts: dict[str, int] = {}
+    for o in objects:
+        counts[o["url"]] = counts.get(o["url"], 0) + 1
+    current: dict[str, str | None] = {}
+    for url in (u for u, n in counts.items() if n > 1):  # ask the origin only when it matters
+        try:
+            current[url] = obj.node.version(url).token
+        except (OriginError, PermissionError):
+            current[url] = None
+    if not as_json:
+        click.echo(f"{'cached':>10}   {'size':<10} {'blocks':>13}  {'url'}")
+    for o in objects:
+        o["superseded"] = o["url"] in current and current[o["url"]] not in (None, o["version"])
         if as_json:
             click.echo(json.dumps(o))
         else:
-            pin = " pinned" if o["pinned"] else ""
+            marks = (" pinned" if o["pinned"] else "") + (" superseded" if o["superseded"]
+                                                           else "")
             click.echo(f"{_human(o['cached_bytes']):>10} / {_human(o['size']):<10} "
-                       f"{o['cached_blocks']:>6}/{o['blocks']:<6} {o['url']}{pin}")
+                       f"{o['cached_blocks']:>6}/{o['blocks']:<6} {o['url']}{marks}")
 
 
 @cache.command("du")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 @_run
-def cache_du(obj: _Ctx) -> None:
+def cache_du(obj: _Ctx, as_json: bool) -> None:
     """Bytes the cache holds against its capacity."""
     st = obj.node.stats()
+    if as_json:
+        click.echo(json.dumps({"cache_dir": obj.config.cache_dir, "bytes": st["store_bytes"],
+                               "blocks": st["store_blocks"], "capacity": st["capacity"]}))
+        return
     click.echo(f"{_human(st['store_bytes'])} in {st['store_blocks']} blocks of "
                f"{_human(st['capacity'])} capacity ({obj.config.cache_dir})")
 
 
 @cache.command("pin")
 @click.argument("urls", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per URL.")
 @click.pass_obj
 @_run
-def cache_pin(obj: _Ctx, urls: tuple[str, ...]) -> None:
+def cache_pin(obj: _Ctx, urls: tuple[str, ...], as_json: bool) -> None:
     """Fetch URLs completely and keep them out of eviction."""
     for url in urls:
         with obj.bar(os.path.basename(url)) as bar:
             v = obj.node.pin(url, progress=bar.update, on_total=_set_total(bar))
-        click.echo(f"pinned {v.url} ({_human(v.size)})", err=True)
+        if as_json:
+            click.echo(json.dumps({"url": v.url, "size": v.size, "version": v.token,
+                                   "pinned": True}))
+        else:
+            click.echo(f"pinned {v.url} ({_human(v.size)})", err=True)
 
 
 @cache.command("unpin")
@@ -330,7 +480,7 @@ def cache_unpin(obj: _Ctx, urls: tuple[str, ...]) -> None:
     for url in urls:
         n = obj.node.unpin(url)
         if n == 0:
-            _fail(EXIT_NOT_FOUND, f"{url}: not pinned")
+            _fail(EXIT_REFUSED, f"{url}: not pinned")
         click.echo(f"unpinned {url}", err=True)
 
 
@@ -343,8 +493,18 @@ def cache_evict(obj: _Ctx, urls: tuple[str, ...], evict_all: bool) -> None:
     """Remove URLs' blocks from the cache (or every unpinned block with --all)."""
     if not urls and not evict_all:
         raise click.UsageError("give URLs to evict, or --all")
+    if urls:
+        from meshcache.read.origin import normalize_url
+
+        pinned = {o["url"] for o in obj.node.cached_objects() if o["pinned"]}
+        for url in urls:
+            if normalize_url(url) in pinned:
+                _fail(EXIT_REFUSED, f"{url} is pinned; unpin it first")
     freed = obj.node.evict(None) if evict_all else sum(obj.node.evict(u) for u in urls)
     click.echo(f"freed {_human(freed)}", err=True)
+
+
+cli.add_command(lab_commands)
 
 
 def main() -> None:

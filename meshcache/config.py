@@ -100,6 +100,48 @@ class Config:
     # syncs bring news they run every 2 ping_intervals).
     sync_interval: float = 30.0
     log_level: str = "WARNING"
+    # --- origin outage ---
+    # Seconds after the origin last confirmed an object's version during which, while the
+    # origin fails (errors, timeouts, refused connections; not "no such object"), reads keep
+    # being served under that version from this node and its zone. 0: fail at once.
+    stale_if_error: float = 86400.0
+
+    # --- mesh: what a peer may make this node do ---
+    # URL prefixes this node fetches from an origin when a peer asks it (as a block's owner).
+    # Listed: exactly the URLs under these. Empty: any remote-storage URL (http, https, s3, gs,
+    # az, hdfs, ...) except loopback and link-local hosts; never file:// or other local schemes.
+    peer_origins: list[str] = field(default_factory=list)
+    # Proven lies (bytes that do not match the digest asked, malformed or impossible replies)
+    # after which a peer is expelled from this node's view for an hour; each lie doubles the time
+    # it is avoided (30 s, 60 s, ...).
+    liar_expel_after: int = 3
+
+    # --- host daemon (meshcache/host/) ---
+    # The local API's Unix socket; "" is <cache_dir>/meshcached.sock. The library uses the daemon
+    # serving it (MESHCACHE_DAEMON=off: never; =<path>: that socket).
+    daemon_socket: str = ""
+    # Group given the socket (mode 0660): the local users who may use the daemon. "": the
+    # daemon's own group.
+    socket_group: str = ""
+    # Accept storage options (origin credentials) from local clients; off: the daemon reads
+    # origins with its own configuration only.
+    daemon_client_options: bool = False
+    # host:port of the HTTP endpoint with Prometheus metrics (/metrics) and the status page (/);
+    # "" turns it off.
+    metrics_listen: str = "127.0.0.1:7947"
+    # --- surfaces (S3 gateway, FUSE) ---
+    # host:port the S3-compatible gateway listens on ("" = no gateway).
+    s3_listen: str = ""
+    # Bucket name -> origin URL prefix it serves, e.g. {"models": "s3://real-bucket/models/"}.
+    s3_buckets: dict[str, str] = field(default_factory=dict)
+    # Bucket name -> fsspec storage options for its origin (endpoint_url, anon, headers, ...).
+    s3_bucket_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Access key id -> secret key that clients sign requests with (AWS Signature V4).
+    s3_access_keys: dict[str, str] = field(default_factory=dict)
+    # Serve unsigned requests too (a public, read-only endpoint); off by default.
+    s3_anonymous: bool = False
+    # The region GetBucketLocation reports.
+    s3_region: str = "us-east-1"
     # --- transport ---
     # QUIC engine: "auto" (qh3 when installed, else aioquic), "qh3" or "aioquic".
     quic_engine: str = "auto"
@@ -111,6 +153,21 @@ class Config:
     max_unauthenticated: int = 64
     # Pending connections past which new clients must first prove their address (QUIC Retry).
     retry_threshold: int = 8
+    # --- wan ---
+    # UDP host:port of this node's DHT endpoint ("" = no DHT); the `wan` preset listens.
+    dht_listen: str = ""
+    # DHT addresses host:port of any node in any zone, to join through.
+    dht_bootstrap: list[str] = field(default_factory=list)
+    # "zone=cost" entries: providers in cheaper zones are tried first (else measured RTT).
+    zone_costs: list[str] = field(default_factory=list)
+    # Bytes/s to and from each remote zone (0 = unlimited).
+    zone_egress_rate: int = 0
+    zone_ingress_rate: int = 0
+    # Seconds a provider record lives; its publisher re-announces every dht_republish seconds.
+    dht_record_ttl: float = 3600.0
+    dht_republish: float = 1800.0
+    # Seconds one DHT RPC may take.
+    dht_rpc_timeout: float = 5.0
 
     # ---- presets ---------------------------------------------------------------------------------
 
@@ -132,7 +189,8 @@ class Config:
         """Zones over slow links: tolerant timings, credential required (B stays mesh-wide)."""
         base = dict(preset="wan", mdns=True, ping_interval=5.0, suspect_timeout=30.0,
                     indirect_checks=3, sync_interval=60.0, request_timeout=60.0,
-                    metadata_ttl=60.0)
+                    metadata_ttl=60.0, dht_listen="0.0.0.0:7947", dht_record_ttl=3600.0,
+                    dht_republish=1800.0, dht_rpc_timeout=5.0)
         base.update(overrides)
         return cls(**base).validated()
 
@@ -177,7 +235,7 @@ class Config:
             data = {k: v for k, v in dataclasses.asdict(cfg).items()}
         known = {f.name for f in dataclasses.fields(cls)}
         for name, value in env.items():
-            if not name.startswith("MESHCACHE_") or name == "MESHCACHE_CONFIG":
+            if not name.startswith("MESHCACHE_") or name in _NOT_KEYS:
                 continue
             key = name[len("MESHCACHE_"):].lower()
             if key not in known:
@@ -205,9 +263,20 @@ class Config:
         for key in ("metadata_ttl", "origin_timeout", "request_timeout", "ping_interval",
                     "suspect_timeout", "indirect_checks", "sync_interval", "origin_retries",
                     "egress_rate", "ingress_rate",
-                    "peer_egress_rate", "peer_ingress_rate"):
+                    "peer_egress_rate", "peer_ingress_rate", "stale_if_error"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
+        for prefix in self.peer_origins:
+            if "://" not in prefix:
+                raise ConfigError(f"peer_origins: {prefix!r} is not a URL prefix "
+                                  "(scheme://host/path...)")
+        if self.liar_expel_after < 1:
+            raise ConfigError(f"liar_expel_after: must be at least 1, got {self.liar_expel_after}")
+
+        if self.metrics_listen and not re.match(r"^\[?[0-9A-Za-z.:-]*\]?:\d{1,5}$",
+                                                self.metrics_listen):
+            raise ConfigError(f"metrics_listen: expected host:port or '', got "
+                              f"{self.metrics_listen!r}")
         if self.quic_engine not in ("auto", "qh3", "aioquic"):
             raise ConfigError(f"quic_engine: must be auto, qh3 or aioquic, got {self.quic_engine!r}")
         for key in ("preauth_max_bytes", "max_unauthenticated"):
@@ -219,11 +288,54 @@ class Config:
             raise ConfigError(f"capacity: must hold at least one block ({self.block_size} bytes)")
         if not self.cache_dir:
             raise ConfigError("cache_dir: must not be empty")
+        self._validate_surfaces()
+        self._validate_wan()
         if self.preset in ("lan", "wan") and not self.credential():
             raise ConfigError(
                 f"cluster_secret: the {self.preset} preset needs the cluster credential "
                 "(cluster_secret, cluster_secret_file or MESHCACHE_CLUSTER_SECRET)")
         return self
+
+    def _validate_surfaces(self) -> None:
+        if self.s3_listen:
+            host, sep, port = self.s3_listen.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ConfigError(f"s3_listen: expected host:port, got {self.s3_listen!r}")
+            if not self.s3_access_keys and not self.s3_anonymous:
+                raise ConfigError("s3_access_keys: the S3 gateway needs at least one access "
+                                  "key (or s3_anonymous = true for a public endpoint)")
+        for bucket, prefix in self.s3_buckets.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+                raise ConfigError(f"s3_buckets: {bucket!r} is not a valid S3 bucket name")
+            if not prefix:
+                raise ConfigError(f"s3_buckets: {bucket}: empty origin URL prefix")
+        for bucket, opts in self.s3_bucket_options.items():
+            if bucket not in self.s3_buckets:
+                raise ConfigError(f"s3_bucket_options: {bucket}: no such bucket in s3_buckets")
+            if not isinstance(opts, dict):
+                raise ConfigError(f"s3_bucket_options: {bucket}: expected a table of options")
+    def _validate_wan(self) -> None:
+        for key in ("zone_egress_rate", "zone_ingress_rate"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
+        for key in ("dht_record_ttl", "dht_republish", "dht_rpc_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+        if self.dht_republish >= self.dht_record_ttl:
+            raise ConfigError(f"dht_republish: must be shorter than dht_record_ttl "
+                              f"({self.dht_record_ttl}), got {self.dht_republish}")
+        for addr in ([self.dht_listen] if self.dht_listen else []) + self.dht_bootstrap:
+            host, _, port = addr.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise ConfigError(f"dht_listen/dht_bootstrap: expected host:port, got {addr!r}")
+        for entry in self.zone_costs:
+            zone, eq, cost = entry.partition("=")
+            try:
+                ok = bool(eq and zone.strip()) and float(cost) >= 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"zone_costs: expected zone=cost (a number >= 0), got {entry!r}")
 
     def credential(self) -> bytes:
         """The cluster credential as bytes, from the value or the file; empty when none."""
@@ -238,14 +350,22 @@ class Config:
                 ) from None
         return b""
 
+    def socket_path(self) -> str:
+        """Where the daemon's local API listens: daemon_socket, or in the cache directory."""
+        return os.path.expanduser(self.daemon_socket) if self.daemon_socket else \
+            os.path.join(os.path.expanduser(self.cache_dir), "meshcached.sock")
+
     def to_dict(self) -> dict[str, Any]:
         """A plain dict that `from_dict` turns back into an equal Config (used to rebuild in workers)."""
         return dataclasses.asdict(self)
 
 
 _PRESETS = ("local", "lan", "wan")
+# Variables that are not configuration keys: the config file, and which daemon to use
+# (meshcache.host.client: a socket path, or "off").
+_NOT_KEYS = ("MESHCACHE_CONFIG", "MESHCACHE_DAEMON")
 _SIZE_KEYS = {"capacity", "block_size", "egress_rate", "ingress_rate", "peer_egress_rate",
-              "peer_ingress_rate"}
+              "peer_ingress_rate", "zone_egress_rate", "zone_ingress_rate"}
 
 
 def _field_types() -> dict[str, str]:
@@ -274,6 +394,16 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             if not isinstance(value, str):
                 raise ConfigError(f"{where}: expected a string, got {value!r}")
             return value
+        if kind == "dict[str, str]":
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise ConfigError(f"{where}: expected a table of strings, got {value!r}")
+            return dict(value)
+        if kind == "dict[str, dict[str, Any]]":
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, dict) for k, v in value.items()):
+                raise ConfigError(f"{where}: expected a table of tables, got {value!r}")
+            return {k: dict(v) for k, v in value.items()}
         if kind == "list[str]":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
@@ -307,6 +437,13 @@ def _from_env_string(key: str, value: str) -> Any:
             return float(value)
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if kind.startswith("dict["):
+        import json
+
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a JSON object, got {value!r}") from None
     if kind == "list[str]":
         return [v.strip() for v in value.split(",") if v.strip()]
     return value

@@ -1,8 +1,9 @@
 """fsspec filesystem `meshcache`, chained in front of any other: `meshcache::s3://bucket/key`.
 
 It pickles by its init arguments only (fsspec's own mechanism), so forked and spawned workers
-(PyTorch DataLoader) rebuild their node from the config or the environment on first use; a forked
-child inherits the parent's node, whose loop thread restarts there.
+(PyTorch DataLoader) rebuild their node from the config or the environment on first use: the
+host's meshcached when one serves the cache directory, else an embedded node (a forked child
+inherits the parent's, whose loop thread restarts there).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import fsspec
 from fsspec.implementations.chained import ChainedFileSystem
 
 from meshcache.config import Config
-from meshcache.read.node import Node, shared_node
+from meshcache.host.client import DaemonNode, host_node
+from meshcache.read.node import Node
 from meshcache.read.origin import ObjectNotFound, OriginError
 from meshcache.read.reader import Reader, open_reader
 
@@ -31,16 +33,17 @@ class MeshcacheFileSystem(ChainedFileSystem):
         self.target_protocol = target_protocol or "file"
         self.target_options = dict(target_options or {})
         self.config_dict = dict(config) if config else None
-        self._node: Node | None = None
+        self._config: Config | None = None
         self._target: fsspec.AbstractFileSystem | None = None
 
     @property
-    def node(self) -> Node:
-        """The node this filesystem reads through (the process's shared node for its config)."""
-        if self._node is None or self._node._closed:
-            cfg = Config.from_dict(self.config_dict) if self.config_dict else Config.from_env()
-            self._node = shared_node(cfg)
-        return self._node
+    def node(self) -> Node | DaemonNode:
+        """The node this filesystem reads through: the host's daemon, else the process's
+        embedded node for its config."""
+        if self._config is None:
+            self._config = Config.from_dict(self.config_dict) if self.config_dict \
+                else Config.from_env()
+        return host_node(self._config)
 
     @property
     def target(self) -> fsspec.AbstractFileSystem:

@@ -47,3 +47,8 @@ def local_object(tmp_path):
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+# Strong cluster credentials (as `meshcache secret` makes them): nodes refuse guessable ones.
+CLUSTER_SECRET = "81NI1w26Cdtrd9pmtWZeimZjro0LAm2EFHtoPOwT6qg"
+OTHER_SECRET = "1oVc10MfHmQpcqi3vxxBdRmVq1S4RP2sFlrtuy_ZbwI"

@@ -6,16 +6,25 @@ sizes = st.integers(min_value=0, max_value=2**40)
 bsizes = st.sampled_from([2**k for k in range(10, 27)])
 
 
-@given(sizes, bsizes)
-def test_blocks_tile_the_object_exactly(size, bs):
+@given(sizes, bsizes, st.data())
+def test_blocks_tile_the_object_exactly(size, bs, data):
     n = block_count(size, bs)
-    if n:
-        spans = [block_span(i, size, bs) for i in (0, n - 1)]
-        assert spans[0][0] == 0 and spans[-1][1] == size
-        assert 0 < block_length(n - 1, size, bs) <= bs
-        assert (n - 1) * bs < size <= n * bs
-    else:
+    if not n:
         assert size == 0
+        return
+    assert (n - 1) * bs < size <= n * bs
+    # Every span when there are few, else the first, the last and a sample between them.
+    if n <= 512:
+        indexes = list(range(n))
+    else:
+        indexes = sorted({0, n - 1, *data.draw(st.lists(st.integers(0, n - 1), max_size=64))})
+    for i in indexes:
+        start, end = block_span(i, size, bs)
+        assert start == i * bs and end == min((i + 1) * bs, size)
+        assert end - start == block_length(i, size, bs) and 0 < end - start <= bs
+    for a, b in zip(indexes, indexes[1:]):
+        if b == a + 1:  # neighbours touch: no gap, no overlap
+            assert block_span(a, size, bs)[1] == block_span(b, size, bs)[0]
 
 
 @given(st.integers(0, 2**32), st.integers(0, 2**32), bsizes)

@@ -40,7 +40,7 @@ def test_get_cat_stat_and_cache_commands(run, local_object, tmp_path):
     assert json.loads(r.stdout.splitlines()[0])["cached_bytes"] == len(data)
     assert run("cache", "pin", url).returncode == 0
     r = run("cache", "evict", url)
-    assert r.returncode == 5 and b"pinned" in r.stderr
+    assert r.returncode == 7 and b"pinned" in r.stderr
     assert run("cache", "unpin", url).returncode == 0
     assert run("cache", "evict", url).returncode == 0
     assert json.loads(run("stat", url, "--json").stdout)["cached_blocks"] == 0

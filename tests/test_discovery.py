@@ -11,7 +11,7 @@ import pytest
 from meshcache import Config, Node
 from meshcache.mesh.discovery import AdError, Discovery, parse_ad
 
-from tests.conftest import SMALL_BLOCK
+from tests.conftest import CLUSTER_SECRET, SMALL_BLOCK
 
 
 def test_parse_ad_bounds():
@@ -60,7 +60,7 @@ def test_instances_find_each_other_and_ignore_strangers():
 
 def test_nodes_form_a_mesh_by_mdns_alone(tmp_path):
     nodes = [Node(Config.local(cache_dir=str(tmp_path / f"n{i}"), block_size=SMALL_BLOCK,
-                               cluster_secret="s", listen="127.0.0.1:0", mdns=True,
+                               cluster_secret=CLUSTER_SECRET, listen="127.0.0.1:0", mdns=True,
                                interfaces=["127.0.0.1"], ping_interval=0.2))
              for i in range(3)]
     try:

@@ -14,11 +14,12 @@ import pytest
 from meshcache.core.digest import digest
 from meshcache.lab.httporigin import make_file
 
+from tests.conftest import CLUSTER_SECRET, OTHER_SECRET
 from tests.lab_fixtures import lab, needs_lab  # noqa: F401
 
 BLOCK = 256 * 1024
 PORT = 7946
-SECRET = "lab-secret"
+SECRET = CLUSTER_SECRET
 
 
 def readline(proc, timeout):
@@ -97,13 +98,18 @@ def test_member_killed_mid_read_leaves_the_others_complete(lab, tmp_path):
     go.write_text("go")
     time.sleep(0.6)
     procs[3].kill()
+    procs[3].wait(10)
+    killed_said = procs[3].stdout.read()
     results = [readline(p, 150) for p in procs[:3]]
     for p in procs:
         p.terminate()
     origin.terminate()
+    # The kill landed mid-read: the victim had not finished, and the others were still reading.
+    assert '"seconds"' not in killed_said and '"error"' not in killed_said
     for r in results:
         assert "error" not in r, r
         assert r["digest"] == want
+        assert r["seconds"] > 0.6
 
 
 @pytest.mark.timeout(180)
@@ -117,7 +123,7 @@ def test_wrong_credential_learns_nothing(lab, tmp_path):
     go.write_text("go")
     good = start_nodes(lab3, lab3.hosts[:2], tmp_path, f"{base}/m.bin", go)
     good_results = [readline(p, 60) for p in good]
-    bad = start_nodes(lab3, [lab3.hosts[2]], tmp_path, f"{base}/m.bin", go, secret="wrong",
+    bad = start_nodes(lab3, [lab3.hosts[2]], tmp_path, f"{base}/m.bin", go, secret=OTHER_SECRET,
                       members=0, peer_hosts=lab3.hosts)
     # it is told about the good hosts but cannot join them
     bad_result = readline(bad[0], 60)

@@ -47,11 +47,10 @@ def _keep_apart(readers):
     async def apart(mesh):
         for other in ids:
             if other != mesh.node_id:
-                mesh._ignored.add(other)
-                mesh.members.pop(other, None)
+                mesh.ignore(other)
 
     for r in readers:
-        r._loop.run(apart(r.mesh))
+        r.run(apart(r.mesh))
 
 
 def _timed_reads(nodes, url):

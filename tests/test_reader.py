@@ -138,15 +138,19 @@ def test_new_version_is_never_mixed_with_the_old(node, tmp_path):
 
 
 def test_stat_is_cached_for_the_ttl(cache_config, tmp_path):
-    node = Node(cache_config(metadata_ttl=0.3))
+    node = Node(cache_config(metadata_ttl=2.0))
     try:
         p = tmp_path / "ttl.bin"
         p.write_bytes(b"a" * 1000)
         assert node.cat(str(p)) == b"a" * 1000
+        first = node.stat(str(p))["version"]
         time.sleep(0.01)
         p.write_bytes(b"b" * 1000)
-        assert node.stat(str(p))["version"] == node.stat(str(p))["version"]
-        time.sleep(0.35)
+        # Within the TTL the origin is not asked again: the old version, and its bytes, stand.
+        assert node.stat(str(p))["version"] == first
+        assert node.cat(str(p)) == b"a" * 1000
+        time.sleep(2.1)
+        assert node.stat(str(p))["version"] != first
         assert node.cat(str(p)) == b"b" * 1000
     finally:
         node.close()

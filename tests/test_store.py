@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -149,16 +150,24 @@ WRITER = textwrap.dedent("""
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sigkill_mid_write_leaves_no_partial_block(tmp_path, seed):
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(seed)],
-                            stdout=subprocess.PIPE)
-    assert proc.stdout.readline().strip() == b"ready"
-    time.sleep(0.3 + 0.2 * seed)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    leftovers = tmp_files(tmp_path)
+    # Kill until a kill lands mid-write (a temp file is there): that is the case under test.
+    rng = random.Random(seed)
+    for attempt in range(20):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(seed + attempt)],
+                                stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout.readline().strip() == b"ready"
+            time.sleep(0.2 + rng.random() * 0.3)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
+        leftovers = tmp_files(tmp_path)
+        if leftovers:
+            break
+    assert leftovers, "no kill landed mid-write in 20 tries"
     s = BlockStore(tmp_path, 1 << 40)
     assert tmp_files(tmp_path) == []  # temp files of the killed writer are cleared
     assert len(s.digests()) > 0
     for d in s.digests():
         assert digest(s.read_block(d)) == d
-    assert leftovers is not None

@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 
 import blake3
 
-from meshcache.core.wire import WireError
+from meshcache.core.errors import WireError
 
 try:  # optional: batch operations 20-50x faster
     import numpy as _np

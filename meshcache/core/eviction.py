@@ -14,7 +14,10 @@ Key = Hashable
 
 
 class S3FIFO:
-    """Decides which keys to drop so the bytes held stay within `capacity`."""
+    """Decides which keys to drop so the bytes held stay within `capacity`.
+
+    Each queue maps key -> size << 2 | frequency (one int per entry, no side tables): a store
+    of a million blocks keeps its index small."""
 
     SMALL_RATIO = 0.10
     MAX_FREQ = 3
@@ -24,10 +27,9 @@ class S3FIFO:
             raise ValueError("capacity must be positive")
         self.capacity = capacity
         self.small_capacity = max(1, int(capacity * self.SMALL_RATIO))
-        self._small: OrderedDict[Key, int] = OrderedDict()  # key -> size; newest at the end
+        self._small: OrderedDict[Key, int] = OrderedDict()  # key -> size<<2|freq; newest last
         self._main: OrderedDict[Key, int] = OrderedDict()
         self._ghost: OrderedDict[Key, None] = OrderedDict()
-        self._freq: dict[Key, int] = {}
         self.small_bytes = 0
         self.main_bytes = 0
 
@@ -38,46 +40,56 @@ class S3FIFO:
         return self.small_bytes + self.main_bytes
 
     def __contains__(self, key: Key) -> bool:
-        return key in self._freq
+        return key in self._main or key in self._small
 
     def __len__(self) -> int:
-        return len(self._freq)
+        return len(self._small) + len(self._main)
 
     def keys(self) -> list[Key]:
         return list(self._small) + list(self._main)
+
+    def size(self, key: Key) -> int | None:
+        """The bytes of an entry, or None when it is not held."""
+        v = self._main.get(key)
+        if v is None:
+            v = self._small.get(key)
+        return None if v is None else v >> 2
 
     # ---- inputs ------------------------------------------------------------------------------
 
     def insert(self, key: Key, size: int, *, main: bool = False) -> None:
         """Admit a new entry (to main if it was a recent ghost or `main` is set)."""
-        if key in self._freq:
+        if key in self:
             self.access(key)
             return
-        self._freq[key] = 0
         if main or key in self._ghost:
             self._ghost.pop(key, None)
-            self._main[key] = size
+            self._main[key] = size << 2
             self.main_bytes += size
         else:
-            self._small[key] = size
+            self._small[key] = size << 2
             self.small_bytes += size
 
     def access(self, key: Key) -> None:
         """Note a read; cheap enough for every hot read (no reordering)."""
-        f = self._freq.get(key)
-        if f is not None and f < self.MAX_FREQ:
-            self._freq[key] = f + 1
+        for q in (self._main, self._small):
+            v = q.get(key)
+            if v is not None:
+                if v & 3 < self.MAX_FREQ:
+                    q[key] = v + 1  # an existing key keeps its place
+                return
 
     def remove(self, key: Key) -> bool:
         """Forget an entry the store deleted for another reason; True if it was present."""
-        if key not in self._freq:
-            return False
-        del self._freq[key]
-        if key in self._small:
-            self.small_bytes -= self._small.pop(key)
-        else:
-            self.main_bytes -= self._main.pop(key)
-        return True
+        v = self._small.pop(key, None)
+        if v is not None:
+            self.small_bytes -= v >> 2
+            return True
+        v = self._main.pop(key, None)
+        if v is not None:
+            self.main_bytes -= v >> 2
+            return True
+        return False
 
     def evict(self, can_evict: Callable[[Key], bool] = lambda k: True,
               target: int | None = None) -> list[Key]:
@@ -104,28 +116,25 @@ class S3FIFO:
     # ---- internals ---------------------------------------------------------------------------
 
     def _evict_small(self, victims: list[Key], can_evict: Callable[[Key], bool]) -> None:
-        key, size = self._small.popitem(last=False)
+        key, v = self._small.popitem(last=False)
+        size = v >> 2
         self.small_bytes -= size
-        if self._freq[key] > 0 or not can_evict(key):
-            self._freq[key] = 0
-            self._main[key] = size
+        if v & 3 or not can_evict(key):
+            self._main[key] = size << 2
             self.main_bytes += size
             return
-        del self._freq[key]
         victims.append(key)
         self._ghost[key] = None
-        while len(self._ghost) > max(16, len(self._freq)):
+        while len(self._ghost) > max(16, len(self)):
             self._ghost.popitem(last=False)
 
     def _evict_main(self, victims: list[Key], can_evict: Callable[[Key], bool]) -> bool:
         """Evict or age the oldest main entry; False when it was protected and already cold."""
-        key, size = self._main.popitem(last=False)
-        f = self._freq[key]
+        key, v = self._main.popitem(last=False)
+        f = v & 3
         if f > 0 or not can_evict(key):
-            self._freq[key] = max(0, f - 1)
-            self._main[key] = size
+            self._main[key] = v - 1 if f else v
             return f > 0
-        self.main_bytes -= size
-        del self._freq[key]
+        self.main_bytes -= v >> 2
         victims.append(key)
         return True

@@ -1,4 +1,4 @@
-"""Peer protocol messages: frozen dataclasses to and from bounded CBOR, plus stream framing.
+"""Peer protocol messages: frozen dataclasses to and from bounded CBOR.
 
 Every message is one CBOR array, ``[PROTOCOL_VERSION, type, field, ...]``, encoded with cbor2.
 Decoding never trusts the peer: outside bytes go through a small decoder for exactly the CBOR
@@ -8,13 +8,14 @@ rejects maps, tags, floats, negative ints and indefinite lengths. (The alternati
 pre-scan in Python followed by ``cbor2.loads``, walks the same headers and then parses a second
 time; measured here it costs the same within ~10% on small messages, ~3-5 us, and is slower on a
 30k-digest manifest than this decoder's digest fast path. One parser is less surface, so this is
-what we use.) Every field is then type- and range-checked by the message's own constructor.
-Whatever goes wrong, the only exception is `WireError`.
+what we use; the authentication handshake decodes with it too, `decode_items`.) Every field is
+then type- and range-checked. Whatever goes wrong, the only exception is `WireError`.
 
-Framing for streams: a 4-byte big-endian length, then the CBOR body (`encode_frame`,
-`FrameDecoder`). The length is checked against the limit before a byte of the body is buffered.
-A BLOCK header is followed on its stream by exactly ``size`` raw payload bytes, outside CBOR;
-`FrameDecoder` hands them out as `Payload` chunks.
+The membership messages (PING, ACK, PING_REQ, LEAVE, SYNC, GOSSIP) are the pure membership's own
+classes (membership.py): this module gives them their type numbers and checks their fields when
+decoding, it does not define them a second time. Framing is the transport's (a length prefix per
+frame, `Stream.send_frame`/`recv_frame`, and a BLOCK header followed by ``size`` raw payload
+bytes, `send_payload`/`recv_payload`).
 
 SUMMARY_DELTA carries a Bloom delta (`meshcache.core.bloom.BloomFilter.diff`), not a list of added
 digests: a node rebuilds its filter after evictions, so bits are cleared as well as set, and only
@@ -24,35 +25,34 @@ whose copy is not at ``from_generation`` asks for a full SUMMARY.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import MISSING, dataclass, fields
-from typing import ClassVar, Union
+from typing import Any, Callable, Union
 
 import cbor2
 
-from meshcache.core.membership import State, Update
+from meshcache.core.errors import (ERR_AUTH, ERR_BAD_REQUEST, ERR_BLOCK_SIZE, ERR_NOT_FOUND,
+                                   ERR_REFUSED, ERR_TOO_LARGE, WireError)
+from meshcache.core.membership import Ack, Gossip, Leave, Ping, PingReq, State, Sync, Update
 
 __all__ = [
-    "PROTOCOL_VERSION", "MAX_FRAME", "MAX_DEPTH", "FRAME_HEADER", "DIGEST_SIZE", "WireError",
-    "Hello", "Auth", "GetBlock", "Block", "Miss", "GetManifest", "ManifestMsg", "Summary",
+    "PROTOCOL_VERSION", "MAX_FRAME", "MAX_DEPTH", "DIGEST_SIZE", "NO_DIGEST", "WireError",
+    "Hello", "GetBlock", "Block", "Miss", "GetManifest", "ManifestMsg", "Summary",
     "SummaryDelta", "Ping", "Ack", "Error", "Leave", "PingReq", "Sync", "Gossip", "Update",
-    "State", "Message", "Payload", "encode", "decode",
-    "encode_frame", "FrameDecoder",
-    "ERR_BAD_REQUEST", "ERR_VERSION", "ERR_BLOCK_SIZE", "ERR_AUTH", "ERR_TOO_LARGE",
-    "ERR_BUSY", "ERR_INTERNAL", "ERR_NOT_FOUND",
+    "State", "Message", "TYPE_OF", "encode", "decode", "decode_value", "decode_items",
+    "ERR_BAD_REQUEST", "ERR_BLOCK_SIZE", "ERR_AUTH", "ERR_TOO_LARGE", "ERR_NOT_FOUND",
+    "ERR_REFUSED",
 ]
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20  # default bound on one frame's body (bytes)
 MAX_DEPTH = 8  # CBOR nesting; our messages use 2
-FRAME_HEADER = 4
 DIGEST_SIZE = 32
 NO_DIGEST = bytes(DIGEST_SIZE)  # GET_BLOCK by hint: the asker does not know the digest yet
 MAX_UINT = (1 << 63) - 1
+MAX_RANK = 255
 
 # Field size caps (independent of the frame limit).
 MAX_ID = 64  # node ids, cluster tags
-MAX_PROOF = 256  # AUTH challenge/response
 MAX_URL = 8192
 MAX_TOKEN = 1024
 MAX_ZONE = 256
@@ -60,21 +60,6 @@ MAX_TEXT = 4096
 MAX_ADDR = 300  # "host:port" of a member (an IPv6 literal with a zone id fits)
 MAX_UPDATES = 64  # gossip rows on one PING/ACK/PING_REQ/GOSSIP (membership sends at most 16)
 MAX_MEMBERS = 16384  # rows of one SYNC table
-
-# ERROR codes.
-ERR_BAD_REQUEST = 1
-ERR_VERSION = 2
-ERR_BLOCK_SIZE = 3
-ERR_AUTH = 4
-ERR_TOO_LARGE = 5
-ERR_BUSY = 6
-ERR_INTERNAL = 7
-ERR_NOT_FOUND = 8
-
-
-class WireError(ValueError):
-    """Bytes that are not a valid message of this protocol (the only error decoding raises)."""
-
 
 # ---- field checks ---------------------------------------------------------------------------------
 
@@ -138,20 +123,15 @@ def _show(v: object) -> str:
 
 @dataclass(frozen=True)
 class Hello:
-    """HELLO: who a node is and the mesh parameters it insists on (B, cluster tag).
+    """HELLO: who a node is and the mesh parameters it insists on (B, cluster tag). Every
+    frame's envelope carries the protocol version it is written in (a mismatch fails decoding)."""
 
-    Every frame's envelope already carries the version it is written in (a mismatch fails
-    decoding); `protocol` is the newest version the sender speaks, for logs and a later upgrade.
-    """
-
-    TYPE: ClassVar[int] = 1
     node_id: bytes
     block_size: int
     cluster_tag: bytes
     max_datagram_size: int
     zone: str
     port: int
-    protocol: int = PROTOCOL_VERSION
 
     def __post_init__(self) -> None:
         _bytes("node_id", self.node_id, MAX_ID, 1)
@@ -163,31 +143,18 @@ class Hello:
         _text("zone", self.zone, MAX_ZONE)
         if _uint("port", self.port) > 65535:
             raise WireError(f"port: {self.port} is not a port")
-        _uint("protocol", self.protocol)
-
-
-@dataclass(frozen=True)
-class Auth:
-    """AUTH: one step of the HMAC challenge-response (either side may be empty)."""
-
-    TYPE: ClassVar[int] = 2
-    challenge: bytes
-    response: bytes
-
-    def __post_init__(self) -> None:
-        _bytes("challenge", self.challenge, MAX_PROOF)
-        _bytes("response", self.response, MAX_PROOF)
 
 
 @dataclass(frozen=True)
 class GetBlock:
-    """GET_BLOCK: ask for a block by digest. The hint (url, index, and the version's token and
-    size) lets the block's owner fetch it from the origin when the digest is not known yet (the
-    digest is then all zeros: `NO_DIGEST`)."""
+    """GET_BLOCK: ask for a block by digest, answered only from the asked node's rungs ranked
+    below `max_rank` (a holder is asked for its store; the owner may use its holders, other
+    zones and the origin). The hint (url, index, and the version's token and size) lets it fetch
+    the block when the digest is not known yet (the digest is then all zeros: `NO_DIGEST`)."""
 
-    TYPE: ClassVar[int] = 3
     request_id: int
     digest: bytes
+    max_rank: int  # the asked node uses only rungs ranked below it (core/rungs.py)
     url: str | None = None
     index: int | None = None
     token: str | None = None
@@ -196,6 +163,8 @@ class GetBlock:
     def __post_init__(self) -> None:
         _uint("request_id", self.request_id)
         _digest("digest", self.digest)
+        if _uint("max_rank", self.max_rank) > MAX_RANK:
+            raise WireError(f"max_rank: expected 0..{MAX_RANK}, got {self.max_rank}")
         if (self.url is None) != (self.index is None):
             raise WireError("hint: url and index go together")
         if self.url is not None:
@@ -213,7 +182,6 @@ class GetBlock:
 class Block:
     """BLOCK: the header of a block reply; `size` payload bytes follow it on the stream."""
 
-    TYPE: ClassVar[int] = 4
     request_id: int
     digest: bytes
     size: int
@@ -228,7 +196,6 @@ class Block:
 class Miss:
     """MISS: the peer has not got it (digest is empty when a manifest was asked for)."""
 
-    TYPE: ClassVar[int] = 5
     request_id: int
     digest: bytes
 
@@ -242,7 +209,6 @@ class Miss:
 class GetManifest:
     """GET_MANIFEST: ask what a peer knows of one object version's digests."""
 
-    TYPE: ClassVar[int] = 6
     request_id: int
     url: str
     token: str
@@ -257,13 +223,11 @@ class GetManifest:
 
 @dataclass(frozen=True)
 class ManifestMsg:
-    """MANIFEST: B and the digest of each block (None where not known yet); size is optional."""
+    """MANIFEST: B and the digest of each block (None where not known yet)."""
 
-    TYPE: ClassVar[int] = 7
     request_id: int
     block_size: int
     digests: tuple[bytes | None, ...]
-    size: int | None = None
 
     def __post_init__(self) -> None:
         _uint("request_id", self.request_id)
@@ -274,15 +238,12 @@ class ManifestMsg:
             if d is not None:
                 _digest("digests[]", d)
         object.__setattr__(self, "digests", tuple(self.digests))
-        if self.size is not None:
-            _uint("size", self.size)
 
 
 @dataclass(frozen=True)
 class Summary:
     """SUMMARY: a node's whole Bloom summary (`BloomFilter.encode()`) at one generation."""
 
-    TYPE: ClassVar[int] = 8
     node_id: bytes
     generation: int
     bloom: bytes
@@ -297,7 +258,6 @@ class Summary:
 class SummaryDelta:
     """SUMMARY_DELTA: the flipped bits (`BloomFilter.diff`) from one generation to a later one."""
 
-    TYPE: ClassVar[int] = 9
     node_id: bytes
     from_generation: int
     to_generation: int
@@ -312,37 +272,9 @@ class SummaryDelta:
 
 
 @dataclass(frozen=True)
-class Ping:
-    """PING: SWIM probe, answered by ACK with the same seq; carries membership gossip."""
-
-    TYPE: ClassVar[int] = 10
-    seq: int
-    updates: tuple[Update, ...] = ()
-
-    def __post_init__(self) -> None:
-        _uint("seq", self.seq)
-        object.__setattr__(self, "updates", _updates("updates", self.updates, MAX_UPDATES))
-
-
-@dataclass(frozen=True)
-class Ack:
-    """ACK: the answer to PING `seq` (also the plain answer to LEAVE, GOSSIP, SUMMARY...);
-    carries membership gossip."""
-
-    TYPE: ClassVar[int] = 11
-    seq: int
-    updates: tuple[Update, ...] = ()
-
-    def __post_init__(self) -> None:
-        _uint("seq", self.seq)
-        object.__setattr__(self, "updates", _updates("updates", self.updates, MAX_UPDATES))
-
-
-@dataclass(frozen=True)
 class Error:
     """ERROR: a request failed; `code` is one of the ERR_* constants, `text` for humans."""
 
-    TYPE: ClassVar[int] = 12
     code: int
     text: str
 
@@ -353,68 +285,52 @@ class Error:
         _text("text", self.text, MAX_TEXT)
 
 
-@dataclass(frozen=True)
-class Leave:
-    """LEAVE: the sender is shutting down at `incarnation`; drop it now (graceful leave)."""
-
-    TYPE: ClassVar[int] = 13
-    node_id: bytes
-    incarnation: int = 0
-
-    def __post_init__(self) -> None:
-        _bytes("node_id", self.node_id, MAX_ID, 1)
-        _uint("incarnation", self.incarnation)
+Message = Union[Hello, GetBlock, Block, Miss, GetManifest, ManifestMsg, Summary, SummaryDelta,
+                Ping, Ack, Error, Leave, PingReq, Sync, Gossip]
 
 
-@dataclass(frozen=True)
-class PingReq:
-    """PING_REQ: SWIM's indirect probe: ping `target_id` at `target_addr` for the sender and
-    send it ACK(seq) if the target answers."""
+def _swim(cls: type, *checks: Callable[[str, object], object]
+          ) -> Callable[[list[object]], list[object]]:
+    """A field checker for a membership message: one check per field, in order."""
+    names = [f.name for f in fields(cls)]
 
-    TYPE: ClassVar[int] = 14
-    seq: int
-    target_id: bytes
-    target_addr: str
-    updates: tuple[Update, ...] = ()
-
-    def __post_init__(self) -> None:
-        _uint("seq", self.seq)
-        _bytes("target_id", self.target_id, MAX_ID, 1)
-        _text("target_addr", self.target_addr, MAX_ADDR)
-        object.__setattr__(self, "updates", _updates("updates", self.updates, MAX_UPDATES))
+    def check(args: list[object]) -> list[object]:
+        return [c(n, v) for n, c, v in zip(names, checks, args)]
+    return check
 
 
-@dataclass(frozen=True)
-class Sync:
-    """SYNC: push-pull of the membership table; `reply` asks for the receiver's rows back."""
-
-    TYPE: ClassVar[int] = 15
-    members: tuple[Update, ...]
-    reply: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "members", _updates("members", self.members, MAX_MEMBERS))
-        if type(self.reply) is not bool:
-            raise WireError(f"reply: expected true or false, got {_show(self.reply)}")
+def _rows(name: str, v: object) -> tuple[Update, ...]:
+    return _updates(name, v, MAX_UPDATES)
 
 
-@dataclass(frozen=True)
-class Gossip:
-    """GOSSIP: membership news (a suspicion, death, leave or refutation) pushed at once."""
-
-    TYPE: ClassVar[int] = 16
-    updates: tuple[Update, ...]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "updates", _updates("updates", self.updates, MAX_UPDATES))
+def _table(name: str, v: object) -> tuple[Update, ...]:
+    return _updates(name, v, MAX_MEMBERS)
 
 
-Message = Union[Hello, Auth, GetBlock, Block, Miss, GetManifest, ManifestMsg, Summary,
-                SummaryDelta, Ping, Ack, Error, Leave, PingReq, Sync, Gossip]
+def _node_id(name: str, v: object) -> bytes:
+    return _bytes(name, v, MAX_ID, 1)
 
-_TYPES: dict[int, type] = {c.TYPE: c for c in (Hello, Auth, GetBlock, Block, Miss, GetManifest,
-                                                ManifestMsg, Summary, SummaryDelta, Ping, Ack,
-                                                Error, Leave, PingReq, Sync, Gossip)}
+
+def _addr_text(name: str, v: object) -> str:
+    return _text(name, v, MAX_ADDR)
+
+
+def _bool(name: str, v: object) -> bool:
+    if type(v) is not bool:
+        raise WireError(f"{name}: expected true or false, got {_show(v)}")
+    return v
+
+
+# Membership's messages: their type numbers and field checks (the classes live there).
+_SWIM_CHECKS: dict[type, Callable[[list[object]], list[object]]] = {
+    Ping: _swim(Ping, _uint, _rows), Ack: _swim(Ack, _uint, _rows),
+    PingReq: _swim(PingReq, _uint, _node_id, _addr_text, _rows),
+    Leave: _swim(Leave, _node_id, _uint), Sync: _swim(Sync, _table, _bool),
+    Gossip: _swim(Gossip, _rows)}
+TYPE_OF: dict[type, int] = {Hello: 1, GetBlock: 3, Block: 4, Miss: 5, GetManifest: 6,
+                             ManifestMsg: 7, Summary: 8, SummaryDelta: 9, Ping: 10, Ack: 11,
+                             Error: 12, Leave: 13, PingReq: 14, Sync: 15, Gossip: 16}
+_TYPES: dict[int, type] = {t: c for c, t in TYPE_OF.items()}
 _FIELDS: dict[type, tuple[str, ...]] = {c: tuple(f.name for f in fields(c))
                                         for c in _TYPES.values()}
 
@@ -422,15 +338,18 @@ _FIELDS: dict[type, tuple[str, ...]] = {c: tuple(f.name for f in fields(c))
 # ---- encode ---------------------------------------------------------------------------------------
 
 def encode(msg: Message) -> bytes:
-    """The CBOR body of `msg` (no length prefix: that is `encode_frame`'s or the transport's)."""
+    """The CBOR body of `msg` (no length prefix: that is the transport's framing)."""
     cls = type(msg)
     names = _FIELDS.get(cls)
     if names is None:
         raise WireError(f"not a message: {cls.__name__}")
-    values: list[object] = [PROTOCOL_VERSION, cls.TYPE]
+    values: list[object] = [PROTOCOL_VERSION, TYPE_OF[cls]]
+    check = _SWIM_CHECKS.get(cls)
+    if check is not None:  # membership builds its own messages unchecked: check them here
+        check([getattr(msg, name) for name in names])
     for name in names:
         v = getattr(msg, name)
-        if isinstance(v, tuple):
+        if isinstance(v, (tuple, list)):
             # Membership rows (NamedTuples with an IntEnum) go out as plain arrays of plain ints.
             v = [[u[0], int(u[1]), int(u[2]), u[3], u[4]] if isinstance(u, Update) else u
                  for u in v]
@@ -438,16 +357,39 @@ def encode(msg: Message) -> bytes:
     return cbor2.dumps(values)
 
 
-def encode_frame(msg: Message) -> bytes:
-    """`msg` as one stream frame: a 4-byte big-endian length, then the CBOR body."""
-    body = encode(msg)
-    return struct.pack(">I", len(body)) + body
-
-
 # ---- bounded decode -------------------------------------------------------------------------------
 
 def decode(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME) -> Message:
     """Parse one CBOR body into a message; any problem raises WireError (nothing else)."""
+    obj = decode_items(data, max_size=max_size)
+    if len(obj) < 2:
+        raise WireError("a message is an array [version, type, fields...]")
+    version, mtype = obj[0], obj[1]
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise WireError(f"protocol version mismatch: peer speaks {_show(version)}, "
+                        f"this node speaks {PROTOCOL_VERSION}")
+    cls = _TYPES.get(mtype) if type(mtype) is int else None
+    if cls is None:
+        raise WireError(f"unknown message type {_show(mtype)}")
+    names = _FIELDS[cls]
+    args = obj[2:]
+    required = _REQUIRED[cls]
+    if not required <= len(args) <= len(names):
+        raise WireError(f"{cls.__name__}: expected {required}..{len(names)} fields, "
+                        f"got {len(args)}")
+    try:
+        check = _SWIM_CHECKS.get(cls)
+        return cls(*(check(args) if check is not None else args))
+    except WireError as e:
+        raise WireError(f"{cls.__name__}: {e}") from None
+    except (TypeError, ValueError) as e:  # belt and braces: the checks raise WireError
+        raise WireError(f"{cls.__name__}: {e}") from None
+
+
+def decode_value(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME) -> object:
+    """One CBOR item of the accepted subset (uints, byte/text strings, arrays, null/true/false),
+    bounded as `decode` is: the decoder under `decode`, also used by the authentication handshake
+    and the host's local API. Raises WireError only."""
     try:
         n = len(data)
     except TypeError:
@@ -469,27 +411,16 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME) -
         raise WireError(f"malformed CBOR: {e}") from None
     if pos != n:
         raise WireError(f"{n - pos} trailing bytes after the message")
-    if type(obj) is not list or len(obj) < 2:
-        raise WireError("a message is an array [version, type, fields...]")
-    version, mtype = obj[0], obj[1]
-    if version != PROTOCOL_VERSION or type(version) is not int:
-        raise WireError(f"protocol version mismatch: peer speaks {_show(version)}, "
-                        f"this node speaks {PROTOCOL_VERSION}")
-    cls = _TYPES.get(mtype) if type(mtype) is int else None
-    if cls is None:
-        raise WireError(f"unknown message type {_show(mtype)}")
-    names = _FIELDS[cls]
-    args = obj[2:]
-    required = _REQUIRED[cls]
-    if not required <= len(args) <= len(names):
-        raise WireError(f"{cls.__name__}: expected {required}..{len(names)} fields, "
-                        f"got {len(args)}")
-    try:
-        return cls(*args)
-    except WireError as e:
-        raise WireError(f"{cls.__name__}: {e}") from None
-    except (TypeError, ValueError) as e:  # belt and braces: constructors raise WireError
-        raise WireError(f"{cls.__name__}: {e}") from None
+    return obj
+
+
+def decode_items(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME
+                 ) -> list[Any]:
+    """`decode_value` of one array (a message's shape, not yet checked as a message)."""
+    obj = decode_value(data, max_size=max_size)
+    if type(obj) is not list:
+        raise WireError("a message is an array")
+    return obj
 
 
 _REQUIRED: dict[type, int] = {
@@ -559,100 +490,3 @@ def _item(data: bytes, pos: int, end: int, depth: int) -> tuple[object, int]:
     if major == 5:
         raise WireError("maps are not accepted")
     raise WireError("CBOR tags are not accepted")
-
-
-# ---- stream framing -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Payload:
-    """Raw block bytes that follow a BLOCK header on a stream; `end` marks the last chunk."""
-
-    request_id: int
-    data: bytes
-    end: bool
-
-
-class FrameDecoder:
-    """Incremental frame parser for a byte stream: feed bytes, get messages (and payload chunks).
-
-    The length prefix is checked against `max_frame` as soon as its 4 bytes arrive, before any of
-    the body is buffered. After a WireError the decoder stays failed: close the connection.
-    """
-
-    def __init__(self, max_frame: int = MAX_FRAME, *, payloads: bool = True,
-                 max_payload: int = 1 << 31) -> None:
-        self.max_frame = max_frame
-        self.payloads = payloads
-        self.max_payload = max_payload
-        self._buf = bytearray()
-        self._need: int | None = None  # body length of the frame being read
-        self._payload_left = 0
-        self._payload_id = 0
-        self._failed: WireError | None = None
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Message | Payload]:
-        """Take more stream bytes; return every complete message (and payload chunk) they end."""
-        if self._failed is not None:
-            raise WireError(f"stream already failed: {self._failed}")
-        try:
-            return self._feed(data)
-        except WireError as e:
-            self._failed = e
-            self._buf = bytearray()
-            raise
-        except (TypeError, ValueError, BufferError) as e:
-            self._failed = WireError(f"bad input: {e}")
-            raise self._failed from None
-
-    def _feed(self, data: bytes | bytearray | memoryview) -> list[Message | Payload]:
-        out: list[Message | Payload] = []
-        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        pos, n = 0, len(view)
-        while pos < n or (self._need is not None and self._need <= len(self._buf)):
-            if self._payload_left:
-                take = min(self._payload_left, n - pos)
-                if take == 0:
-                    break
-                self._payload_left -= take
-                out.append(Payload(self._payload_id, bytes(view[pos:pos + take]),
-                                   self._payload_left == 0))
-                pos += take
-                continue
-            if self._need is None:
-                want = FRAME_HEADER - len(self._buf)
-                self._buf += view[pos:pos + want]
-                pos += min(want, n - pos)
-                if len(self._buf) < FRAME_HEADER:
-                    break
-                length = int.from_bytes(self._buf, "big")
-                if length > self.max_frame:
-                    raise WireError(f"frame of {length} bytes exceeds the limit of "
-                                    f"{self.max_frame}")
-                if length == 0:
-                    raise WireError("empty frame")
-                self._need = length
-                self._buf = bytearray()
-            want = self._need - len(self._buf)
-            if want > 0:
-                self._buf += view[pos:pos + want]
-                pos += min(want, n - pos)
-            if len(self._buf) < self._need:
-                break
-            msg = decode(bytes(self._buf), max_size=self.max_frame)
-            self._need = None
-            self._buf = bytearray()
-            out.append(msg)
-            if self.payloads and isinstance(msg, Block):
-                if msg.size > self.max_payload:
-                    raise WireError(f"BLOCK announces {msg.size} bytes, more than "
-                                    f"{self.max_payload}")
-                self._payload_left = msg.size
-                self._payload_id = msg.request_id
-                if msg.size == 0:
-                    out.append(Payload(msg.request_id, b"", True))
-        return out
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held for an incomplete frame (always <= max_frame)."""
-        return len(self._buf)

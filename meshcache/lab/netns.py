@@ -46,16 +46,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Lab", "Host", "LabError", "UdpDelayRelay", "requires_root", "cleanup_stale",
-           "destroy", "list_labs", "main"]
+__all__ = ["Lab", "LabBase", "Host", "LabError", "UdpDelayRelay", "requires_root", "cleanup_stale",
+           "data_dir", "destroy", "list_labs", "take_down", "main"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]   # the directory holding `meshcache/`
 IFNAMSIZ = 15                 # longest interface name Linux accepts
 GATEWAY_OCTET = 254           # the bridge's address in each lab subnet
 ORIGIN_OCTET = 253            # the origin host's address
@@ -162,14 +163,21 @@ def _state_path(prefix: str) -> Path:
 _DEFAULT_PREFIX = re.compile(r"^mc([0-9a-f]+)-([0-9a-z]+)$")
 
 
+# Names a lab may use after its prefix: hosts h<i>, the origin, and for a lab of zones the
+# hosts <zone letter><i> and routers r<zone letter> (namespaces); the bridge(s) and the root ends
+# of veths (links).
+_NS_SUFFIX = r"-(h\d+|origin|[a-z]\d+|r[a-z])"
+_LINK_SUFFIX = r"(br[a-z]?|v\d+|vo|v[a-z]\d+|vr[a-z])"
+
+
 def _ns_pattern(prefix: str) -> re.Pattern[str]:
     """Namespace names belonging to a lab prefix."""
-    return re.compile(rf"^{re.escape(prefix)}-(h\d+|origin)$")
+    return re.compile(rf"^{re.escape(prefix)}{_NS_SUFFIX}$")
 
 
 def _link_pattern(prefix: str) -> re.Pattern[str]:
     """Root-namespace link names belonging to a lab prefix."""
-    return re.compile(rf"^{re.escape(prefix)}(br|v\d+|vo)$")
+    return re.compile(rf"^{re.escape(prefix)}{_LINK_SUFFIX}$")
 
 
 def _kill_namespace_pids(namespaces: Iterable[str]) -> None:
@@ -187,12 +195,18 @@ def destroy(prefix: str) -> None:
     links = [l for l in _root_links() if _link_pattern(prefix).match(l)]
     # Root veth ends first (deleting one end deletes its peer at once; namespace teardown is
     # asynchronous), then the bridge, then the namespaces.
-    for link in sorted(links, key=lambda l: l.endswith("br")):
+    for link in sorted(links, key=lambda l: l[len(prefix):].startswith("br")):
         _ip("link", "del", link, check=False)
     for ns in namespaces:
         _ip("netns", "del", ns, check=False)
+    shutil.rmtree(data_dir(prefix), ignore_errors=True)
     with contextlib.suppress(OSError):
         _state_path(prefix).unlink()
+
+
+def data_dir(prefix: str) -> Path:
+    """Where a lab's processes keep files (caches, logs, secrets); removed with the lab."""
+    return Path(tempfile.gettempdir()) / "meshcache-lab" / prefix
 
 
 def _present_prefixes() -> set[str]:
@@ -203,7 +217,7 @@ def _present_prefixes() -> set[str]:
         if _DEFAULT_PREFIX.match(base):
             found.add(base)
     for name in _root_links():
-        m = re.match(r"^(mc[0-9a-f]+-[0-9a-z]+?)(br|v\d+|vo)$", name)
+        m = re.match(rf"^(mc[0-9a-f]+-[0-9a-z]+?){_LINK_SUFFIX}$", name)
         if m:
             found.add(m.group(1))
     return found
@@ -226,6 +240,15 @@ def cleanup_stale(prefix_pattern: str = "mc*") -> list[str]:
                 destroy(prefix)
                 cleaned.append(prefix)
     return sorted(cleaned)
+
+
+def take_down(prefixes: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Destroy these labs (default: every persistent one, made by `up`) and any stale ones."""
+    prefixes = list(prefixes) or [s["prefix"] for s in _read_states().values()
+                                  if s.get("persistent")]
+    for prefix in prefixes:
+        destroy(prefix)
+    return {"destroyed": sorted(prefixes), "stale": cleanup_stale()}
 
 
 def list_labs() -> list[dict[str, Any]]:
@@ -309,10 +332,14 @@ class Host:
 
     @staticmethod
     def python_env(env: dict[str, str] | None = None) -> dict[str, str]:
-        """This process's environment plus the repository on PYTHONPATH, unbuffered output."""
+        """This process's environment with unbuffered output; where meshcache is not installed
+        (imported from a source tree, e.g. the current directory) its tree goes on PYTHONPATH so
+        the namespaces' interpreters import the same code."""
         env = dict(os.environ if env is None else env)
-        paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        if not _installed():
+            paths = [str(PACKAGE_PARENT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                             if p]
+            env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -355,6 +382,17 @@ class Host:
         return proc, (addr, int(port))
 
 
+def _installed() -> bool:
+    """Whether this interpreter has meshcache installed (so its children import it unaided)."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("meshcache")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def _readline(proc: subprocess.Popen, timeout: float) -> str:
     """One line of a child's stdout, or '' if it does not come within timeout."""
     assert proc.stdout is not None
@@ -367,8 +405,9 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str:
 
 # --------------------------------------------------------------------------- the lab
 
-def _pick_subnet(states: dict[str, dict[str, Any]]) -> ipaddress.IPv4Network:
-    """The first 10.77.x.0/24 (then a random private /24) clashing with no route or live lab."""
+def _pick_subnet(states: dict[str, dict[str, Any]],
+                 prefixlen: int = 24) -> ipaddress.IPv4Network:
+    """The first 10.77.x.0/prefixlen (then a random private one) clashing with no route or lab."""
     used = [ipaddress.ip_network(s["subnet"]) for s in states.values() if "subnet" in s]
     for family_cmd in (("-j", "-4", "route", "show", "table", "all"), ("-j", "-4", "addr")):
         out = _ip(*family_cmd, check=False).strip()
@@ -381,16 +420,121 @@ def _pick_subnet(states: dict[str, dict[str, Any]]) -> ipaddress.IPv4Network:
                 used.append(ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False))
     rng = random.Random()
     candidates = itertools.chain(
-        (ipaddress.ip_network(f"10.77.{x}.0/24") for x in range(256)),
-        (ipaddress.ip_network(f"10.{rng.randrange(78, 255)}.{rng.randrange(256)}.0/24")
-         for _ in range(1000)))
+        ipaddress.ip_network("10.77.0.0/16").subnets(new_prefix=prefixlen),
+        (ipaddress.ip_network(f"10.{rng.randrange(78, 255)}.{rng.randrange(256)}.0/{prefixlen}",
+                              strict=False) for _ in range(1000)))
     for net in candidates:
         if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
             return net
     raise LabError("no free private /24 for the lab")
 
 
-class Lab:
+def _default_prefix(states: dict[str, dict[str, Any]]) -> str:
+    """`mc<pid hex>-<n>`: short, unique among labs, and names its owner."""
+    present = set(states) | _present_prefixes()
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    while True:
+        n, tag = next(_COUNTER), ""
+        while True:
+            n, r = divmod(n, 36)
+            tag = digits[r] + tag
+            if n == 0:
+                break
+        prefix = f"mc{os.getpid():x}-{tag}"
+        if prefix not in present:
+            return prefix
+
+
+class LabBase:
+    """What every lab shares: its owner, the processes started in it, its state file, teardown.
+
+    A subclass sets `prefix`, `subnet` and `describe()`, calls `_own(persistent)` first and
+    `_record()` once its names are chosen (under `_state_lock`)."""
+
+    prefix: str
+    subnet: ipaddress.IPv4Network
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def _build_or_close(self) -> None:
+        """Build; on any failure remove what was made so far and re-raise."""
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _own(self, persistent: bool) -> None:
+        """Start owning: this process tears the lab down at exit unless it is persistent."""
+        self.persistent = persistent
+        self._owner_pid = os.getpid()
+        self._procs: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        if not persistent:
+            atexit.register(self._atexit)
+
+    def _record(self) -> None:
+        """Record the owner so cleanup_stale can tell a crashed lab from a live one."""
+        state = {"prefix": self.prefix, "pid": self._owner_pid,
+                 "start_time": _start_time(self._owner_pid), "persistent": self.persistent,
+                 "subnet": str(self.subnet), "created": time.time(), **self.describe()}
+        path = _state_path(self.prefix)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(path)
+
+    def _track(self, proc: subprocess.Popen) -> None:
+        """Remember a process started in a namespace, for teardown."""
+        with self._lock:
+            if self._closed:
+                proc.kill()
+                raise LabError("the lab is closed")
+            self._procs = [p for p in self._procs if p.poll() is None] + [proc]
+
+    def close(self) -> None:
+        """Kill the lab's processes and delete its links and namespaces (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            procs, self._procs = self._procs, []
+        with contextlib.suppress(Exception):
+            atexit.unregister(self._atexit)
+        for p in procs:
+            if p.poll() is None:
+                try:                      # the whole session run() started, helpers included
+                    os.killpg(p.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    p.terminate()
+        deadline = time.monotonic() + 1.0
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.kill()
+                p.wait()
+        destroy(self.prefix)
+
+    def _atexit(self) -> None:
+        """Tear down at interpreter exit, but only in the process that built the lab."""
+        if os.getpid() == self._owner_pid:
+            self.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Lab(LabBase):
     """N hosts (network namespaces) on one bridge, torn down by close(), the with block or exit."""
 
     def __init__(self, n_hosts: int, *, prefix: str | None = None, subnet: str | None = None,
@@ -401,15 +545,11 @@ class Lab:
         if reason:
             raise LabError(reason)
         self.mtu = mtu
-        self.persistent = persistent
-        self._owner_pid = os.getpid()
-        self._procs: list[subprocess.Popen] = []
         self._blocked: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
-        self._closed = False
+        self._own(persistent)
         with _state_lock():
             states = _read_states()
-            self.prefix = prefix or self._default_prefix(states)
+            self.prefix = prefix or _default_prefix(states)
             self._check_prefix(self.prefix, n_hosts, states)
             net = ipaddress.ip_network(subnet) if subnet else _pick_subnet(states)
             if net.prefixlen > 24:
@@ -425,33 +565,10 @@ class Lab:
             self.origin = (Host(self, f"{self.prefix}-origin",
                                 str(net.network_address + ORIGIN_OCTET), f"{self.prefix}vo", None)
                            if origin else None)
-            self._write_state()
-        if not persistent:
-            atexit.register(self._atexit)
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
+            self._record()
+        self._build_or_close()
 
     # -- naming
-
-    @staticmethod
-    def _default_prefix(states: dict[str, dict[str, Any]]) -> str:
-        """`mc<pid hex>-<n>`: short, unique among labs, and names its owner."""
-        present = set(states) | _present_prefixes()
-        while True:
-            n = next(_COUNTER)
-            digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-            tag = ""
-            while True:
-                n, r = divmod(n, 36)
-                tag = digits[r] + tag
-                if n == 0:
-                    break
-            prefix = f"mc{os.getpid():x}-{tag}"
-            if prefix not in present:
-                return prefix
 
     @staticmethod
     def _check_prefix(prefix: str, n_hosts: int, states: dict[str, dict[str, Any]]) -> None:
@@ -464,16 +581,6 @@ class Lab:
                              f"(interface names are at most {IFNAMSIZ} characters)")
         if prefix in states or any(_ns_pattern(prefix).match(n) for n in _netns_names()):
             raise LabError(f"a lab with prefix {prefix!r} already exists")
-
-    def _write_state(self) -> None:
-        """Record the owner so cleanup_stale can tell a crashed lab from a live one."""
-        state = {"prefix": self.prefix, "pid": self._owner_pid,
-                 "start_time": _start_time(self._owner_pid), "persistent": self.persistent,
-                 "subnet": str(self.subnet), "created": time.time(), **self.describe()}
-        path = _state_path(self.prefix)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(path)
 
     # -- building
 
@@ -526,14 +633,6 @@ class Lab:
                 "gateway": self.gateway, "mtu": self.mtu,
                 "hosts": [one(h) for h in self.hosts],
                 "origin": one(self.origin) if self.origin else None}
-
-    def _track(self, proc: subprocess.Popen) -> None:
-        """Remember a process started in a namespace, for teardown."""
-        with self._lock:
-            if self._closed:
-                proc.kill()
-                raise LabError("the lab is closed")
-            self._procs = [p for p in self._procs if p.poll() is None] + [proc]
 
     # -- shaping
 
@@ -615,46 +714,6 @@ class Lab:
         for host in self.all_hosts:
             if host.name in names:
                 self._apply_blocks(host)
-
-    # -- teardown
-
-    def close(self) -> None:
-        """Kill the lab's processes and delete its links and namespaces (idempotent)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            procs, self._procs = self._procs, []
-        with contextlib.suppress(Exception):
-            atexit.unregister(self._atexit)
-        for p in procs:
-            if p.poll() is None:
-                try:                      # the whole session run() started, helpers included
-                    os.killpg(p.pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    p.terminate()
-        deadline = time.monotonic() + 1.0
-        for p in procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.kill()
-                p.wait()
-        destroy(self.prefix)
-
-    def _atexit(self) -> None:
-        """Tear down at interpreter exit, but only in the process that built the lab."""
-        if os.getpid() == self._owner_pid:
-            self.close()
-
-    def __enter__(self) -> Lab:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 # --------------------------------------------------------------------------- WAN relay
 
@@ -859,11 +918,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   origin=args.origin, persistent=True)
         print(json.dumps(lab.describe(), indent=2))
     elif args.cmd == "down":
-        prefixes = args.prefixes or [s["prefix"] for s in _read_states().values()
-                                     if s.get("persistent")]
-        for prefix in prefixes:
-            destroy(prefix)
-        print(json.dumps({"destroyed": sorted(prefixes), "stale": cleanup_stale()}))
+        print(json.dumps(take_down(args.prefixes)))
     elif args.cmd == "cleanup":
         print(json.dumps({"stale": cleanup_stale()}))
     return 0

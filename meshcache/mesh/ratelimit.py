@@ -24,6 +24,8 @@ class RateLimiter:
         self.per_connection = per_connection
         self._global = TokenBucket(rate, _burst(rate)) if rate else None
         self._conns: dict[Hashable, TokenBucket] = {}
+        self.waits = 0  # times a transfer had to wait, and the seconds waited (metrics)
+        self.waited = 0.0
 
     @property
     def unlimited(self) -> bool:
@@ -48,6 +50,8 @@ class RateLimiter:
                                                          _burst(self.per_connection))
             delay = max(delay, bucket.take(n, now))
         if delay > 0:
+            self.waits += 1
+            self.waited += delay
             await asyncio.sleep(delay)
 
 

@@ -122,3 +122,7 @@ class RemoteSummaries:
 
     def forget(self, node_id: bytes) -> None:
         self._filters.pop(node_id, None)
+
+    def count(self) -> int:
+        """Peers whose summary is held (one per member: forgotten when it goes)."""
+        return len(self._filters)

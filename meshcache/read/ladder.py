@@ -2,45 +2,18 @@
 
 Each rung is one small object with a `name` (its stats key is `bytes_from_<counter>`), a `rank`
 (core/rungs.py: what a request forwarded from it may use on the asked node) and
-`async fetch(request) -> bytes | None`, None meaning "try the next rung". The node admits what a
+`async fetch(request) -> bytes | Stored | None`, None meaning "try the next rung". The node admits what a
 rung returns through one path: verify, store, record the digest, count, tell the summaries.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
-from meshcache.core.blocks import block_span
-from meshcache.core.rungs import Rank
-from meshcache.core.version import ObjectVersion
+from meshcache.core.rungs import BlockRequest, Rank
 
-
-@dataclass(frozen=True)
-class BlockRequest:
-    """Block `index` of `version`: its digest when known, the caller's origin options, and the
-    highest rank of rung this request may use here (Rank.ANY for a local caller)."""
-
-    version: ObjectVersion
-    index: int
-    block_size: int
-    digest: bytes | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-    max_rank: int = Rank.ANY
-
-    @property
-    def span(self) -> tuple[int, int]:
-        return block_span(self.index, self.version.size, self.block_size)
-
-    @property
-    def length(self) -> int:
-        start, end = self.span
-        return end - start
-
-    @property
-    def key(self) -> bytes:
-        """The block's name before its digest is known: version key + index."""
-        return self.version.key + self.index.to_bytes(8, "big")
+__all__ = ["BlockRequest", "Rank", "Source"]
 
 
 class Source(Protocol):
@@ -49,5 +22,23 @@ class Source(Protocol):
     name: str     # e.g. "local", "holders", "owner", "remote_zone", "origin"
     counter: str  # bytes it returns are counted as bytes_from_<counter>
     rank: int     # core.rungs.Rank: used only if request.max_rank allows it
+    authoritative: bool  # its bytes are the truth even against a known digest (the origin)
 
-    async def fetch(self, request: BlockRequest) -> bytes | None: ...
+    async def fetch(self, request: BlockRequest) -> "bytes | Stored | None": ...
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A rung's answer that the block is already in this node's store (no bytes to admit)."""
+
+    digest: bytes
+
+
+@dataclass
+class FetchResult:
+    """Where block i now is: its digest in the store, or (store unusable) its bytes in memory.
+    `source` is the counter of the rung that supplied it ("local", "peers", "origin", ...)."""
+
+    digest: bytes
+    source: str
+    data: bytes | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import fsspec
 from fsspec.asyn import AsyncFileSystem
@@ -28,6 +28,17 @@ class ObjectNotFound(OriginError, FileNotFoundError):
 
 class ObjectChanged(OriginError):
     """The object changed at the origin while it was being read."""
+
+
+class RangesIgnored(OriginError):
+    """The origin answered a ranged GET with the whole object (200) and no one took the body."""
+
+
+# Given the chunks of a whole-object body (a range-less origin's 200), returns the bytes of
+# the range that was asked for (read/streamfill.py stores every block as it goes by).
+WholeBody = Callable[[AsyncIterator[bytes]], Awaitable[bytes]]
+
+CHUNK = 1 << 20  # bytes read from a streaming body at a time
 
 
 def split_protocol(url: str) -> tuple[str, str]:
@@ -116,8 +127,10 @@ class Origin:
         return ObjectVersion(url, token_from_info(info), size)
 
     async def read(self, version: ObjectVersion, start: int, end: int,
-                   options: Mapping[str, Any]) -> bytes:
-        """Bytes [start, end) of exactly this version; ObjectChanged if the origin moved on."""
+                   options: Mapping[str, Any], whole: WholeBody | None = None) -> bytes:
+        """Bytes [start, end) of exactly this version; ObjectChanged if the origin moved on.
+        An HTTP origin that ignores Range answers with the whole object: its body is handed to
+        `whole` as it streams (which returns the range), else RangesIgnored."""
         url = version.url
         protocol, _ = split_protocol(url)
         fs = self._filesystem(protocol, options)
@@ -126,9 +139,7 @@ class Origin:
             if protocol == "file":
                 data = await asyncio.to_thread(_read_local, path, version, start, end)
             elif protocol in ("http", "https"):
-                headers = {"If-Match": version.etag} if version.etag else {}
-                data = await asyncio.wait_for(
-                    fs._cat_file(path, start=start, end=end, headers=headers), self.timeout)
+                data = await self._read_http(fs, path, version, start, end, whole)
             elif protocol in ("s3", "s3a") and hasattr(fs, "_call_s3"):
                 data = await asyncio.wait_for(self._read_s3(fs, path, version, start, end),
                                               self.timeout)
@@ -138,7 +149,7 @@ class Origin:
             else:
                 data = await asyncio.wait_for(
                     asyncio.to_thread(fs.cat_file, path, start=start, end=end), self.timeout)
-        except ObjectChanged:
+        except (ObjectChanged, RangesIgnored):
             raise
         except FileNotFoundError:
             raise ObjectNotFound(f"{url}: the object is gone from the origin") from None
@@ -153,6 +164,59 @@ class Origin:
             raise ObjectChanged(f"{url}: the origin returned {len(data)} bytes for a range of "
                                 f"{end - start}; the object changed or ignores ranges")
         return data
+
+    async def _read_http(self, fs: Any, url: str, version: ObjectVersion, start: int, end: int,
+                         whole: WholeBody | None) -> bytes:
+        """A ranged GET that sees the status: 206 -> the range; 200 -> the whole object, which
+        is the range only when the range is the whole object, else goes to `whole`."""
+        kw = dict(fs.kwargs)
+        headers = dict(kw.pop("headers", None) or {})
+        headers["Range"] = f"bytes={start}-{end - 1}"
+        if version.etag:
+            headers["If-Match"] = version.etag
+        session = await fs.set_session()
+        resp = await asyncio.wait_for(session.get(fs.encode_url(url), headers=headers, **kw),
+                                      self.timeout)
+        async with resp:
+            if resp.status == 404:
+                raise FileNotFoundError(url)
+            if resp.status == 412:
+                raise ObjectChanged(f"{url}: the object changed at the origin during the read "
+                                    "(version no longer matches)")
+            resp.raise_for_status()
+            if resp.status == 206:
+                first = resp.headers.get("Content-Range", "").removeprefix("bytes ")
+                if first.split("-", 1)[0].strip() not in ("", str(start)):
+                    raise ObjectChanged(f"{url}: asked for bytes from {start}, the origin sent "
+                                        f"{first[:60]!r}")
+                return await self._body(resp, end - start)
+            if start == 0 and end == version.size:
+                return await self._body(resp, end - start)
+            if whole is None:
+                raise RangesIgnored(f"{url}: the origin ignores Range (200 with the whole "
+                                    "object for a ranged GET)")
+            return await whole(self._chunks(resp))
+
+    async def _body(self, resp: Any, n: int) -> bytes:
+        """Exactly n bytes of a response body; more or fewer means another version."""
+        try:
+            data = await asyncio.wait_for(resp.content.readexactly(n), self.timeout) \
+                if n else b""
+            extra = await asyncio.wait_for(resp.content.read(1), self.timeout)
+        except asyncio.IncompleteReadError as e:
+            data, extra = e.partial, b""
+        if extra or len(data) != n:
+            raise ObjectChanged(f"{resp.url}: the origin sent a body of another length than "
+                                f"the {n} bytes asked for; the object changed")
+        return data
+
+    async def _chunks(self, resp: Any) -> AsyncIterator[bytes]:
+        """A streaming body in chunks of at most CHUNK bytes; a stall over the timeout fails."""
+        while True:
+            chunk = await asyncio.wait_for(resp.content.read(CHUNK), self.timeout)
+            if not chunk:
+                return
+            yield chunk
 
     async def _read_s3(self, fs: Any, path: str, version: ObjectVersion, start: int,
                        end: int) -> bytes:

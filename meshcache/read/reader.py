@@ -5,12 +5,16 @@ for cold blocks with a readahead window of K blocks when access is sequential.""
 from __future__ import annotations
 
 import concurrent.futures
+from collections import defaultdict
 import io
 import os
 import threading
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
-from meshcache.read.node import FetchResult, Node
+from meshcache.config import Config
+from meshcache.core.manifest import Manifest
+from meshcache.core.version import ObjectVersion
+from meshcache.read.ladder import FetchResult
 from meshcache.read.origin import ObjectChanged
 from meshcache.read.store import BlockCorrupt
 
@@ -18,10 +22,59 @@ _SOURCES = ("local", "peers", "origin")
 _STATS_EVERY = 64 << 20  # bytes read between updates of the node's counters
 
 
+
+class BlockFilesView(Protocol):
+    """What a Reader needs of a store: block files it may open and read itself."""
+
+    def __contains__(self, d: bytes) -> bool: ...
+
+    def first_missing(self, digests: list[bytes | None], start: int,
+                      limit: int = 4096) -> int: ...
+
+    def open_block(self, d: bytes,
+                   release: tuple[bytes, int] | None = None) -> tuple[int, int]: ...
+
+    def close_block(self, d: bytes, fd: int) -> None: ...
+
+    def remove(self, d: bytes) -> None: ...
+
+
+class ReaderBackend(Protocol):
+    """What a Reader needs of a node: the in-process Node, or the host daemon's client
+    (meshcache.host.client.DaemonNode) that asks the daemon for cold blocks."""
+
+    config: Config
+
+    @property
+    def store(self) -> BlockFilesView: ...
+
+    def version(self, url: str, options: Mapping[str, Any] | None = None, *,
+                refresh: bool = False) -> ObjectVersion: ...
+
+    def latest(self, url: str) -> ObjectVersion | None: ...
+
+    def manifest(self, version: ObjectVersion) -> Manifest: ...
+
+    def has_block(self, version: ObjectVersion, index: int) -> bytes | None: ...
+
+    def submit_fetch(self, version: ObjectVersion, index: int, options: Mapping[str, Any] | None
+                     = None) -> "concurrent.futures.Future[FetchResult]": ...
+
+    def fetch_sync(self, version: ObjectVersion, index: int,
+                   options: Mapping[str, Any] | None = None) -> FetchResult: ...
+
+    def read_origin_sync(self, version: ObjectVersion, index: int,
+                         options: Mapping[str, Any] | None = None) -> bytes: ...
+
+    def count(self, **deltas: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
 class Reader(io.RawIOBase):
     """Read-only, seekable, thread-safe file over `url` as it was when opened."""
 
-    def __init__(self, node: Node, url: str, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, node: ReaderBackend, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self._node = node
         self._options = dict(options or {})
@@ -46,12 +99,11 @@ class Reader(io.RawIOBase):
         self._mem: bytes | None = None
         self._prev: int | None = None
         self._ahead: dict[int, concurrent.futures.Future[FetchResult]] = {}
-        self._pending = dict.fromkeys(_SOURCES, 0)
+        self._pending: defaultdict[str, int] = defaultdict(int, dict.fromkeys(_SOURCES, 0))
         self._hits = 0
         self._checked = 0  # blocks below this index were found in the store by _schedule
-        self._latest = node._statcache._latest
-        self._stats: dict[str, int] = {"bytes_from_local": 0, "bytes_from_peers": 0,
-                                       "bytes_from_origin": 0, "origin_requests": 0}
+        self._stats: dict[str, int] = {f"bytes_from_{s}": 0 for s in _SOURCES}
+        self._stats["origin_requests"] = 0
 
     @property
     def stats(self) -> dict[str, int]:
@@ -154,7 +206,7 @@ class Reader(io.RawIOBase):
 
     def _at_block(self) -> int:
         """Make the block under the position current; returns the offset within it."""
-        latest = self._latest.get(self.url)
+        latest = self._node.latest(self.url)
         if latest is not self.version and latest is not None and latest != self.version:
             raise ObjectChanged(f"{self.url}: a newer version exists at the origin "
                                 f"({latest.token}); reopen to read it")
@@ -213,8 +265,7 @@ class Reader(io.RawIOBase):
             except (FileNotFoundError, BlockCorrupt):
                 continue  # evicted or damaged since: fetch again
             self._cur, self._fd, self._digest, self._cur_len = i, fd, res.digest, size
-            self._cur_source = "origin" if res.source == "origin" else (
-                "peers" if res.source == "peer" else "local")
+            self._cur_source = res.source
             self._note_source(res.source)
             return
         # The store keeps losing this block (capacity far too small): serve it from memory.
@@ -253,8 +304,7 @@ class Reader(io.RawIOBase):
 
     def _set_memory(self, i: int, data: bytes, source: str) -> None:
         self._cur, self._mem, self._cur_len = i, data, len(data)
-        self._cur_source = "origin" if source == "origin" else "peers" if source == "peer" \
-            else "local"
+        self._cur_source = source
         self._note_source(source)
 
     def _note_source(self, source: str) -> None:
@@ -283,23 +333,22 @@ class Reader(io.RawIOBase):
         p = self._pending
         if not any(p.values()) and not self._hits:
             return
-        self._stats["bytes_from_local"] += p["local"]
-        self._stats["bytes_from_peers"] += p["peers"]
-        self._stats["bytes_from_origin"] += p["origin"]
+        for source, n in p.items():
+            key = f"bytes_from_{source}"
+            self._stats[key] = self._stats.get(key, 0) + n
         self._node.count(bytes_from_local=p["local"], block_hits=self._hits)
         self._hits = 0
         for k in p:
             p[k] = 0
 
     def _pending_total(self) -> int:
-        p = self._pending
-        return p["local"] + p["peers"] + p["origin"]
+        return sum(self._pending.values())
 
     def __repr__(self) -> str:
         return f"<meshcache.Reader {self.url} size={self.size} pos={self._pos}>"
 
 
-def open_reader(node: Node, url: str, mode: str = "rb",
+def open_reader(node: ReaderBackend, url: str, mode: str = "rb",
                 options: Mapping[str, Any] | None = None, **text_kwargs: Any) -> Any:
     """`Reader` for mode 'rb'; a TextIOWrapper over a buffered Reader for mode 'r'/'rt'."""
     if mode in ("rb", "br"):
@@ -309,3 +358,18 @@ def open_reader(node: Node, url: str, mode: str = "rb",
                                 **text_kwargs)
     raise ValueError(f"meshcache.open: mode {mode!r} is not supported; the cache is read-only "
                      "('rb' or 'r')")
+
+
+def read_range(node: ReaderBackend, url: str, start: int | None = None, end: int | None = None,
+               options: Mapping[str, Any] | None = None) -> bytes:
+    """Bytes [start, end) of the object (negative offsets count from the end)."""
+    with Reader(node, url, options) as f:
+        size = f.size
+        s = 0 if start is None else (start + size if start < 0 else start)
+        e = size if end is None else (end + size if end < 0 else end)
+        s, e = max(0, min(s, size)), max(0, min(e, size))
+        if e <= s:
+            return b""
+        f.limit_readahead(e)
+        f.seek(s)
+        return f.read(e - s)

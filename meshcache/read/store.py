@@ -39,8 +39,10 @@ class BlockCorrupt(Exception):
     """A block file on disk does not hash to its name; it has been removed."""
 
 
-def _fd_budget() -> int:
-    """How many block descriptors to keep open: a quarter of the (raised) soft fd limit."""
+def raise_fd_limit() -> int:
+    """Raise the process's soft descriptor limit toward the hard one (at most 65536); returns
+    the soft limit now. The node and the daemon call it once at start: a store keeps block
+    descriptors open, and the usual soft limit of 1024 is small for it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
     if soft != resource.RLIM_INFINITY and soft < want:
@@ -49,6 +51,12 @@ def _fd_budget() -> int:
             soft = want
         except (ValueError, OSError):
             pass
+    return 65536 if soft == resource.RLIM_INFINITY else soft
+
+
+def _fd_budget() -> int:
+    """How many block descriptors to keep open: a quarter of the soft fd limit, at most 4096."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     limit = 65536 if soft == resource.RLIM_INFINITY else soft
     return max(16, min(4096, limit // 4))
 
@@ -62,17 +70,20 @@ class BlockStore:
         self.capacity = capacity
         self.fsync = fsync
         self._lock = threading.Lock()
-        self._sizes: dict[bytes, int] = {}
         self._verified: dict[bytes, tuple[int, int, int]] = {}  # digest -> (ino, size, mtime)
         self._fds: dict[bytes, int] = {}  # digest -> open read-only fd, oldest first
         self._max_fds = _fd_budget()
         self._leases: dict[bytes, int] = {}
         self._pinned_versions: set[bytes] = set()
         self._pinned_digests: dict[bytes, int] = {}
-        self._policy = S3FIFO(capacity)
+        self._policy = S3FIFO(capacity)  # also the index: which blocks are here, and their sizes
         self.corrupt_blocks = 0
         self.evicted_blocks = 0
         self._open()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's lock may have been held by another thread."""
+        self._lock = threading.Lock()
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -93,21 +104,25 @@ class BlockStore:
         self._clear_dead_tmp()
         self._tmp_pid = -1
         found: list[tuple[int, bytes, int]] = []
-        for path in (self.root / "blocks").glob("*/*"):
-            name = path.name
-            if not is_hex_digest(name) or path.parent.name != name[:2]:
+        for sub in os.scandir(self._blocks_dir):  # scandir: no Path objects for 10^6 files
+            if not sub.is_dir(follow_symlinks=False):
                 continue
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            if st.st_size == 0:
-                path.unlink(missing_ok=True)
-                continue
-            found.append((st.st_mtime_ns, bytes.fromhex(name), st.st_size))
-        for _, d, size in sorted(found):
-            self._sizes[d] = size
+            for entry in os.scandir(sub.path):
+                name = entry.name
+                if name[:2] != sub.name or not is_hex_digest(name):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.st_size == 0:
+                    os.unlink(entry.path)
+                    continue
+                found.append((st.st_mtime_ns, bytes.fromhex(name), st.st_size))
+        found.sort()
+        for _, d, size in found:
             self._policy.insert(d, size, main=True)
+        del found
         for pin in (self.root / "pins").iterdir():
             if is_hex_digest(pin.name):
                 self._pin_version_locked(bytes.fromhex(pin.name))
@@ -153,7 +168,7 @@ class BlockStore:
     def __contains__(self, d: bytes) -> bool:
         """True when the block is here (also when another process sharing the dir stored it)."""
         with self._lock:
-            if d in self._sizes:
+            if d in self._policy:
                 return True
         return self._adopt(d)
 
@@ -163,32 +178,31 @@ class BlockStore:
         except OSError:
             return False
         with self._lock:
-            if d not in self._sizes:
-                self._sizes[d] = st.st_size
+            if d not in self._policy:
                 self._policy.insert(d, st.st_size)
                 self._evict_locked()
-            return d in self._sizes
+            return d in self._policy
 
     def first_missing(self, digests: list[bytes | None], start: int, limit: int = 4096) -> int:
         """Index of the first digest from `start` that is unknown or not here (one lock for the
         whole scan; at most `limit` entries are looked at)."""
         end = min(len(digests), start + limit)
         with self._lock:
-            sizes = self._sizes
+            held = self._policy
             for i in range(start, end):
                 d = digests[i]
-                if d is None or d not in sizes:
+                if d is None or d not in held:
                     return i
         return end
 
     @property
     def used(self) -> int:
         with self._lock:
-            return sum(self._sizes.values())
+            return self._policy.used
 
     def digests(self) -> list[bytes]:
         with self._lock:
-            return list(self._sizes)
+            return self._policy.keys()
 
     def put(self, data: bytes | memoryview, d: bytes | None = None) -> bytes:
         """Store verified bytes; returns their digest. If `d` is given the bytes must hash to it."""
@@ -197,7 +211,7 @@ class BlockStore:
             raise BlockCorrupt(f"block {to_hex(d)}: bytes hash to {to_hex(actual)}")
         final = self.block_path(actual)
         with self._lock:
-            if actual in self._sizes and final.exists():
+            if actual in self._policy and final.exists():
                 self._policy.access(actual)
                 return actual
         tmp = None
@@ -226,8 +240,7 @@ class BlockStore:
         st = os.stat(final)
         with self._lock:
             self._verified[actual] = (st.st_ino, st.st_size, st.st_mtime_ns)
-            if actual not in self._sizes:
-                self._sizes[actual] = len(data)
+            if actual not in self._policy:
                 self._policy.insert(actual, len(data))
             self._evict_locked()
         return actual
@@ -262,8 +275,7 @@ class BlockStore:
                 fd = cached
             self._leases[d] = self._leases.get(d, 0) + 1
             known = self._verified.get(d) == stamp
-            if d not in self._sizes:
-                self._sizes[d] = st.st_size
+            if d not in self._policy:
                 self._policy.insert(d, st.st_size)
             self._policy.access(d)
         if close_released:
@@ -332,7 +344,6 @@ class BlockStore:
         fd = self._fds.pop(d, None)
         if fd is not None and d not in self._leases:
             os.close(fd)  # a leased descriptor is closed by close_block instead
-        self._sizes.pop(d, None)
         self._verified.pop(d, None)
         self._policy.remove(d)
         try:

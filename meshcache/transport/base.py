@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import time
 from functools import partial
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -639,6 +640,7 @@ class Transport(abc.ABC):
                  authenticate: Authenticator | None = None) -> None:
         self.config = config or TransportConfig()
         self.authenticate = authenticate
+        self._rejected_logged: dict[Any, float] = {}  # host -> when its rejection was logged
         self._handler: StreamHandler | None = None
         self._pool: dict[Any, Connection] = {}
         self._connecting: dict[Any, asyncio.Future[Connection]] = {}
@@ -734,7 +736,17 @@ class Transport(abc.ABC):
         try:
             await self._authenticate(conn)
         except TransportError as e:
-            log.info("connection from %r rejected: %s", conn.peer.address, e)
+            # A rejected peer is what an operator must see (a wrong credential): WARNING, once
+            # a minute per host so a peer retrying every round does not flood the log.
+            host, now = conn.peer.address[0], time.monotonic()
+            if now - self._rejected_logged.get(host, -60.0) >= 60.0:
+                if len(self._rejected_logged) >= 1024:  # many hosts: forget the old entries
+                    self._rejected_logged = {h: t for h, t in self._rejected_logged.items()
+                                             if now - t < 60.0}
+                self._rejected_logged[host] = now
+                log.warning("connection from %r rejected: %s", conn.peer.address, e)
+            else:
+                log.debug("connection from %r rejected: %s", conn.peer.address, e)
             self._connections.discard(conn)
             return
         await self._serve_streams(conn)

@@ -50,23 +50,6 @@ def test_wire_decode(data):
     assert wire.decode(wire.encode(got)) == got
 
 
-@fuzz
-@given(st.data())
-def test_frame_decoder(data):
-    msgs = data.draw(st.lists(messages, min_size=1, max_size=4))
-    stream = data.draw(mutated(b"".join(wire.encode_frame(m) for m in msgs)))
-    dec = wire.FrameDecoder(max_frame=data.draw(st.sampled_from([64, 4096, wire.MAX_FRAME])),
-                            max_payload=1 << 16)
-    step = data.draw(st.integers(1, 64))
-    try:
-        for i in range(0, len(stream), step):
-            for out in dec.feed(stream[i:i + step]):
-                assert isinstance(out, (wire.Payload, *wire._TYPES.values()))
-    except WireError:
-        pass
-    assert dec.buffered <= max(dec.max_frame, wire.FRAME_HEADER)
-
-
 @st.composite
 def filters(draw) -> BloomFilter:
     f = BloomFilter(draw(st.integers(8, 2000)), draw(st.integers(1, 12)))

@@ -1,0 +1,52 @@
+"""Helpers shared by the chaos scenarios: arguments, process memory, the JSON last line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+MiB = 1 << 20
+
+
+def parse(description: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a short version (minutes, not hours)")
+    return p.parse_args()
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print the result as the last line (one JSON object), rounding floats."""
+    out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}
+    sys.stdout.flush()
+    print(json.dumps(out), flush=True)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def rss(pid: int | str = "self") -> int:
+    """Resident set size of a process in bytes (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_rss(pid: int | str = "self") -> int:
+    """Peak resident set size (VmHWM) of a process in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def open_fds(pid: int | str = "self") -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))

@@ -1,0 +1,194 @@
+"""A read-only FUSE mount of an origin URL prefix, read through the cache (mfusepy over libfuse3).
+
+Directory listings come from the origin through fsspec and are cached for `metadata_ttl`; a file
+opened here is a Reader over the object version current at open, so sequential reads get the
+node's readahead and hot blocks are read straight from their block files. Files are opened with
+`keep_cache` while their version is unchanged, so rereads are served from the kernel's page
+cache. A missing object is ENOENT; an origin failure is EIO and a log line naming the URL.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+import threading
+import time
+from typing import Any, Mapping
+
+import mfusepy
+
+from meshcache.read.node import Node
+from meshcache.read.origin import ObjectNotFound, OriginError
+from meshcache.read.reader import Reader
+from meshcache.read.store import StoreError
+from meshcache.surfaces.listing import Item, Listing
+
+log = logging.getLogger("meshcache.surfaces.fuse")
+
+MAX_READAHEAD = 1 << 20  # bytes the kernel may read ahead of a sequential reader
+# libfuse worker threads; idle ones are kept (libfuse 3.14 otherwise starts a thread per
+# request, and each new thread costs a Python thread state: 3x slower reads).
+MAX_THREADS = 16
+MAX_READ = 1 << 20  # bytes one FUSE read request may ask for (fewer requests, less overhead)
+
+
+class MeshcacheFuse(mfusepy.Operations):
+    """The FUSE operations: getattr, readdir, open, read, release, statfs (read-only)."""
+
+    use_ns = True
+
+    def __init__(self, node: Node, prefix: str,
+                 options: Mapping[str, Any] | None = None) -> None:
+        self.node = node
+        self.options = dict(options or {})
+        self.listing = Listing(prefix, self.options, node.config.metadata_ttl)
+        self.prefix = self.listing.prefix
+        self._handles: dict[int, Reader] = {}
+        self._locks: dict[int, threading.Lock] = {}
+        self._next = itertools.count(1)
+        self._opened: dict[str, bytes] = {}  # path -> version key last opened (keep_cache)
+        self._lock = threading.Lock()
+        self._uid, self._gid = os.getuid(), os.getgid()
+        self._mounted_at = time.time()
+        self.mounted = False  # set once libfuse has mounted and called init
+
+    # ---- metadata ----------------------------------------------------------------------------
+
+    def _dir_attrs(self, mtime: float) -> dict[str, Any]:
+        ns = int((mtime or self._mounted_at) * 1e9)
+        return {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_uid": self._uid,
+                "st_gid": self._gid, "st_mtime": ns, "st_ctime": ns, "st_atime": ns}
+
+    def _file_attrs(self, size: int, mtime: float) -> dict[str, Any]:
+        ns = int((mtime or self._mounted_at) * 1e9)
+        return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": size,
+                "st_uid": self._uid, "st_gid": self._gid, "st_blocks": (size + 511) // 512,
+                "st_blksize": 1 << 20, "st_mtime": ns, "st_ctime": ns, "st_atime": ns}
+
+    def _list(self, rel_dir: str) -> list[Item]:
+        try:
+            return self.listing.list(rel_dir)
+        except ObjectNotFound:
+            raise mfusepy.FuseOSError(errno.ENOENT) from None
+        except OriginError as e:
+            log.error("listing %s failed: %s", self.listing.url(rel_dir), e)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        rel = path.strip("/")
+        if not rel:
+            return self._dir_attrs(0)
+        parent = rel.rpartition("/")[0]
+        for item in self._list(parent):
+            if item.path == rel:
+                if item.is_dir:
+                    return self._dir_attrs(item.mtime)
+                size = item.size if item.size >= 0 else self._stat_size(rel)
+                return self._file_attrs(size, item.mtime)
+        raise mfusepy.FuseOSError(errno.ENOENT)
+
+    def _stat_size(self, rel: str) -> int:
+        """The size from the origin's stat (cached by the node) when the listing lacks it."""
+        url = self.listing.url(rel)
+        try:
+            return self.node.version(url, self.options).size
+        except ObjectNotFound:
+            raise mfusepy.FuseOSError(errno.ENOENT) from None
+        except OriginError as e:
+            log.error("stat %s: %s", url, e)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    def readdir(self, path: str, fh: Any) -> list[str]:
+        rel = path.strip("/")
+        names = [item.path.rpartition("/")[2] for item in self._list(rel)]
+        return [".", ".."] + sorted(n for n in names if n)
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 1 << 20, "f_frsize": 1 << 20, "f_blocks": 0, "f_bfree": 0,
+                "f_bavail": 0, "f_namemax": 255}
+
+    # ---- files -------------------------------------------------------------------------------
+
+    def open(self, path: str, fi: Any) -> int:
+        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise mfusepy.FuseOSError(errno.EROFS)
+        url = self.listing.url(path.strip("/"))
+        try:
+            reader = Reader(self.node, url, self.options)
+        except ObjectNotFound:
+            raise mfusepy.FuseOSError(errno.ENOENT) from None
+        except (OriginError, StoreError) as e:
+            log.error("open %s: %s", url, e)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+        fh = next(self._next)
+        with self._lock:
+            self._handles[fh] = reader
+            self._locks[fh] = threading.Lock()
+            same = self._opened.get(path) == reader.version.key
+            self._opened[path] = reader.version.key
+        fi.fh = fh
+        fi.keep_cache = 1 if same else 0  # a new version drops the kernel's old pages
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        fh = fi.fh
+        with self._lock:
+            reader, lock = self._handles.get(fh), self._locks.get(fh)
+        if reader is None or lock is None:
+            raise mfusepy.FuseOSError(errno.EBADF)
+        try:
+            with lock:
+                if reader.tell() != offset:
+                    reader.seek(offset)
+                return reader.read(size)
+        except (OriginError, StoreError) as e:
+            log.error("read %s bytes %d-%d: %s", reader.url, offset, offset + size, e)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    def release(self, path: str, fi: Any) -> int:
+        with self._lock:
+            reader = self._handles.pop(fi.fh, None)
+            self._locks.pop(fi.fh, None)
+        if reader is not None:
+            reader.close()
+        return 0
+
+    def init_with_config(self, conn_info: Any, config_3: Any) -> None:
+        self.mounted = True
+        if conn_info is not None:
+            conn_info.max_readahead = MAX_READAHEAD
+            conn_info.max_read = MAX_READ  # must equal the max_read mount option
+        if config_3 is not None:
+            # Attributes and names are the origin's listing, itself cached for metadata_ttl.
+            ttl = float(self.node.config.metadata_ttl)
+            config_3.entry_timeout = ttl
+            config_3.attr_timeout = ttl
+            config_3.negative_timeout = min(ttl, 1.0)
+
+    def destroy(self, path: str) -> None:
+        with self._lock:
+            readers = list(self._handles.values())
+            self._handles.clear()
+        for r in readers:
+            r.close()
+
+
+def mount(node: Node, prefix: str, mountpoint: str, options: Mapping[str, Any] | None = None,
+          *, debug: bool = False) -> None:
+    """Serve `prefix` at `mountpoint` until unmounted (umount / fusermount3 -u) or SIGTERM /
+    SIGINT (libfuse unmounts on both); blocks the calling (main) thread."""
+    ops = MeshcacheFuse(node, prefix, options)
+    try:
+        mfusepy.FUSE(ops, mountpoint, raw_fi=True, foreground=True, debug=debug, ro=True,
+                     fsname="meshcache", subtype="meshcache", default_permissions=True,
+                     max_read=MAX_READ, max_threads=MAX_THREADS,
+                     max_idle_threads=MAX_THREADS)
+    except RuntimeError as e:
+        # libfuse's loop reports a signal-ended session as an error (8) after unmounting.
+        if not ops.mounted or os.path.ismount(mountpoint):
+            raise
+        log.info("%s unmounted (%s)", mountpoint, e)
+    log.info("%s: unmounted", mountpoint)

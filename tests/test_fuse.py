@@ -1,0 +1,160 @@
+"""`meshcache mount` over /dev/fuse: read by cat, sha256sum and Python open; a missing file is
+ENOENT; a failing origin is EIO with a log line naming the URL; SIGTERM and umount unmount."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.conftest import SMALL_BLOCK, make_bytes
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+    reason="needs /dev/fuse and fusermount3 (apt fuse3; make system-deps installs it)")
+
+
+def start_mount(prefix: str, mnt, cache, log, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, MESHCACHE_BLOCK_SIZE=str(SMALL_BLOCK), MESHCACHE_FSYNC="0",
+               MESHCACHE_ORIGIN_RETRIES="0", MESHCACHE_ORIGIN_TIMEOUT="10")
+    proc = subprocess.Popen([sys.executable, "-c", "from meshcache.cli import main; main()",
+                             "--cache-dir", str(cache), "mount", prefix, str(mnt), *extra],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"mount did not come up: {log.name} says "
+                                 f"{open(log.name).read()[-2000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+def stop_mount(proc: subprocess.Popen, mnt) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    if os.path.ismount(mnt):
+        subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
+
+
+@pytest.fixture
+def local_tree(tmp_path):
+    root = tmp_path / "origin"
+    (root / "models" / "m1").mkdir(parents=True)
+    big = make_bytes(40 * SMALL_BLOCK + 321, 11)
+    (root / "models" / "m1" / "weights.bin").write_bytes(big)
+    (root / "models" / "m1" / "config.json").write_text('{"a": 1}')
+    (root / "readme.txt").write_text("hello mount\n")
+    return root, big
+
+
+def test_mount_reads_and_unmounts_on_sigterm(local_tree, tmp_path):
+    root, big = local_tree
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with open(tmp_path / "mount.log", "w") as log:
+        proc = start_mount(str(root), mnt, tmp_path / "cache", log)
+        try:
+            assert sorted(os.listdir(mnt)) == ["models", "readme.txt"]
+            assert sorted(os.listdir(mnt / "models" / "m1")) == ["config.json", "weights.bin"]
+            assert os.stat(mnt / "models" / "m1" / "weights.bin").st_size == len(big)
+            cat = subprocess.run(["cat", str(mnt / "readme.txt")], capture_output=True,
+                                 check=True, timeout=30)
+            assert cat.stdout == b"hello mount\n"
+            sha = subprocess.run(["sha256sum", str(mnt / "models" / "m1" / "weights.bin")],
+                                 capture_output=True, text=True, check=True, timeout=60)
+            assert sha.stdout.split()[0] == hashlib.sha256(big).hexdigest()
+            with open(mnt / "models" / "m1" / "weights.bin", "rb") as f:
+                f.seek(7 * SMALL_BLOCK + 5)
+                assert f.read(3 * SMALL_BLOCK) == big[7 * SMALL_BLOCK + 5:10 * SMALL_BLOCK + 5]
+            with pytest.raises(FileNotFoundError):
+                open(mnt / "models" / "missing.bin", "rb")
+            with pytest.raises(OSError) as e:
+                open(mnt / "readme.txt", "wb")
+            assert e.value.errno in (errno.EROFS, errno.EACCES)
+            # The bytes are in the cache: the store holds the object's blocks.
+            blocks = list((tmp_path / "cache").rglob("*"))
+            assert sum(p.stat().st_size for p in blocks if p.is_file()) >= len(big)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(20)
+            finally:
+                stop_mount(proc, mnt)
+    assert rc == 0, open(tmp_path / "mount.log").read()[-2000:]
+    assert not os.path.ismount(mnt)
+
+
+def test_umount_ends_the_process(local_tree, tmp_path):
+    root, _ = local_tree
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with open(tmp_path / "mount.log", "w") as log:
+        proc = start_mount(str(root), mnt, tmp_path / "cache", log)
+        try:
+            assert (mnt / "readme.txt").read_text() == "hello mount\n"
+            subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+            assert proc.wait(20) == 0
+        finally:
+            stop_mount(proc, mnt)
+
+
+@pytest.fixture
+def failing_http(tmp_path):
+    """An HTTP origin that lists and answers HEAD but fails every GET of a file with 500."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "broken.bin").write_bytes(make_bytes(3 * SMALL_BLOCK, 3))
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path.endswith(".bin"):
+                self.send_error(500, "disk on fire")
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(Handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_failing_origin_is_eio_with_url_logged(failing_http, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with open(tmp_path / "mount.log", "w") as log:
+        proc = start_mount(failing_http, mnt, tmp_path / "cache", log)
+        try:
+            assert "broken.bin" in os.listdir(mnt)
+            with pytest.raises(OSError) as e:
+                with open(mnt / "broken.bin", "rb") as f:
+                    f.read()
+            assert e.value.errno == errno.EIO
+            with pytest.raises(FileNotFoundError):
+                open(mnt / "nothere.bin", "rb")
+        finally:
+            stop_mount(proc, mnt)
+    text = open(tmp_path / "mount.log").read()
+    assert f"{failing_http}broken.bin" in text and "ERROR" in text

@@ -1,0 +1,194 @@
+"""The S3 gateway end to end: boto3 and the AWS CLI against meshcache's gateway, with a moto
+server as the origin behind it (ranged, whole, conditional, missing key, bad signature, listing,
+presigned URLs, read-only)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import boto3
+import botocore
+import pytest
+import requests
+from botocore.config import Config as BotoConfig
+from moto.server import ThreadedMotoServer
+
+from meshcache import Node
+from meshcache.surfaces.s3gateway import Bucket, GatewayServer, S3Gateway
+
+from tests.conftest import SMALL_BLOCK, make_bytes
+
+KEY, SECRET = "AKIDMESHCACHETEST", "meshcache-test-secret"
+
+
+@pytest.fixture(scope="module")
+def origin():
+    """A moto S3 server holding bucket 'origin-bucket' with a few objects."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client.create_bucket(Bucket="origin-bucket")
+        objects = {"models/a/weights.bin": make_bytes(5 * SMALL_BLOCK + 77, 1),
+                   "models/a/config.json": b'{"layers": 2}',
+                   "models/b/tokenizer.json": make_bytes(3000, 2),
+                   "models/readme.txt": b"hello"}
+        for k, v in objects.items():
+            client.put_object(Bucket="origin-bucket", Key=k, Body=v)
+        yield url, objects
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def gateway(origin, cache_config):
+    url, objects = origin
+    node = Node(cache_config())
+    opts = {"endpoint_url": url, "key": "testing", "secret": "testing"}
+    gw = S3Gateway(node, {"models": Bucket("models", "s3://origin-bucket/models/", opts)},
+                   {KEY: SECRET})
+    server = GatewayServer(gw)
+    host, port = server.start("127.0.0.1:0")
+    try:
+        yield f"http://{host}:{port}", node, objects
+    finally:
+        server.close()
+        node.close()
+
+
+def client(endpoint, secret=SECRET, **config):
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=KEY, aws_secret_access_key=secret,
+                        config=BotoConfig(retries={"max_attempts": 1}, **config))
+
+
+def test_get_whole_ranged_head_and_sources(gateway):
+    endpoint, node, objects = gateway
+    s3 = client(endpoint)
+    data = objects["models/a/weights.bin"]
+    got = s3.get_object(Bucket="models", Key="a/weights.bin")
+    assert got["Body"].read() == data
+    assert got["ContentLength"] == len(data)
+    assert node.stats()["bytes_from_origin"] == len(data)
+    # Hot now: served from the store, no new origin bytes.
+    part = s3.get_object(Bucket="models", Key="a/weights.bin", Range="bytes=70000-200000")
+    assert part["Body"].read() == data[70000:200001]
+    assert part["ContentRange"] == f"bytes 70000-200000/{len(data)}"
+    assert s3.get_object(Bucket="models", Key="a/weights.bin",
+                         Range="bytes=-100")["Body"].read() == data[-100:]
+    assert s3.get_object(Bucket="models", Key="a/weights.bin",
+                         Range=f"bytes={len(data) - 5}-")["Body"].read() == data[-5:]
+    assert node.stats()["bytes_from_origin"] == len(data)
+    head = s3.head_object(Bucket="models", Key="a/weights.bin")
+    assert head["ContentLength"] == len(data)
+    # The origin's ETag passes through (moto's is the MD5 of the body).
+    assert head["ETag"].strip('"') == hashlib.md5(data).hexdigest()
+    assert s3.get_object(Bucket="models", Key="readme.txt")["Body"].read() == b"hello"
+
+
+def test_conditions_and_invalid_range(gateway):
+    endpoint, _, objects = gateway
+    s3 = client(endpoint)
+    etag = s3.head_object(Bucket="models", Key="a/config.json")["ETag"]
+    assert s3.get_object(Bucket="models", Key="a/config.json",
+                         IfMatch=etag)["Body"].read() == objects["models/a/config.json"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.get_object(Bucket="models", Key="a/config.json", IfMatch='"0000"')
+    assert e.value.response["Error"]["Code"] == "PreconditionFailed"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.get_object(Bucket="models", Key="a/config.json", IfNoneMatch=etag)
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.get_object(Bucket="models", Key="a/config.json", Range="bytes=5000-6000")
+    assert e.value.response["Error"]["Code"] == "InvalidRange"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 416
+
+
+def test_errors_map_to_s3(gateway):
+    endpoint, _, _ = gateway
+    s3 = client(endpoint)
+    with pytest.raises(s3.exceptions.NoSuchKey):
+        s3.get_object(Bucket="models", Key="a/missing.bin")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.head_object(Bucket="models", Key="a/missing.bin")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    with pytest.raises(s3.exceptions.NoSuchBucket):
+        s3.get_object(Bucket="nobucket", Key="x")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        client(endpoint, secret="wrong").get_object(Bucket="models", Key="readme.txt")
+    assert e.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    # Unsigned requests are refused; writes are refused with a clear message.
+    r = requests.get(f"{endpoint}/models/readme.txt", timeout=10)
+    assert r.status_code == 403 and b"<Code>AccessDenied</Code>" in r.content
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_object(Bucket="models", Key="new.txt", Body=b"x")
+    assert e.value.response["Error"]["Code"] == "AccessDenied"
+    assert "read-only" in e.value.response["Error"]["Message"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.get_object(Bucket="models", Key="a/../../secret")
+    assert e.value.response["Error"]["Code"] == "InvalidArgument"
+
+
+def test_presigned_url(gateway):
+    endpoint, _, objects = gateway
+    v2 = client(endpoint).generate_presigned_url(
+        "get_object", Params={"Bucket": "models", "Key": "readme.txt"}, ExpiresIn=60)
+    r = requests.get(v2, timeout=10)
+    assert r.status_code == 400 and b"Signature Version 4" in r.content
+    s3 = client(endpoint, signature_version="s3v4")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": "models",
+                                                          "Key": "b/tokenizer.json"},
+                                    ExpiresIn=60)
+    r = requests.get(url, timeout=10)
+    assert r.status_code == 200 and r.content == objects["models/b/tokenizer.json"]
+    bad = url.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+    r = requests.get(bad, timeout=10)
+    assert r.status_code == 403 and b"SignatureDoesNotMatch" in r.content
+
+
+def test_listing_and_location(gateway):
+    endpoint, _, _ = gateway
+    s3 = client(endpoint)
+    flat = s3.list_objects_v2(Bucket="models")
+    assert sorted(o["Key"] for o in flat["Contents"]) == [
+        "a/config.json", "a/weights.bin", "b/tokenizer.json", "readme.txt"]
+    sizes = {o["Key"]: o["Size"] for o in flat["Contents"]}
+    assert sizes["readme.txt"] == 5
+    tree = s3.list_objects_v2(Bucket="models", Delimiter="/")
+    assert [p["Prefix"] for p in tree["CommonPrefixes"]] == ["a/", "b/"]
+    assert [o["Key"] for o in tree["Contents"]] == ["readme.txt"]
+    sub = s3.list_objects_v2(Bucket="models", Prefix="a/", Delimiter="/")
+    assert [o["Key"] for o in sub["Contents"]] == ["a/config.json", "a/weights.bin"]
+    paged = s3.get_paginator("list_objects_v2").paginate(Bucket="models",
+                                                         PaginationConfig={"PageSize": 1})
+    pages = list(paged)
+    assert len(pages) == 4
+    assert [o["Key"] for p in pages for o in p["Contents"]] == sorted(sizes)
+    loc = s3.get_bucket_location(Bucket="models")
+    assert loc["LocationConstraint"] is None  # us-east-1
+
+
+def test_aws_cli_cp_and_ls(gateway, tmp_path):
+    endpoint, _, objects = gateway
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET,
+               AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE="/dev/null",
+               AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+    aws = [sys.executable, "-m", "awscli", "--endpoint-url", endpoint]
+    out = tmp_path / "w.bin"
+    subprocess.run(aws + ["s3", "cp", "s3://models/a/weights.bin", str(out)], env=env,
+                   check=True, capture_output=True, timeout=120)
+    assert out.read_bytes() == objects["models/a/weights.bin"]
+    ls = subprocess.run(aws + ["s3", "ls", "s3://models/a/"], env=env, check=True,
+                        capture_output=True, text=True, timeout=120)
+    assert "weights.bin" in ls.stdout and "config.json" in ls.stdout
+    bad = subprocess.run(aws + ["s3", "cp", "s3://models/a/none.bin", str(tmp_path / "n")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "404" in bad.stderr

@@ -1,0 +1,114 @@
+"""Origin outage policy (pure, fake clock) and a node in front of an HTTP origin that stops."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, strategies as st
+
+from meshcache import Config, Node, OriginError
+from meshcache.core.staleness import OutagePolicy, may_serve_stale, origin_of
+from meshcache.core.version import ObjectVersion
+from meshcache.lab.httporigin import OriginServer
+
+from tests.conftest import SMALL_BLOCK, make_bytes
+
+times = st.floats(min_value=0, max_value=1e7, allow_nan=False)
+
+
+@given(times, times, st.floats(min_value=0, max_value=1e6))
+def test_stale_only_within_the_window_after_a_confirmation(confirmed, elapsed, window):
+    now = confirmed + elapsed
+    assert may_serve_stale(confirmed, now, window) == (window > 0 and now - confirmed <= window)
+    assert not may_serve_stale(None, now, window)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["ok", "fail", "gone"]), st.floats(0, 100)),
+                max_size=30),
+       st.floats(0.1, 500), st.floats(0, 20))
+def test_policy_serves_the_last_confirmed_version_or_nothing(events, window, retry):
+    v = ObjectVersion("http://o:1/a", "etag:x", 10)
+    p, now = OutagePolicy(window, retry), 0.0
+    confirmed_at = None
+    failed_at = None
+    for kind, dt in events:
+        now += dt
+        if kind == "ok":
+            p.confirmed(v, now)
+            confirmed_at, failed_at = now, None
+        elif kind == "fail":
+            p.failed(v.url, "refused", now)
+            failed_at = now
+        else:
+            p.forget(v.url)
+            confirmed_at = None
+        stale = p.stale(v.url, now)
+        assert stale == (v if confirmed_at is not None and now - confirmed_at <= window else None)
+        down = p.down(v.url, now)
+        assert (down is not None) == (failed_at is not None and now - failed_at < retry)
+        if down is not None:
+            assert "http://o:1" in p.outage_message(v.url, down, now)
+
+
+def test_outages_are_per_origin():
+    p = OutagePolicy(60, 5)
+    p.failed("http://a:1/x", "refused", 0)
+    assert p.down("http://a:1/y", 1) and not p.down("http://b:1/x", 1)
+    assert origin_of("s3://bucket/key") == "s3://bucket" and origin_of("file:///p") == "file://"
+
+
+# ---- a real HTTP origin that is stopped --------------------------------------------------------
+
+STOPPED_FAIL_BOUND = 5.0  # seconds an uncached read may take to fail once the origin is down
+
+
+def outage_node(tmp_path, **kw):
+    return Node(Config.local(cache_dir=str(tmp_path / "cache"), block_size=SMALL_BLOCK,
+                             fsync=False, metadata_ttl=0.2, origin_timeout=5.0, **kw))
+
+
+def test_origin_outage_serves_cached_objects_and_fails_fast_for_the_rest(tmp_path):
+    data = make_bytes(5 * SMALL_BLOCK + 7, 3)
+    origin = OriginServer()
+    try:
+        origin.put("cached.bin", data)
+        origin.put("partial.bin", data)
+        origin.put("never.bin", data)
+        url = origin.url_for("cached.bin")
+        with outage_node(tmp_path) as node:
+            assert node.cat(url) == data
+            assert node.cat(origin.url_for("partial.bin"), 0, 10) == data[:10]
+            origin.close()
+            time.sleep(0.3)  # the stat expires: every read now asks the (stopped) origin
+            for _ in range(3):
+                assert node.cat(url) == data  # served under the last known version
+                with node.open(url) as f:
+                    assert f.read() == data
+            assert node.stat(url)["cached_blocks"] == 6
+            assert node.stats()["stale_stats"] >= 3
+            t = time.monotonic()
+            with pytest.raises(OriginError, match=r"127\.0\.0\.1:%d" % origin.port):
+                node.cat(origin.url_for("never.bin"))
+            # a block nobody holds of a known version fails too, naming the URL
+            with pytest.raises(OriginError, match="partial.bin"):
+                node.cat(origin.url_for("partial.bin"))
+            assert time.monotonic() - t < 2 * STOPPED_FAIL_BOUND
+    finally:
+        origin.close()
+
+
+def test_stale_window_ends_and_zero_turns_it_off(tmp_path):
+    data = make_bytes(SMALL_BLOCK, 4)
+    origin = OriginServer()
+    try:
+        origin.put("a.bin", data)
+        url = origin.url_for("a.bin")
+        with outage_node(tmp_path, stale_if_error=0.0) as node:
+            assert node.cat(url) == data
+            origin.close()
+            time.sleep(0.3)
+            with pytest.raises(OriginError, match="origin"):
+                node.cat(url)
+    finally:
+        origin.close()
