@@ -250,6 +250,9 @@ def quic_config(args: argparse.Namespace) -> Any:
 def run_child(args: argparse.Namespace) -> None:
     if args.mode == "quic":
         import meshcache.transport.quic  # noqa: F401  (imports before the gc freeze)
+        from meshcache.transport import engine
+
+        engine.load(args.engine)
     if not os.environ.get("TRANSFER_NO_GC_FREEZE"):
         # Long-running daemons freeze what startup allocated: a full collection then skips it.
         gc.collect()

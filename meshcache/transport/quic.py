@@ -211,7 +211,7 @@ def _expire_send(fut: asyncio.Future[None]) -> None:
 class QuicPeerConnection(Connection):
     _streams: dict[int, QuicStream]  # type: ignore[assignment]
 
-    def __init__(self, protocol: "_Protocol", *, is_client: bool, peer: PeerInfo,
+    def __init__(self, protocol: "_ProtocolMixin", *, is_client: bool, peer: PeerInfo,
                  config: TransportConfig) -> None:
         super().__init__(is_client=is_client, peer=peer, config=config)
         self._protocol = protocol
