@@ -34,6 +34,8 @@ import logging
 import threading
 from typing import Any, cast
 
+from meshcache.transport import exporter
+
 _PATCHED = "_meshcache_patched"
 MAX_SAFE_DATAGRAM = 16383  # qh3 < 2: STREAM frame lengths above 16383 bytes are corrupted
 MAX_DATAGRAM = 65527
@@ -122,18 +124,7 @@ def stream_frame_length_is_fixed(datagram_size: int = 30000, payload: int = 200_
 def _patch_exporter() -> None:
     from qh3 import tls
 
-    ctx = tls.Context
-    original = ctx._setup_traffic_protection
-    if getattr(original, _PATCHED, False):
-        return
-
-    def _setup_traffic_protection(self: Any, direction: Any, epoch: Any, label: bytes) -> None:
-        original(self, direction, epoch, label)
-        if label == b"s ap traffic":
-            self._meshcache_exporter_master = self.key_schedule.derive_secret(b"exp master")
-
-    setattr(_setup_traffic_protection, _PATCHED, True)
-    ctx._setup_traffic_protection = _setup_traffic_protection
+    exporter.patch(tls.Context)
 
 
 def export_keying_material(context: Any, label: bytes, context_value: bytes = b"",
@@ -141,17 +132,10 @@ def export_keying_material(context: Any, label: bytes, context_value: bytes = b"
     """RFC 8446 section 7.5 TLS-Exporter for a qh3 `tls.Context` past its handshake."""
     from qh3 import tls
 
-    secret = getattr(context, "_meshcache_exporter_master", None)
-    if secret is None or context.key_schedule is None:
-        raise RuntimeError("TLS exporter not available (handshake not complete?)")
-    algorithm = context.key_schedule.algorithm  # 256 or 384
-
-    def digest(data: bytes) -> bytes:
-        return hashlib.new(f"sha{algorithm}", data).digest()
-
-    derived = tls.hkdf_expand_label(algorithm, secret, label, digest(b""),
-                                    context.key_schedule.digest_size)
-    return tls.hkdf_expand_label(algorithm, derived, b"exporter", digest(context_value), length)
+    return exporter.export(context, label, context_value, length,
+                           hkdf_expand_label=tls.hkdf_expand_label,
+                           digest=lambda algorithm, data: hashlib.new(f"sha{algorithm}",
+                                                                       data).digest())
 
 
 # ---- datagram size a client accepts -----------------------------------------------------------------
