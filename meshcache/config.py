@@ -158,7 +158,8 @@ class Config:
     dht_listen: str = ""
     # DHT addresses host:port of any node in any zone, to join through.
     dht_bootstrap: list[str] = field(default_factory=list)
-    # "zone=cost" entries: providers in cheaper zones are tried first (else measured RTT).
+    # "zone=cost" entries in milliseconds: providers in cheaper zones are tried first (else the
+    # round trip the DHT measured to the zone).
     zone_costs: list[str] = field(default_factory=list)
     # Bytes/s to and from each remote zone (0 = unlimited).
     zone_egress_rate: int = 0

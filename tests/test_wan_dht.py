@@ -280,3 +280,18 @@ def test_decode_value_on_random_bytes_only_raises_wire_error(data: bytes) -> Non
         pass
     with pytest.raises(WireError):
         decode_value(b"\x9b" + b"\xff" * 8, max_size=256)  # an array claiming 2**64 items
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 9), st.floats(0, 50),
+                          st.floats(0, 5)), max_size=80))
+def test_provider_table_stays_bounded_and_never_returns_expired(ops) -> None:  # type: ignore
+    t = ProviderTable(max_keys=4, max_providers=3)
+    now = 0.0
+    for key, node, ttl, step in ops:
+        now += step
+        t.add(bytes([key]) * 20, _rec(node, now + ttl), now)
+        assert len(t) <= 4
+        for k, recs in t.items(now):
+            assert 0 < len(recs) <= 3 and all(r.expires > now for r in recs)
+            assert len({r.node_id for r in recs}) == len(recs)

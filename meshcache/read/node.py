@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from meshcache.config import Config
 from meshcache.core.blocks import block_span
@@ -38,6 +38,11 @@ from meshcache.read.rungs.origin import OriginSource
 from meshcache.read.singleflight import SingleFlight
 from meshcache.read.streamfill import StreamFill
 from meshcache.read.store import BlockCorrupt, BlockStore, StoreError, raise_fd_limit
+
+if TYPE_CHECKING:
+    from meshcache.mesh.mesh import Mesh
+    from meshcache.mesh.peers import PeerService
+    from meshcache.wan.zone import WanSide
 
 log = logging.getLogger("meshcache.read.node")
 
@@ -68,9 +73,9 @@ class Node:
         self.closed = False
         self._added: list[tuple[str, Source]] = []
         self.block_locks = BlockLocks(self.store.root / "locks")
-        self.peers: Any = None  # PeerService once started (mesh/peers.py)
-        self.mesh: Any = None  # Mesh once started (mesh/mesh.py)
-        self.wan: Any = None  # WanSide once started with a DHT (wan/zone.py)
+        self.peers: PeerService | None = None  # once started (mesh/peers.py)
+        self.mesh: Mesh | None = None  # once started (mesh/mesh.py)
+        self.wan: WanSide | None = None  # once started with a DHT (wan/zone.py)
         if self.config.peers or self.config.mdns or self.config.preset in ("lan", "wan"):
             self.start_peers()
 
@@ -446,6 +451,8 @@ class Node:
         async def read() -> bytes:
             rung = next(s for s in self.sources() if s.rank == Rank.ORIGIN)
             data = await rung.fetch(self.request(version, index, options))
+            if isinstance(data, Stored):  # a range-less origin's fill stored it meanwhile
+                data = await asyncio.to_thread(self.store.read_block, data.digest)
             assert isinstance(data, bytes)
             self.count(bytes_from_origin=len(data))
             return data

@@ -39,6 +39,7 @@ MSG_ID = 16
 MAX_KEYS_PER_ANNOUNCE = 256
 MAX_RECORDS_REPLY = 8
 MAX_SEEN = 4096
+MAX_ZONES = 256  # zones whose round trip is remembered
 Address = tuple[str, int]
 
 
@@ -94,7 +95,9 @@ class DhtProtocol(FixedKademliaProtocol):
         self.max_ttl = max_ttl
         self.stats: Counter[str] = Counter()
         self.seen: OrderedDict[bytes, tuple[str, Address, float]] = OrderedDict()
-        self._outstanding: dict[bytes, tuple[asyncio.Future[Any], asyncio.TimerHandle]] = {}
+        self._outstanding: dict[bytes, tuple[asyncio.Future[Any], asyncio.TimerHandle,
+                                             float]] = {}
+        self.zone_rtt: dict[str, float] = {}  # zone -> smoothed RPC round trip, seconds
 
     # ---- datagrams -----------------------------------------------------------------------------
 
@@ -123,8 +126,9 @@ class DhtProtocol(FixedKademliaProtocol):
         if kind == RESP:
             entry = self._outstanding.pop(msg_id, None)
             if entry is not None:
-                fut, timer = entry
+                fut, timer, sent = entry
                 timer.cancel()
+                self._rtt(zone, asyncio.get_running_loop().time() - sent)
                 if not fut.done():
                     fut.set_result((True, (node_id, payload)))
             return
@@ -138,6 +142,12 @@ class DhtProtocol(FixedKademliaProtocol):
         self.welcome_if_new(sender)
         self._send(addr, RESP, msg_id, reply)
 
+    def _rtt(self, zone: str, seconds: float) -> None:
+        old = self.zone_rtt.get(zone)
+        if old is None and len(self.zone_rtt) >= MAX_ZONES:
+            return
+        self.zone_rtt[zone] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
     def _saw(self, node_id: bytes, zone: str, addr: Address, now: float) -> None:
         self.seen[node_id] = (zone, addr, now)
         self.seen.move_to_end(node_id)
@@ -149,12 +159,14 @@ class DhtProtocol(FixedKademliaProtocol):
         if self.transport is not None:
             self.transport.sendto(self.sealer.seal(body, self.clock()), addr)
 
-    def _call(self, addr: Address, method: str, *args: Any) -> "asyncio.Future[Any]":
+    def call(self, addr: Address, method: str, *args: Any) -> "asyncio.Future[Any]":
+        """Send one request; the future gives (True, (answering node id, reply)) or
+        (False, None) after the RPC timeout."""
         msg_id = os.urandom(MSG_ID)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         timer = loop.call_later(self._wait_timeout, self._timed_out, msg_id)
-        self._outstanding[msg_id] = (fut, timer)
+        self._outstanding[msg_id] = (fut, timer, loop.time())
         self.stats["rpcs"] += 1
         self.stats[f"rpc_{method}"] += 1
         self._send(addr, REQ, msg_id, [method, list(args)])
@@ -167,7 +179,7 @@ class DhtProtocol(FixedKademliaProtocol):
             entry[0].set_result((False, None))
 
     def close(self) -> None:
-        for fut, timer in self._outstanding.values():
+        for fut, timer, _ in self._outstanding.values():
             timer.cancel()
             if not fut.done():
                 fut.set_result((False, None))
@@ -215,7 +227,7 @@ class DhtProtocol(FixedKademliaProtocol):
     # ---- asking (the call_* names the kademlia crawlers and routing table use) ------------------
 
     async def _ask(self, node: Node, method: str, *args: Any) -> tuple[bool, Any]:
-        ok, reply = await self._call((node.ip, node.port), method, *args)
+        ok, reply = await self.call((node.ip, node.port), method, *args)
         if ok and dht_id(reply[0]) != node.id and node.id is not None:
             ok, reply = False, None  # someone else answers at that address now
         return self.handle_call_response((ok, reply), node)
@@ -350,6 +362,10 @@ class Dht:
         seen = self.protocol.seen.get(node_id)
         return seen[0] if seen is not None else None
 
+    def zone_rtt(self, zone: str) -> float | None:
+        """The smoothed round trip of DHT requests answered from `zone` (None: none yet)."""
+        return self.protocol.zone_rtt.get(zone)
+
     def zones_seen(self, within: float = 3600.0) -> dict[str, int]:
         """Zones of the DHT nodes heard from within `within` seconds: zone -> nodes."""
         now = self.clock()
@@ -361,8 +377,8 @@ class Dht:
 
     async def bootstrap(self, addresses: Iterable[Address]) -> int:
         """Join through any node's DHT address (any zone); returns the contacts known."""
-        answers = await asyncio.gather(*(self.protocol._call(tuple(a), "ping")
-                                         for a in addresses))
+        addresses = [(a[0], int(a[1])) for a in addresses]
+        answers = await asyncio.gather(*(self.protocol.call(a, "ping") for a in addresses))
         for (ok, reply), addr in zip(answers, addresses):
             if ok:
                 self.protocol.welcome_if_new(Node(dht_id(reply[0]), addr[0], addr[1]))

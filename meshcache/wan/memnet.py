@@ -2,7 +2,8 @@
 
 Each endpoint is an asyncio DatagramProtocol attached at an address; `sendto` hands the bytes to
 the destination's `datagram_received` on the next loop iteration. Endpoints can be killed (their
-datagrams vanish, as a host that died without notice) and a `drop` predicate loses chosen ones.
+datagrams vanish, as a host that died without notice), a `drop` predicate loses chosen ones and
+`delay` holds them back (a WAN link).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class MemoryNetwork:
         self._endpoints: dict[Address, asyncio.DatagramProtocol] = {}
         self._dead: set[Address] = set()
         self.drop: Callable[[Address, Address, bytes], bool] | None = None
+        self.delay: Callable[[Address, Address], float] | None = None  # one-way seconds
         self.datagrams = 0
         self.bytes = 0
 
@@ -69,4 +71,9 @@ class MemoryNetwork:
             return
         self.datagrams += 1
         self.bytes += len(data)
-        asyncio.get_running_loop().call_soon(proto.datagram_received, data, src)
+        loop = asyncio.get_running_loop()
+        delay = self.delay(src, dst) if self.delay is not None else 0.0
+        if delay > 0:
+            loop.call_later(delay, proto.datagram_received, data, src)
+        else:
+            loop.call_soon(proto.datagram_received, data, src)

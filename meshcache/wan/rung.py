@@ -3,8 +3,8 @@
 Only the zone owner of a block reaches it (a request forwarded to a holder never allows this
 rank). It finds the digest (or, when unknown, the version's manifest from a provider that
 announced it), looks the digest up, tries providers cheapest zone first (`zone_costs` from the
-config, else the round trip measured to that zone, else unknown zones last), asks each over the
-existing peer QUIC path for its store only, and returns bytes the peer service has verified
+config, else the round trip the DHT measured to that zone, else unknown zones last), asks each
+over the existing peer QUIC path for its store only, and returns bytes the peer service has verified
 against the digest, or None so the ladder goes on to the origin. Bytes per zone are capped and
 counted (caps.py).
 """
@@ -14,8 +14,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import logging
-import time
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from meshcache.core.manifest import Manifest
 from meshcache.core.rungs import BlockRequest, Rank, may_use
@@ -38,6 +37,8 @@ class ProviderLookup(Protocol):
     node_id: bytes
 
     async def find(self, key: bytes) -> list[ProviderRecord]: ...
+
+    def zone_rtt(self, zone: str) -> float | None: ...
 
 
 class PeerClient(Protocol):
@@ -69,16 +70,13 @@ class RemoteZoneSource:
     authoritative = False
 
     def __init__(self, dht: ProviderLookup, peers: PeerClient, config: Any,
-                 caps: ZoneCaps | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 caps: ZoneCaps | None = None) -> None:
         self.dht = dht
         self.peers = peers
         self.zone = config.zone
         self.costs = parse_zone_costs(getattr(config, "zone_costs", []))
         self.caps = caps or ZoneCaps(getattr(config, "zone_egress_rate", 0),
                                      getattr(config, "zone_ingress_rate", 0))
-        self.clock = clock
-        self.rtt: dict[str, float] = {}  # zone -> smoothed seconds of a manifest/miss exchange
 
     @property
     def counter(self) -> str:
@@ -93,17 +91,13 @@ class RemoteZoneSource:
     def cost(self, zone: str) -> float:
         if zone in self.costs:
             return self.costs[zone]
-        rtt = self.rtt.get(zone)
+        rtt = self.dht.zone_rtt(zone)  # measured on the DHT's requests to that zone
         return rtt * 1000 if rtt is not None else UNKNOWN_COST
 
     def order(self, records: list[ProviderRecord]) -> list[ProviderRecord]:
         """Providers in other zones, cheapest zone first, longest-lived record first."""
         others = [r for r in records if r.zone != self.zone and r.node_id != self.dht.node_id]
         return sorted(others, key=lambda r: (self.cost(r.zone), -r.expires))
-
-    def _measured(self, zone: str, seconds: float) -> None:
-        old = self.rtt.get(zone)
-        self.rtt[zone] = seconds if old is None else 0.8 * old + 0.2 * seconds
 
     async def fetch(self, request: BlockRequest) -> bytes | None:
         if not may_use(request.max_rank, self.rank):
@@ -139,13 +133,11 @@ class RemoteZoneSource:
         for rec in self.order(await self.dht.find(manifest_key(version.key)))[:MAX_TRIED]:
             if self.peers.penalized(rec.address):
                 continue
-            start = self.clock()
             try:
                 m = await self.peers.get_manifest(rec.address, version, request.block_size)
             except Exception as e:
                 self.peers.failed(rec.address, e)
                 continue
-            self._measured(rec.zone, self.clock() - start)
             if m is not None and m.digests[request.index] is not None:
                 return m.digests[request.index]
         return None
