@@ -250,6 +250,9 @@ def quic_config(args: argparse.Namespace) -> Any:
 def run_child(args: argparse.Namespace) -> None:
     if args.mode == "quic":
         import meshcache.transport.quic  # noqa: F401  (imports before the gc freeze)
+        from meshcache.transport import engine
+
+        engine.load(args.engine)
     if not os.environ.get("TRANSFER_NO_GC_FREEZE"):
         # Long-running daemons freeze what startup allocated: a full collection then skips it.
         gc.collect()
@@ -359,6 +362,11 @@ def measure_wan(args: argparse.Namespace, work: str, names: list[str], digests: 
             out["wan_quic_cpu_s_per_gib"] = {
                 end: statistics.median(x[end] for x in runs["quic"])
                 for end in ("server", "client")}
+            # what the ratio would be where each side had its cores to itself (CPU-bound)
+            quic_cpu = max(out["wan_quic_cpu_s_per_gib"].values())
+            tls_cpu = max(statistics.median(x[end] for x in runs["tls_tcp"])
+                          for end in ("server", "client"))
+            out["wan_cpu_ratio_vs_tls"] = tls_cpu / quic_cpu
     except LabError as e:
         out = {"wan_skipped": str(e)}
     finally:
