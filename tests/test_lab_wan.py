@@ -287,8 +287,8 @@ class Zones:
 
 @pytest.fixture
 def zones(zlab: ZoneLab, tmp_path) -> Iterator[tuple[Zones, bytes]]:
-    """An origin object (64 blocks) served from the origin host, and a Zones harness."""
-    make_file(tmp_path / "m.bin", 64 * BLOCK, seed=9)
+    """An origin object (32 blocks) served from the origin host, and a Zones harness."""
+    make_file(tmp_path / "m.bin", 32 * BLOCK, seed=9)
     origin = zlab.origin.python(["-m", "meshcache.lab.httporigin", "--dir", str(tmp_path),
                                  "--host", zlab.origin.address, "--port", "8080"],
                                 stdout=subprocess.PIPE, text=True)
@@ -339,7 +339,7 @@ def seed_zone_a(z: Zones, want: str) -> None:
     a = z.start(z.lab.zones["a"], go)
     go.write_text("go")
     assert all(readline_json(p, 120)["digest"] == want for p in a)
-    time.sleep(5)                       # announcements are batched every 2 s
+    time.sleep(3)                       # announcements are batched every 2 s
 
 
 def test_a_node_without_the_credential_learns_no_record_and_gets_no_block(zones) -> None:
@@ -380,7 +380,7 @@ def test_a_zone_cut_off_from_the_others_reads_its_own_origin(zones) -> None:
 def test_records_of_a_killed_zone_stop_being_used_after_their_ttl(zones) -> None:
     z, data = zones
     want = digest(data).hex()
-    ttl = 6.0
+    ttl = 4.0
     go_a = z.work / "go-a"
     a = z.start(z.lab.zones["a"], go_a, ttl=ttl)
     go_a.write_text("go")
