@@ -30,7 +30,7 @@ from meshcache.read.catalog import Catalog
 from meshcache.read.flock import BlockLocks, Held
 from meshcache.read.gate import Gate
 from meshcache.core.rungs import BlockRequest
-from meshcache.read.ladder import FetchResult, Source, Stored
+from meshcache.read.ladder import FetchResult, Source, Stored, Verified
 from meshcache.read.loop import LoopThread
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, Origin, OriginError, normalize_url
 from meshcache.read.rungs.local import LocalSource
@@ -399,15 +399,24 @@ class Node:
             return FetchResult(got.digest, rung.counter)
         return await self.admit(request, rung, got)
 
-    async def admit(self, request: BlockRequest, rung: Source, data: bytes) -> FetchResult | None:
+    async def admit(self, request: BlockRequest, rung: Source,
+                    got: bytes | Verified) -> FetchResult | None:
         """The one way bytes from any rung enter: verify against the known digest, store, record
         the digest, count, tell the summaries. None when a non-authoritative rung's bytes do not
         match (the climb goes on). Serves from memory when the store cannot take the block."""
         version, index, known = request.version, request.index, request.digest
+        hashed = isinstance(got, Verified)
+        data = got.data if isinstance(got, Verified) else got
         self.count(**{f"bytes_from_{rung.counter}": len(data)})
+        if isinstance(got, Verified):
+            if known is not None and got.digest != known:
+                log.warning("%s: block %d from %s is another block", version.url, index,
+                            rung.name)
+                return None
+            known = got.digest
         try:
             try:
-                d = await asyncio.to_thread(self.store.put, data, known)
+                d = await asyncio.to_thread(self.store.put, data, known, hashed=hashed)
             except BlockCorrupt:
                 if not rung.authoritative:
                     log.warning("%s: block %d from %s does not match its digest", version.url,
