@@ -69,11 +69,15 @@ class StreamFill:
             d = self.node.has_block(version, request.index)
             if d is not None:
                 return Stored(d)
-            self.node.count(origin_requests=1)
-            data = await origin.read(version, start, end, options, whole)
-            if host not in self.ranges_ok and not (start == 0 and end == version.size):
-                self.ranges_ok[host] = True
-            return data
+            if not self.ranges_ok.get(host):  # still unknown, or range-less: read alone
+                self.node.count(origin_requests=1)
+                data = await origin.read(version, start, end, options, whole)
+                if host not in self.ranges_ok and not (start == 0 and end == version.size):
+                    self.ranges_ok[host] = True
+                return data
+        # The host answered 206 while this read waited: ranged reads go in parallel.
+        self.node.count(origin_requests=1)
+        return await origin.read(version, start, end, options, whole)
 
     def _whole(self, request: BlockRequest, rung: Source, host: str) -> WholeBody:
         async def take(chunks: AsyncIterator[bytes]) -> bytes:
