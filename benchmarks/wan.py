@@ -104,7 +104,10 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float) -> dict[str
                     "--go", go["a" if z == "a" else "bc"], "--members", str(len(hosts) - 1),
                     "--zone", z, "--preset", "wan",
                     "--set", f"dht_listen={json.dumps(f'{h.address}:{DHT_PORT}')}",
-                    "--set", f"dht_bootstrap={json.dumps([bootstrap])}"]
+                    "--set", f"dht_bootstrap={json.dumps([bootstrap])}",
+                    # QUIC datagrams must fit the 1500-byte WAN path: sized from the 9000-byte
+                    # LAN they are dropped at the first WAN hop (qh3 sends them with DF set)
+                    "--max-datagram-size", "1452"]
             for o in hosts:
                 if o is not h:
                     args += ["--peer", f"{o.address}:{PORT}"]

@@ -261,7 +261,9 @@ class Zones:
                     "--set", f"dht_listen={json.dumps(f'{h.address}:{DHT_PORT}')}",
                     "--set", f"dht_bootstrap={json.dumps([bootstrap])}",
                     "--set", f"dht_record_ttl={ttl}", "--set", f"dht_republish={ttl / 3}",
-                    "--set", "dht_rpc_timeout=1.0"]
+                    "--set", "dht_rpc_timeout=1.0",
+                    # datagrams that fit the WAN path (the LAN's 9000 bytes do not cross it)
+                    "--max-datagram-size", "1452"]
             for o in (hosts if peers is None else peers):
                 if o is not h:
                     args += ["--peer", f"{o.address}:{PORT}"]
