@@ -112,9 +112,12 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float) -> dict[str
                 if o is not h:
                     args += ["--peer", f"{o.address}:{PORT}"]
             procs.setdefault(z, []).append(h.python(args, stdout=subprocess.PIPE, text=True))
+        if z == "a":                    # the bootstrap's DHT listens before the others join
+            for p in procs["a"]:
+                _line(p, 60)                                     # ready
     everyone = [p for ps in procs.values() for p in ps]
     try:
-        for p in everyone:
+        for p in everyone[len(procs["a"]):]:
             _line(p, 60)                                         # ready
         open(go["a"], "w").close()
         seeded = [_line(p, timeout) for p in procs["a"]]
