@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench fuzz clean system-deps
+.PHONY: install demo test bench fuzz chaos clean system-deps
 
 install: $(STAMP)
 
@@ -37,14 +37,23 @@ system-deps:
 demo: install
 	$(PY) examples/demo.py
 
+# A private, short base directory for tmp_path: pytest's shared /tmp/pytest-of-<user> is cleaned
+# by any other pytest session on the host, and Unix socket paths must stay under 108 bytes.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	@d=$$(mktemp -d /tmp/mct-XXXXXX); \
+	$(PY) -m pytest -q -p no:cacheprovider --basetemp=$$d tests; rc=$$?; rm -rf $$d; exit $$rc
 
 bench: install
 	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
 
 fuzz: install
 	$(PY) -m pytest -q tests/fuzz -p no:cacheprovider
+
+# The chaos suite (long: about an hour; not CI): every scenario in chaos/, full size; figures go
+# to docs/reliability.md. `python chaos/run.py NAME --quick` runs one short.
+chaos: install
+	$(PIP) install -q atheris || echo "note: atheris did not install; fuzzing without coverage"
+	$(PY) chaos/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

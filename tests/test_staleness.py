@@ -12,7 +12,7 @@ from meshcache.core.staleness import OutagePolicy, may_serve_stale, origin_of
 from meshcache.core.version import ObjectVersion
 from meshcache.lab.httporigin import OriginServer
 
-from tests.conftest import SMALL_BLOCK, make_bytes
+from tests.conftest import CLUSTER_SECRET, SMALL_BLOCK, make_bytes
 
 times = st.floats(min_value=0, max_value=1e7, allow_nan=False)
 
@@ -111,4 +111,36 @@ def test_stale_window_ends_and_zero_turns_it_off(tmp_path):
             with pytest.raises(OriginError, match="origin"):
                 node.cat(url)
     finally:
+        origin.close()
+
+
+def test_zone_peer_serves_what_this_node_lacks_while_the_origin_is_down(tmp_path):
+    """This node knows the version (one stat) but holds no block; a zone peer holds them all."""
+    from tests.test_peers import start_daemon, stop, warm
+
+    data = make_bytes(6 * SMALL_BLOCK + 5, 6)
+    origin = OriginServer()
+    proc = None
+    try:
+        origin.put("z.bin", data)
+        url = origin.url_for("z.bin")
+        warm(tmp_path, url)
+        proc, addr = start_daemon(tmp_path / "a")
+        node = Node(Config.local(cache_dir=str(tmp_path / "b"), block_size=SMALL_BLOCK,
+                                 fsync=False, metadata_ttl=0.2, peers=[addr],
+                                 cluster_secret=CLUSTER_SECRET, listen="127.0.0.1:0",
+                                 request_timeout=5.0))
+        try:
+            v = node.version(url)
+            origin.close()
+            time.sleep(0.3)
+            assert node.cat(url) == data
+            st = node.stats()
+            assert st["bytes_from_peers"] == len(data) and st["bytes_from_origin"] == 0
+            assert st["stale_stats"] >= 1 and node.version(url) == v
+        finally:
+            node.close()
+    finally:
+        if proc is not None:
+            stop(proc)
         origin.close()

@@ -1,0 +1,95 @@
+"""Soak: a daemon (meshcached) under mixed load for 10 minutes: reader nodes that come and go
+read new and old objects through it (blocks it serves from its store, blocks it fetches from the
+origin as their owner, manifests, misses), objects change at the origin, its store evicts, and
+garbage datagrams arrive. Its RSS growth after warm-up (target <= 5%) and its open descriptors
+(flat) are sampled every few seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from _common import MiB, emit, log, open_fds, parse, rss
+
+from meshcache import Config, Node
+from meshcache.lab.httporigin import OriginServer
+from meshcache.mesh.auth import new_secret
+
+BLOCK = 64 * 1024
+
+
+def main() -> None:
+    args = parse(__doc__)
+    seconds = 60 if args.quick else 600
+    root = tempfile.mkdtemp(prefix="meshcache-chaos-soak-")
+    secret = new_secret()
+    origin = OriginServer()
+    rng = random.Random(9)
+    env = dict(os.environ, MESHCACHE_CLUSTER_SECRET=secret, MESHCACHE_CACHE_DIR=f"{root}/d",
+               MESHCACHE_BLOCK_SIZE=str(BLOCK), MESHCACHE_LISTEN="127.0.0.1:0",
+               MESHCACHE_CAPACITY=str(8 << 20), MESHCACHE_FSYNC="0", MESHCACHE_MDNS="0",
+               MESHCACHE_LOG_LEVEL="ERROR")
+    daemon = subprocess.Popen([sys.executable, "-m", "meshcache.daemon"], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    samples: list[tuple[float, int, int]] = []
+    reads = wrong = 0
+    try:
+        addr = json.loads(daemon.stdout.readline())["address"]
+        host, port = addr.rsplit(":", 1)
+        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        objects: dict[str, bytes] = {}
+        t0 = time.monotonic()
+        last_sample = 0.0
+        i = 0
+        while time.monotonic() - t0 < seconds:
+            i += 1
+            name = f"o{rng.randrange(40)}.bin"
+            if name not in objects or rng.random() < 0.1:  # new object or a new version
+                objects[name] = rng.randbytes(rng.randint(1, 8) * BLOCK + rng.randint(0, 99))
+                origin.put(name, objects[name])
+            cfg = Config.local(cache_dir=f"{root}/r{i % 3}", block_size=BLOCK, fsync=False,
+                               cluster_secret=secret, listen="127.0.0.1:0", peers=[addr],
+                               request_timeout=2.0, capacity=4 << 20, metadata_ttl=0.5)
+            with Node(cfg) as node:
+                for _ in range(5):
+                    name = rng.choice(list(objects))
+                    reads += 1
+                    wrong += node.cat(origin.url_for(name)) != objects[name]
+            for _ in range(20):
+                junk.sendto(rng.randbytes(rng.randint(1, 1500)), (host, int(port)))
+            now = time.monotonic() - t0
+            if now - last_sample >= 3:
+                last_sample = now
+                samples.append((now, rss(daemon.pid), open_fds(daemon.pid)))
+        junk.close()
+        warm = [s for s in samples if s[0] >= seconds * 0.2]
+        base_rss = warm[0][1]
+        end_rss = max(s[1] for s in warm[-3:])
+        fds = [s[2] for s in warm]
+        emit({"seconds": seconds, "reads": reads, "wrong_reads": wrong,
+              "rss_after_warmup_mb": base_rss / MiB, "rss_end_mb": end_rss / MiB,
+              "rss_growth_pct": 100.0 * (end_rss - base_rss) / base_rss,
+              "rss_peak_mb": max(s[1] for s in samples) / MiB,
+              "fds_min": min(fds), "fds_max": max(fds), "fds_end": fds[-1],
+              "target_growth_pct": 5})
+        if wrong:
+            sys.exit(1)
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        origin.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
