@@ -104,14 +104,20 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float) -> dict[str
                     "--go", go["a" if z == "a" else "bc"], "--members", str(len(hosts) - 1),
                     "--zone", z, "--preset", "wan",
                     "--set", f"dht_listen={json.dumps(f'{h.address}:{DHT_PORT}')}",
-                    "--set", f"dht_bootstrap={json.dumps([bootstrap])}"]
+                    "--set", f"dht_bootstrap={json.dumps([bootstrap])}",
+                    # QUIC datagrams must fit the 1500-byte WAN path: sized from the 9000-byte
+                    # LAN they are dropped at the first WAN hop (qh3 sends them with DF set)
+                    "--max-datagram-size", "1452"]
             for o in hosts:
                 if o is not h:
                     args += ["--peer", f"{o.address}:{PORT}"]
             procs.setdefault(z, []).append(h.python(args, stdout=subprocess.PIPE, text=True))
+        if z == "a":                    # the bootstrap's DHT listens before the others join
+            for p in procs["a"]:
+                _line(p, 60)                                     # ready
     everyone = [p for ps in procs.values() for p in ps]
     try:
-        for p in everyone:
+        for p in everyone[len(procs["a"]):]:
             _line(p, 60)                                         # ready
         open(go["a"], "w").close()
         seeded = [_line(p, timeout) for p in procs["a"]]
