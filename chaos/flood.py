@@ -6,19 +6,17 @@ legitimate credentialed peer reading from it throughout (reads served by the dae
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import shutil
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-from _common import MiB, emit, log, parse, peak_rss, rss
+from _common import MiB, emit, log, parse, peak_rss, rss, start_daemon, stop
 
 from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
@@ -99,13 +97,11 @@ def main() -> None:
     env = dict(os.environ, MESHCACHE_CLUSTER_SECRET=secret, MESHCACHE_CACHE_DIR=f"{root}/d",
                MESHCACHE_BLOCK_SIZE=str(BLOCK), MESHCACHE_LISTEN="127.0.0.1:0",
                MESHCACHE_FSYNC="0", MESHCACHE_MDNS="0", MESHCACHE_LOG_LEVEL="ERROR")
-    daemon = subprocess.Popen([sys.executable, "-m", "meshcache.daemon"], env=env,
-                              stdout=subprocess.PIPE, text=True)
+    daemon, addr_s = start_daemon(env)
     reads = ok = from_peer = 0
     worst = 0.0
     samples: list[int] = []
     try:
-        addr_s = json.loads(daemon.stdout.readline())["address"]
         host, port = addr_s.rsplit(":", 1)
         addr = (host, int(port))
         base_rss = rss(daemon.pid)
@@ -154,11 +150,7 @@ def main() -> None:
         if ok != reads:
             sys.exit(1)
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        stop(daemon)
         origin.close()
         shutil.rmtree(root, ignore_errors=True)
 
