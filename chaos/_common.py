@@ -55,6 +55,7 @@ def open_fds(pid: int | str = "self") -> int:
 
 def start_daemon(env: dict[str, str]) -> tuple[Any, str]:
     """A meshcached with this environment: (process, "host:port" it listens on)."""
+    env = {"MESHCACHE_METRICS_LISTEN": "", **env}  # no fixed port: other daemons may run here
     proc = subprocess.Popen([sys.executable, "-m", "meshcache.daemon"], env=env,
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline() if proc.stdout is not None else ""

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 
-from _common import MiB, emit, log, parse, peak_rss, rss, start_daemon, stop
+from _common import MiB, emit, log, parse, peak_rss, rss, start_daemon, stop as stop_daemon
 
 from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
@@ -60,8 +60,8 @@ async def stream_flooder(addr: tuple[str, int], stop: float, pushed: list[int]) 
             pass
         finally:
             try:
-                await t.close()
-            except Exception:
+                await asyncio.wait_for(t.close(), 5)
+            except BaseException:
                 pass
 
 
@@ -138,7 +138,13 @@ def main() -> None:
             await asyncio.gather(initial_flooder(addr, stop, sent),
                                  *(stream_flooder(addr, stop, pushed) for _ in range(CONNECTIONS)))
 
-        asyncio.run(attack())
+        async def bounded() -> None:
+            try:
+                await asyncio.wait_for(attack(), seconds + 30)
+            except asyncio.TimeoutError:
+                log("the attack did not stop in time")
+
+        asyncio.run(bounded())
         done.set()
         th.join()
         hwm = peak_rss(daemon.pid)
@@ -150,7 +156,7 @@ def main() -> None:
         if ok != reads:
             sys.exit(1)
     finally:
-        stop(daemon)
+        stop_daemon(daemon)
         origin.close()
         shutil.rmtree(root, ignore_errors=True)
 
