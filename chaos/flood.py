@@ -97,11 +97,12 @@ def main() -> None:
     env = dict(os.environ, MESHCACHE_CLUSTER_SECRET=secret, MESHCACHE_CACHE_DIR=f"{root}/d",
                MESHCACHE_BLOCK_SIZE=str(BLOCK), MESHCACHE_LISTEN="127.0.0.1:0",
                MESHCACHE_FSYNC="0", MESHCACHE_MDNS="0", MESHCACHE_LOG_LEVEL="ERROR")
-    daemon, addr_s = start_daemon(env)
+    daemon = None
     reads = ok = from_peer = 0
     worst = 0.0
     samples: list[int] = []
     try:
+        daemon, addr_s = start_daemon(env)
         host, port = addr_s.rsplit(":", 1)
         addr = (host, int(port))
         base_rss = rss(daemon.pid)
@@ -156,7 +157,8 @@ def main() -> None:
         if ok != reads:
             sys.exit(1)
     finally:
-        stop_daemon(daemon)
+        if daemon is not None:
+            stop_daemon(daemon)
         origin.close()
         shutil.rmtree(root, ignore_errors=True)
 

@@ -34,10 +34,11 @@ def main() -> None:
                MESHCACHE_BLOCK_SIZE=str(BLOCK), MESHCACHE_LISTEN="127.0.0.1:0",
                MESHCACHE_CAPACITY=str(8 << 20), MESHCACHE_FSYNC="0", MESHCACHE_MDNS="0",
                MESHCACHE_LOG_LEVEL="ERROR")
-    daemon, addr_s = start_daemon(env)
+    daemon = None
     samples: list[tuple[float, int, int]] = []
     reads = wrong = 0
     try:
+        daemon, addr_s = start_daemon(env)
         addr = addr_s
         host, port = addr.rsplit(":", 1)
         junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -79,7 +80,8 @@ def main() -> None:
         if wrong:
             sys.exit(1)
     finally:
-        stop(daemon)
+        if daemon is not None:
+            stop(daemon)
         origin.close()
         shutil.rmtree(root, ignore_errors=True)
 
