@@ -37,8 +37,11 @@ system-deps:
 demo: install
 	$(PY) examples/demo.py
 
+# A private, short base directory for tmp_path: pytest's shared /tmp/pytest-of-<user> is cleaned
+# by any other pytest session on the host, and Unix socket paths must stay under 108 bytes.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	@d=$$(mktemp -d /tmp/mct-XXXXXX); \
+	$(PY) -m pytest -q -p no:cacheprovider --basetemp=$$d tests; rc=$$?; rm -rf $$d; exit $$rc
 
 bench: install
 	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done

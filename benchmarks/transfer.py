@@ -250,6 +250,9 @@ def quic_config(args: argparse.Namespace) -> Any:
 def run_child(args: argparse.Namespace) -> None:
     if args.mode == "quic":
         import meshcache.transport.quic  # noqa: F401  (imports before the gc freeze)
+        from meshcache.transport import engine
+
+        engine.load(args.engine)
     if not os.environ.get("TRANSFER_NO_GC_FREEZE"):
         # Long-running daemons freeze what startup allocated: a full collection then skips it.
         gc.collect()
@@ -317,6 +320,16 @@ def measure(args: argparse.Namespace, mode: str, work: str, manifest: str,
         server.wait(10)
 
 
+def figures(r: dict[str, Any], label: str) -> dict[str, float]:
+    """MB/s and CPU seconds per GiB on each end of one measured transfer (and log them)."""
+    gib = r["bytes"] / GiB
+    out = {"MBps": r["bytes"] / r["seconds"] / 1e6, "server": r["server_cpu"] / gib,
+           "client": r["client_cpu"] / gib}
+    log(f"{label:12s} {out['MBps']:7.1f} MB/s  cpu s/GiB server {out['server']:.2f} "
+        f"client {out['client']:.2f}")
+    return out
+
+
 def quic_engine_name(name: str) -> str:
     from meshcache.transport import engine
 
@@ -345,12 +358,7 @@ def measure_wan(args: argparse.Namespace, work: str, names: list[str], digests: 
             for _ in range(max(1, args.rounds - 1)):
                 for mode in runs:
                     r = measure(args, mode, work, manifest, lab=lab, datagram_size=1472)
-                    gib = r["bytes"] / GiB
-                    runs[mode].append({"MBps": r["bytes"] / r["seconds"] / 1e6,
-                                       "server": r["server_cpu"] / gib,
-                                       "client": r["client_cpu"] / gib})
-                    log(f"wan {mode:8s} {runs[mode][-1]['MBps']:7.1f} MB/s  cpu s/GiB server "
-                        f"{runs[mode][-1]['server']:.1f} client {runs[mode][-1]['client']:.1f}")
+                    runs[mode].append(figures(r, f"wan {mode}"))
             out["wan_mtu"] = 1500
             out["wan_bytes"] = len(subset) * BLOCK
             out["wan_quic_MBps"] = statistics.median(x["MBps"] for x in runs["quic"])
@@ -359,6 +367,11 @@ def measure_wan(args: argparse.Namespace, work: str, names: list[str], digests: 
             out["wan_quic_cpu_s_per_gib"] = {
                 end: statistics.median(x[end] for x in runs["quic"])
                 for end in ("server", "client")}
+            # what the ratio would be where each side had its cores to itself (CPU-bound)
+            quic_cpu = max(out["wan_quic_cpu_s_per_gib"].values())
+            tls_cpu = max(statistics.median(x[end] for x in runs["tls_tcp"])
+                          for end in ("server", "client"))
+            out["wan_cpu_ratio_vs_tls"] = tls_cpu / quic_cpu
     except LabError as e:
         out = {"wan_skipped": str(e)}
     finally:
@@ -496,12 +509,7 @@ def main() -> None:
             for mode in modes:
                 r = measure(args, mode, work, manifest)
                 assert r["bytes"] == moved, (r["bytes"], moved)
-                gib = r["bytes"] / GiB
-                runs[mode].append({"MBps": r["bytes"] / r["seconds"] / 1e6,
-                                   "server": r["server_cpu"] / gib,
-                                   "client": r["client_cpu"] / gib})
-                log(f"{mode:8s} {runs[mode][-1]['MBps']:7.1f} MB/s  cpu s/GiB server "
-                    f"{runs[mode][-1]['server']:.2f} client {runs[mode][-1]['client']:.2f}")
+                runs[mode].append(figures(r, mode))
         result["rounds"] = args.rounds
         for mode in modes:
             result[f"{mode}_MBps"] = statistics.median(x["MBps"] for x in runs[mode])

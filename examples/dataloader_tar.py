@@ -5,19 +5,23 @@ them. Worker processes split the shards and stream each through `fsspec.open("me
 the first epoch reads the origin, the next ones read cached blocks. It prints, per epoch, where
 the bytes came from (origin, local store, peers).
 
-This example uses the embedded node in each worker process (they share the cache directory, and
-a cold block is fetched once across processes); where a host daemon serves the cache, the same
-code reads through it.
+Where a `meshcached` serves the cache directory, every worker reads through it (one fetch per
+block for the host, hot blocks read straight from the block files); else each worker embeds a
+node on the shared directory. `--daemon` starts a meshcached for the run and prints its counters.
 
-    python examples/dataloader_tar.py [--origin DIR_OR_URL] [--shards 4] [--samples 64]
+    python examples/dataloader_tar.py [--origin DIR_OR_URL] [--shards 4] [--samples 64] [--daemon]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import tarfile
 import tempfile
 
@@ -97,6 +101,8 @@ def main() -> None:
     p.add_argument("--sample-size", type=int, default=64 << 10)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--daemon", action="store_true",
+                   help="start a meshcached for the cache directory and read through it")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="meshcache-dataloader-") as tmp:
         _main(a, tmp)
@@ -112,7 +118,35 @@ def _main(a: argparse.Namespace, tmp: str) -> None:
                            a.sample_size)
     config = {"cache_dir": a.cache_dir or os.path.join(tmp, "cache"), "block_size": 1 << 20,
               "fsync": False}
-    run(urls, config, a.workers, a.epochs)
+    daemon = start_daemon(config) if a.daemon else None
+    try:
+        run(urls, config, a.workers, a.epochs)
+        if daemon is not None:
+            from meshcache import Config
+            from meshcache.host.client import daemon_node
+
+            dn = daemon_node(Config.from_dict(config))
+            st = dn.stats()
+            dn.close()
+            print(f"meshcached: {st['origin_requests']} origin requests, bytes from origin "
+                  f"{st['bytes_from_origin']}", flush=True)
+    finally:
+        if daemon is not None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(30)
+
+
+def start_daemon(config: dict) -> subprocess.Popen:
+    """A meshcached serving this cache directory (its local API socket lives there)."""
+    env = dict(os.environ, MESHCACHE_CACHE_DIR=config["cache_dir"], MESHCACHE_METRICS_LISTEN="",
+               MESHCACHE_BLOCK_SIZE=str(config["block_size"]), MESHCACHE_FSYNC="0")
+    proc = subprocess.Popen([sys.executable, "-c", "from meshcache.daemon import main; main()"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    ready = proc.stdout.readline() if proc.stdout is not None else ""
+    if not ready:
+        raise SystemExit("meshcached did not start")
+    print(f"meshcached serving {json.loads(ready)['socket']}", flush=True)
+    return proc
 
 
 if __name__ == "__main__":

@@ -85,9 +85,16 @@ def main(config_path: str | None, preset: str | None, cache_dir: str | None, zon
         api = LocalApi(node, cfg.socket_path(), group=cfg.socket_group,
                        allow_client_options=cfg.daemon_client_options)
         api.start()
-        http = status_server(api, cfg.metrics_listen) if cfg.metrics_listen else None
-        status = http
-        metrics_addr = http.start() if http is not None else None
+        status = status_server(api, cfg.metrics_listen) if cfg.metrics_listen else None
+        metrics_addr = None
+        if status is not None:
+            try:
+                metrics_addr = status.start()
+            except OSError as e:  # serving the host matters more than its metrics
+                log.warning("metrics and status page off: cannot listen on %s: %s",
+                            cfg.metrics_listen, e.strerror or e)
+                status.close()
+                status = None
         if cfg.s3_listen:
             from meshcache.surfaces.s3gateway import serve
 

@@ -17,7 +17,7 @@ from meshcache.config import Config
 from meshcache.host.client import DaemonNode, host_node
 from meshcache.read.node import Node
 from meshcache.read.origin import ObjectNotFound, OriginError
-from meshcache.read.reader import Reader, open_reader
+from meshcache.read.reader import Reader
 
 
 class MeshcacheFileSystem(ChainedFileSystem):
@@ -73,7 +73,7 @@ class MeshcacheFileSystem(ChainedFileSystem):
               autocommit: bool = True, cache_options: Any = None, **kwargs: Any) -> Reader:
         if mode != "rb":
             raise ValueError(f"meshcache: mode {mode!r} is not supported (read-only, 'rb')")
-        return open_reader(self.node, self._url(path), "rb", self.target_options)
+        return self.node.open(self._url(path), "rb", **self.target_options)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:

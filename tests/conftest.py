@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 
 import pytest
 
@@ -52,3 +53,15 @@ def is_root() -> bool:
 # Strong cluster credentials (as `meshcache secret` makes them): nodes refuse guessable ones.
 CLUSTER_SECRET = "81NI1w26Cdtrd9pmtWZeimZjro0LAm2EFHtoPOwT6qg"
 OTHER_SECRET = "1oVc10MfHmQpcqi3vxxBdRmVq1S4RP2sFlrtuy_ZbwI"
+
+
+@pytest.fixture(autouse=True)
+def _remove_tmp_path(request):
+    """Each test's tmp_path goes when the test ends, passed or failed (lab caches are large).
+    Autouse fixtures are set up first and torn down last, so this runs after the fixtures that
+    use the directory. (pytest's `tmp_path_retention_policy = none` is not used: it leaves the
+    session's directory unlocked, and concurrent pytest sessions then delete it mid-run.)"""
+    path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)

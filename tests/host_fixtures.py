@@ -13,7 +13,21 @@ import sys
 import tempfile
 from typing import Iterator
 
+import pytest
+
+from meshcache.lab.httporigin import OriginServer
+
 SMALL_BLOCK = 64 * 1024
+
+
+@pytest.fixture
+def origin() -> Iterator[OriginServer]:
+    """An HTTP origin on 127.0.0.1 capped at 8 MB/s per connection (fetches overlap)."""
+    srv = OriginServer(rate_per_conn=8e6)
+    try:
+        yield srv
+    finally:
+        srv.close()
 
 
 def read_worker(url: str, env: dict[str, str]) -> tuple[str, int]:

@@ -57,3 +57,35 @@ def test_sizes():
     assert parse_size(512, "k") == 512
     with pytest.raises(ConfigError):
         parse_size("8 parsecs", "k")
+
+
+def test_surfaces_keys():
+    from meshcache.config import Config, ConfigError
+
+    c = Config.from_env({"MESHCACHE_S3_LISTEN": "127.0.0.1:9000",
+                         "MESHCACHE_S3_BUCKETS": '{"models": "s3://b/models/"}',
+                         "MESHCACHE_S3_ACCESS_KEYS": '{"AKID": "secret"}'})
+    assert c.s3_buckets == {"models": "s3://b/models/"} and c.s3_access_keys == {"AKID": "secret"}
+    with pytest.raises(ConfigError, match="s3_access_keys"):
+        Config.local(s3_listen="127.0.0.1:9000")
+    assert Config.local(s3_listen="127.0.0.1:9000", s3_anonymous=True).s3_anonymous
+    with pytest.raises(ConfigError, match="s3_listen"):
+        Config.local(s3_listen="nope", s3_anonymous=True)
+    with pytest.raises(ConfigError, match="s3_buckets"):
+        Config.local(s3_buckets={"Bad_Name": "s3://x/"})
+    with pytest.raises(ConfigError, match="s3_bucket_options"):
+        Config.local(s3_buckets={"abc": "s3://x/"}, s3_bucket_options={"zzz": {}})
+    with pytest.raises(ConfigError, match="S3_BUCKETS"):
+        Config.from_env({"MESHCACHE_S3_BUCKETS": "not json"})
+
+
+def test_peer_origins_and_liar_expel_after():
+    c = Config.from_env({"MESHCACHE_PEER_ORIGINS": "http://10.0.0.9:8080/,s3://models/",
+                         "MESHCACHE_LIAR_EXPEL_AFTER": "2"})
+    assert c.peer_origins == ["http://10.0.0.9:8080/", "s3://models/"]
+    assert c.liar_expel_after == 2
+    assert Config.local().peer_origins == [] and Config.local().liar_expel_after == 3
+    with pytest.raises(ConfigError, match="peer_origins"):
+        Config.local(peer_origins=["/etc"])
+    with pytest.raises(ConfigError, match="liar_expel_after"):
+        Config.local(liar_expel_after=0)

@@ -4,7 +4,6 @@ valid, and the image builds where a docker daemon runs."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess

@@ -33,7 +33,7 @@ def test_invariants_hold_under_any_sequence(seq, capacity, protected):
         assert p.used == sum(sizes.values())
         assert set(p.keys()) == set(sizes)
         peak = max(peak, len(p))
-        assert len(p._ghost) <= max(16, peak)
+        assert p.ghosts() <= max(16, peak)
 
 
 def test_one_hit_wonders_do_not_flush_the_hot_set():
@@ -58,7 +58,7 @@ def test_ghost_hit_goes_to_main():
         p.evict()
         k += 1
     p.insert("a", 10)
-    assert "a" in p._main
+    assert p.in_main("a")
 
 
 def test_all_protected_stops():

@@ -28,14 +28,19 @@ def sources(line: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def test_dataloader_over_tar_shards():
-    out = run("dataloader_tar.py", "--shards", "3", "--samples", "8", "--sample-size", "20000")
+@pytest.mark.parametrize("daemon", [True, False], ids=["host-daemon", "embedded"])
+def test_dataloader_over_tar_shards(daemon):
+    out = run("dataloader_tar.py", "--shards", "3", "--samples", "8", "--sample-size", "20000",
+              *(["--daemon"] if daemon else []))
     epochs = [ln for ln in out.splitlines() if ln.startswith("epoch")]
     assert len(epochs) == 2 and all("24 samples, 480000 payload bytes" in e for e in epochs)
     o1, l1 = sources(epochs[0])
     o2, l2 = sources(epochs[1])
     assert o1 > 480000 and l1 == 0  # tar headers too
     assert o2 == 0 and l2 == o1
+    if daemon:  # the daemon did the origin reads for both workers: one per shard
+        line = next(ln for ln in out.splitlines() if ln.startswith("meshcached:"))
+        assert f"3 origin requests, bytes from origin {o1}" in line
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,

@@ -10,21 +10,11 @@ import os
 import signal
 import time
 
-import pytest
 
-from meshcache.lab.httporigin import OriginServer
 from meshcache.read.flock import BlockLocks
+from tests.host_fixtures import origin  # noqa: F401 (a fixture)
 from tests.host_fixtures import SMALL_BLOCK, cache_env, read_in_processes, read_worker
 from tests.conftest import make_bytes
-
-
-@pytest.fixture
-def origin():
-    srv = OriginServer(rate_per_conn=8e6)
-    try:
-        yield srv
-    finally:
-        srv.close()
 
 
 def test_eight_processes_fetch_each_block_once(tmp_path, origin):

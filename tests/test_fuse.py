@@ -40,7 +40,8 @@ def start_mount(prefix: str, mnt, cache, log, *extra: str) -> subprocess.Popen:
     return proc
 
 
-def stop_mount(proc: subprocess.Popen, mnt) -> None:
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it does not end within 20 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -48,6 +49,10 @@ def stop_mount(proc: subprocess.Popen, mnt) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def stop_mount(proc: subprocess.Popen, mnt) -> None:
+    terminate(proc)
     if os.path.ismount(mnt):
         subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
 
@@ -158,3 +163,35 @@ def test_failing_origin_is_eio_with_url_logged(failing_http, tmp_path):
             stop_mount(proc, mnt)
     text = open(tmp_path / "mount.log").read()
     assert f"{failing_http}broken.bin" in text and "ERROR" in text
+
+
+def test_mount_reads_through_the_host_daemon(local_tree, tmp_path):
+    """With a meshcached serving the cache directory, the mount reads through it: the daemon
+    fetched the bytes from the origin (its stats say so), the mount process did not."""
+    import json
+
+    root, big = local_tree
+    cache = tmp_path / "cache"
+    env = dict(os.environ, MESHCACHE_CACHE_DIR=str(cache), MESHCACHE_METRICS_LISTEN="",
+               MESHCACHE_BLOCK_SIZE=str(SMALL_BLOCK), MESHCACHE_FSYNC="0")
+    env.pop("MESHCACHE_CLUSTER_SECRET", None)
+    daemon = subprocess.Popen([sys.executable, "-c", "from meshcache.daemon import main; main()"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        assert json.loads(daemon.stdout.readline())["socket"]
+        with open(tmp_path / "mount.log", "w") as log:
+            proc = start_mount(str(root), mnt, cache, log)
+            try:
+                with open(mnt / "models" / "m1" / "weights.bin", "rb") as f:
+                    assert f.read() == big
+            finally:
+                stop_mount(proc, mnt)
+        stats = subprocess.run([sys.executable, "-c", "from meshcache.cli import main; main()",
+                                "--cache-dir", str(cache), "stats", "--json"], env=env,
+                               capture_output=True, text=True, check=True, timeout=60)
+        assert json.loads(stats.stdout)["bytes_from_origin"] == len(big)
+    finally:
+        terminate(daemon)

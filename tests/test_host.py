@@ -16,18 +16,9 @@ import meshcache
 from meshcache.config import Config
 from meshcache.host.client import DaemonClient, DaemonNode, daemon_node
 from meshcache.host.frames import encode_frame
-from meshcache.lab.httporigin import OriginServer
 from tests.conftest import make_bytes
+from tests.host_fixtures import origin  # noqa: F401 (a fixture)
 from tests.host_fixtures import SMALL_BLOCK, cache_env, read_in_processes, running_daemon
-
-
-@pytest.fixture
-def origin():
-    srv = OriginServer(rate_per_conn=8e6)
-    try:
-        yield srv
-    finally:
-        srv.close()
 
 
 @pytest.fixture
@@ -91,9 +82,14 @@ def test_module_functions_and_refusals_through_the_daemon(short_dir, origin, mon
         with fsspec.open("meshcache::" + url, "rb") as f:
             assert f.read() == data
         assert meshcache.stats()["local_requests"] >= before + 3
-        # Storage options (origin credentials) from clients are refused by default.
+        # Storage options (origin credentials) from clients are refused by the daemon by
+        # default; the library then reads with them in this process (an embedded node).
         with pytest.raises(PermissionError, match="own configuration"):
-            meshcache.open(url, client_kwargs={"x": 1})
+            node.client.call("version", url, json.dumps({"block_size": 1}), False)
+        requests = meshcache.stats()["local_requests"]
+        with meshcache.open(url, block_size=1 << 16) as f:
+            assert f.read() == data
+        assert meshcache.stats()["local_requests"] == requests + 1  # the stats call only
         with pytest.raises(meshcache.ObjectNotFound):
             meshcache.stat("file:///nonexistent/x")
         # Garbage on the socket closes that connection, the daemon keeps serving.
@@ -112,8 +108,9 @@ def test_module_functions_and_refusals_through_the_daemon(short_dir, origin, mon
 
 
 def _client_as(uid: int, gid: int, path: str, op: str = "hello", *args: object) -> int:
-    """Exit status of a forked child that drops to uid/gid and asks the daemon hello:
-    0 answered, 3 refused (PermissionError), 4 anything else."""
+    """Exit status of a forked child that drops to uid/gid and asks the daemon `op`: 0 answered,
+    3 refused (PermissionError), 4 anything else; op "auto": 0 when the library, looking for
+    the daemon of cache directory args[0], reads without it."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover (child)
         code = 4
@@ -121,6 +118,10 @@ def _client_as(uid: int, gid: int, path: str, op: str = "hello", *args: object) 
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
+            if op == "auto":
+                cfg = Config.from_dict({"cache_dir": str(args[0])})
+                code = 0 if daemon_node(cfg, environ={}) is None else 5
+                os._exit(code)
             DaemonClient(path).call(op, *args)
             code = 0
         except PermissionError:
@@ -141,6 +142,8 @@ def test_a_client_without_permission_on_the_socket_is_refused(short_dir):
         assert st.st_mode & 0o777 == 0o660 and st.st_gid == 65534
         assert _client_as(65534, 65534, path) == 0  # in the socket's group
         assert _client_as(65534, 12345, path) == 3  # neither owner nor in the group
+        # The library, finding a daemon that refuses it, reads without it (embedded node).
+        assert _client_as(65534, 12345, path, "auto", short_dir) == 0
         # A member may not make the daemon (root here) read a file it could not read itself.
         secret = os.path.join(short_dir, "secret.bin")
         with open(secret, "wb") as f:
@@ -153,3 +156,25 @@ def test_a_client_without_permission_on_the_socket_is_refused(short_dir):
         # The library, finding a daemon it may not use, says so and reads without it.
         cfg = Config.from_dict({"cache_dir": short_dir})
         assert daemon_node(cfg, environ={}) is not None  # root may
+
+
+def test_a_tampered_block_file_is_not_read_by_a_client(short_dir, origin):
+    data = make_bytes(4 * SMALL_BLOCK, seed=11)
+    origin.put("t.bin", data)
+    url = origin.url_for("t.bin")
+    with running_daemon(short_dir) as ready:
+        env = cache_env(short_dir, daemon=str(ready["socket"]))
+        cfg = Config.from_dict({"cache_dir": short_dir, "block_size": SMALL_BLOCK})
+        node = daemon_node(cfg, environ={"MESHCACHE_DAEMON": env["MESHCACHE_DAEMON"]})
+        assert node is not None
+        try:
+            assert node.cat(url) == data
+            v = node.version(url)
+            victim = node.store.block_path(node.manifest(v).digests[2])
+            victim.write_bytes(b"\0" * SMALL_BLOCK)  # same size, other bytes, new mtime
+            with node.open(url) as f:
+                assert f.read() == data  # the daemon re-checked it, dropped it, fetched again
+            assert node.stats()["corrupt_blocks"] == 1
+            assert origin.bytes_sent == len(data) + SMALL_BLOCK
+        finally:
+            node.close()

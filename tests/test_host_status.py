@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
 import tempfile
 import time
@@ -134,3 +133,44 @@ def test_a_wrong_credential_is_a_warning_on_both_ends(dirs):
         assert "rejected" in logs[0] and "authentication" in logs[0]  # the side that refused
         assert "refused this node" in logs[1] and "credential" in logs[1]  # and why
         assert "started: zone default" in logs[0]  # the start summary at the default level
+
+
+def test_a_taken_metrics_port_is_a_warning_not_a_dead_daemon(dirs):
+    with running_daemon(dirs[0]) as a:
+        port = str(a["metrics"]).rsplit(":", 1)[1].strip("/")
+        with running_daemon(dirs[1], metrics_listen=f"127.0.0.1:{port}") as b:
+            assert b["metrics"] is None and b["socket"]
+            assert "metrics and status page off" in open(str(b["log_file"])).read()
+            node = daemon_node(Config.from_dict({"cache_dir": dirs[1]}), environ={})
+            assert node is not None and node.stats()["local_clients"] == 1
+            node.close()
+
+
+class _Snapshot:
+    """A status source with fixed figures (the collector is a pure transform of them)."""
+
+    def status(self):
+        return {"stats": {"bytes_from_origin": 5, "bytes_from_zone:eu": 7, "bytes_to_zone:us": 3},
+                "members": [{"state": "suspect", "summary_bytes": 10}], "zones": {"default": 1},
+                "hit_ratio": None, "summary_bytes": 4}
+
+    def rate_limit_waits(self):
+        return {"egress": (2, 0.5)}
+
+
+def test_collector_names_zones_states_and_waits():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from meshcache.host.metrics import NodeCollector
+
+    reg = CollectorRegistry()
+    reg.register(NodeCollector(_Snapshot()))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(generate_latest(reg).decode())
+               for s in fam.samples}
+    assert samples[("meshcache_zone_bytes_total", (("direction", "from"), ("zone", "eu")))] == 7
+    assert samples[("meshcache_zone_bytes_total", (("direction", "to"), ("zone", "us")))] == 3
+    assert samples[("meshcache_members", (("state", "suspect"),))] == 1
+    assert samples[("meshcache_members", (("state", "alive"),))] == 0
+    assert samples[("meshcache_summary_bytes", (("whose", "peers"),))] == 10
+    assert samples[("meshcache_rate_limit_wait_seconds_total", (("direction", "egress"),))] == 0.5

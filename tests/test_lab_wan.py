@@ -9,12 +9,16 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from meshcache.core.digest import digest
+from meshcache.lab.httporigin import make_file
 from meshcache.lab.netns import Host, cleanup_stale, requires_root
 from meshcache.lab.zones import ZoneLab
+from meshcache.mesh.auth import new_secret
 from tests.lab_fixtures import needs_lab  # noqa: F401  (fixture)
 from tests.test_lab import BLAST, SINK, UDP_ECHO, UDP_PING, lab_leftovers, lines, start_ready
 
@@ -212,3 +216,186 @@ def test_meshcache_lab_up_and_down_from_the_installed_command(needs_lab: None) -
         gone = json.loads(meshcache("down", prefix, "--json"))
     assert gone["destroyed"] == [prefix]
     assert lab_leftovers(prefix) == []
+
+
+# --------------------------------------------------------------------------- zones through the DHT
+
+BLOCK = 256 * 1024
+PORT, DHT_PORT = 7946, 7947
+SECRET = new_secret()
+
+
+def readline_json(proc: subprocess.Popen, timeout: float) -> dict:
+    """The next JSON line of a meshnode (raises if it exits or says nothing in time)."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 0.2)[0]:
+            line = proc.stdout.readline()
+            if line:
+                return json.loads(line)
+        if proc.poll() is not None:
+            raise RuntimeError(f"meshnode exited with {proc.returncode}")
+    raise TimeoutError("meshnode said nothing in time")
+
+
+class Zones:
+    """meshnode processes on the hosts of a ZoneLab, all bootstrapping the DHT from a0."""
+
+    def __init__(self, lab: ZoneLab, work, url: str):
+        self.lab, self.work, self.url = lab, work, url
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, hosts, go, *, secret: str = SECRET, ttl: float = 3600.0,
+              members: int | None = None, peers=None) -> list[subprocess.Popen]:
+        bootstrap = f"{self.lab.zones['a'][0].address}:{DHT_PORT}"
+        procs = []
+        for h in hosts:
+            zone = self.lab.zone_of(h)
+            args = ["-m", "meshcache.lab.meshnode", "--cache-dir", str(self.work / h.name),
+                    "--listen", f"{h.address}:{PORT}", "--secret", secret, "--url", self.url,
+                    "--go", str(go), "--block-size", str(BLOCK), "--zone", zone,
+                    "--members", str(len(hosts) - 1 if members is None else members),
+                    "--preset", "wan",
+                    "--set", f"dht_listen={json.dumps(f'{h.address}:{DHT_PORT}')}",
+                    "--set", f"dht_bootstrap={json.dumps([bootstrap])}",
+                    "--set", f"dht_record_ttl={ttl}", "--set", f"dht_republish={ttl / 3}",
+                    "--set", "dht_rpc_timeout=1.0"]
+            for o in (hosts if peers is None else peers):
+                if o is not h:
+                    args += ["--peer", f"{o.address}:{PORT}"]
+            procs.append(h.python(args, stdout=subprocess.PIPE, text=True))
+        for p in procs:
+            assert "ready" in readline_json(p, 60)
+        self.procs += procs
+        return procs
+
+    def status(self, host) -> dict:
+        """The node's status file (members, and the remote zones its DHT heard from)."""
+        return json.loads((self.work / host.name / "mesh.json").read_text())
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture
+def zones(zlab: ZoneLab, tmp_path) -> Iterator[tuple[Zones, bytes]]:
+    """An origin object (32 blocks) served from the origin host, and a Zones harness."""
+    make_file(tmp_path / "m.bin", 32 * BLOCK, seed=9)
+    origin = zlab.origin.python(["-m", "meshcache.lab.httporigin", "--dir", str(tmp_path),
+                                 "--host", zlab.origin.address, "--port", "8080"],
+                                stdout=subprocess.PIPE, text=True)
+    base = origin.stdout.readline().strip()
+    z = Zones(zlab, tmp_path, f"{base}/m.bin")
+    try:
+        yield z, (tmp_path / "m.bin").read_bytes()
+    finally:
+        z.close()
+        origin.terminate()
+        origin.wait(10)
+        zlab.mend()
+
+
+def test_zones_find_each_other_and_a_block_crosses_into_b_once(zones) -> None:
+    z, data = zones
+    want = digest(data).hex()
+    lab = z.lab
+    go_a, go_b = z.work / "go-a", z.work / "go-b"
+    a = z.start(lab.zones["a"], go_a)
+    b = z.start(lab.zones["b"], go_b)
+    c = z.start(lab.zones["c"], z.work / "never")
+    go_a.write_text("go")
+    seeded = [readline_json(p, 120) for p in a]
+    assert all(r["digest"] == want for r in seeded), seeded
+    deadline = time.monotonic() + 30                     # one bootstrap address: all zones meet
+    while time.monotonic() < deadline:
+        seen = [set(z.status(h).get("remote_zones", {})) for h in lab.hosts]
+        if all(s >= set("abc") - {lab.zone_of(h)} for s, h in zip(seen, lab.hosts)):
+            break
+        time.sleep(0.5)
+    assert all(s >= set("abc") - {lab.zone_of(h)} for s, h in zip(seen, lab.hosts)), seen
+    before = lab.wan_bytes()
+    go_b.write_text("go")
+    results = [readline_json(p, 120) for p in b]
+    moved = {k: v - before[k] for k, v in lab.wan_bytes().items()}
+    assert all(r["digest"] == want for r in results), results
+    assert sum(r["bytes_from_origin"] for r in results) == 0
+    assert len(data) <= moved["a>b"] < 1.10 * len(data)    # once, plus packet headers
+    assert moved["origin>b"] < 0.01 * len(data)
+    print(f"a>b carried {moved['a>b'] / len(data):.3f}x the object for 3 readers in zone b")
+    del c
+
+
+def seed_zone_a(z: Zones, want: str) -> None:
+    """Zone a reads the object from the origin: now it is cached in zone a and announced."""
+    go = z.work / "go-a"
+    a = z.start(z.lab.zones["a"], go)
+    go.write_text("go")
+    assert all(readline_json(p, 120)["digest"] == want for p in a)
+    time.sleep(3)                       # announcements are batched every 2 s
+
+
+def test_a_node_without_the_credential_learns_no_record_and_gets_no_block(zones) -> None:
+    z, data = zones
+    want = digest(data).hex()
+    seed_zone_a(z, want)
+    c0 = z.lab.zones["c"][0]
+    before = z.lab.wan_bytes()
+    go = z.work / "go-c"
+    go.write_text("go")
+    [stranger] = z.start([c0], go, secret=new_secret(), members=0)
+    result = readline_json(stranger, 120)
+    moved = {k: v - before[k] for k, v in z.lab.wan_bytes().items()}
+    assert result["digest"] == want
+    assert result["bytes_from_origin"] == len(data)          # everything from its own origin
+    assert not [k for k, v in result.items() if k.startswith("bytes_from_zone") and v]
+    assert not z.status(c0).get("remote_zones")              # no DHT node answered it
+    assert moved["a>c"] < 0.01 * len(data)
+
+
+def test_a_zone_cut_off_from_the_others_reads_its_own_origin(zones) -> None:
+    z, data = zones
+    want = digest(data).hex()
+    seed_zone_a(z, want)
+    go = z.work / "go-c"
+    c = z.start(z.lab.zones["c"], go)
+    time.sleep(2)                                            # c's DHT has met a and b
+    z.lab.cut("c")
+    before = z.lab.wan_bytes()
+    go.write_text("go")
+    results = [readline_json(p, 180) for p in c]
+    moved = {k: v - before[k] for k, v in z.lab.wan_bytes().items()}
+    assert all(r["digest"] == want for r in results), results
+    assert sum(r["bytes_from_origin"] for r in results) == len(data)   # once for the zone
+    assert moved["a>c"] == moved["b>c"] == 0
+
+
+def test_records_of_a_killed_zone_stop_being_used_after_their_ttl(zones) -> None:
+    z, data = zones
+    want = digest(data).hex()
+    ttl = 4.0
+    go_a = z.work / "go-a"
+    a = z.start(z.lab.zones["a"], go_a, ttl=ttl)
+    go_a.write_text("go")
+    assert all(readline_json(p, 120)["digest"] == want for p in a)
+    time.sleep(3)                                            # announced (batched every 2 s)
+    for p in a:
+        p.kill()                                             # gone without a word
+        p.wait()
+    time.sleep(ttl + 1)
+    go = z.work / "go-b"
+    b = z.start(z.lab.zones["b"], go)
+    t = time.monotonic()
+    go.write_text("go")
+    results = [readline_json(p, 180) for p in b]
+    assert all(r["digest"] == want for r in results), results
+    assert sum(r["bytes_from_origin"] for r in results) == len(data)
+    assert sum(r["peer_errors"] for r in results) == 0       # no dead provider was tried
+    print(f"zone b read in {time.monotonic() - t:.1f} s after zone a's records expired")

@@ -192,3 +192,66 @@ def test_aws_cli_cp_and_ls(gateway, tmp_path):
     bad = subprocess.run(aws + ["s3", "cp", "s3://models/a/none.bin", str(tmp_path / "n")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "404" in bad.stderr
+
+
+def test_meshcached_serves_the_gateway(tmp_path):
+    """meshcached starts the gateway when s3_listen is set and stops it on SIGTERM."""
+    import json
+    import signal
+
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    (origin / "x.bin").write_bytes(make_bytes(100_000, 9))
+    env = dict(os.environ, MESHCACHE_CACHE_DIR=str(tmp_path / "cache"), MESHCACHE_FSYNC="0",
+               MESHCACHE_LISTEN="127.0.0.1:0", MESHCACHE_CLUSTER_SECRET="9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c",
+               MESHCACHE_METRICS_LISTEN="",
+               MESHCACHE_S3_LISTEN="127.0.0.1:0",
+               MESHCACHE_S3_BUCKETS=json.dumps({"files": f"file://{origin}/"}),
+               MESHCACHE_S3_ACCESS_KEYS=json.dumps({KEY: SECRET}))
+    proc = subprocess.Popen([sys.executable, "-c", "from meshcache.daemon import main; main()"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(proc.stdout.readline())
+        s3 = client(ready["s3"])
+        assert s3.get_object(Bucket="files", Key="x.bin")["Body"].read() == \
+            (origin / "x.bin").read_bytes()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_origin_failure_before_and_after_the_status_line(cache_config):
+    """An origin that fails before any byte is sent is an S3 error (503); one that fails after
+    the status line cuts the body short (the client sees an incomplete read, never wrong
+    bytes), and the gateway goes on serving."""
+    from meshcache.lab.httporigin import OriginServer
+
+    data = make_bytes(6 * SMALL_BLOCK, 12)
+    with OriginServer() as srv:
+        srv.put("d/x.bin", data)
+        srv.put("d/y.bin", data[::-1])
+        node = Node(cache_config(origin_retries=0, metadata_ttl=600.0))
+        gw = S3Gateway(node, {"web": Bucket("web", srv.url_for("d/"))}, {KEY: SECRET})
+        server = GatewayServer(gw)
+        host, port = server.start("127.0.0.1:0")
+        try:
+            s3 = client(f"http://{host}:{port}")
+            v = node.version(srv.url_for("d/x.bin"))
+            node.fetch_sync(v, 0)  # block 0 hot: the status line goes out before block 1
+            srv.refuse("d/x.bin", 500)
+            body = s3.get_object(Bucket="web", Key="x.bin")["Body"]
+            with pytest.raises((botocore.exceptions.IncompleteReadError,
+                                botocore.exceptions.ResponseStreamingError)):
+                body.read()
+            srv.refuse("d/y.bin", 500)
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                s3.get_object(Bucket="web", Key="y.bin")
+            assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+            srv.unrefuse("d/x.bin")
+            assert s3.get_object(Bucket="web", Key="x.bin")["Body"].read() == data
+        finally:
+            server.close()
+            node.close()

@@ -48,6 +48,14 @@ class S3FIFO:
     def keys(self) -> list[Key]:
         return list(self._small) + list(self._main)
 
+    def ghosts(self) -> int:
+        """Keys remembered after eviction (bounded by the entries held, at least 16)."""
+        return len(self._ghost)
+
+    def in_main(self, key: Key) -> bool:
+        """Whether `key` is held in the main queue (seen again, or back from the ghosts)."""
+        return key in self._main
+
     def size(self, key: Key) -> int | None:
         """The bytes of an entry, or None when it is not held."""
         v = self._main.get(key)

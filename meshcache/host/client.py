@@ -189,13 +189,16 @@ class DaemonNode:
         self.cache_dir: str = hello["cache_dir"]
         self.block_size: int = hello["block_size"]
         self.daemon_pid: int = hello["pid"]
+        self.client_options: bool = bool(hello.get("client_options"))
         self.store = BlockFiles(self.cache_dir, client)
         self._latest: dict[str, ObjectVersion] = {}
         self._manifests: dict[bytes, Manifest] = {}
         self._pending = [0, 0]  # bytes_from_local, block_hits not yet told to the daemon
+        self._count_lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pid = os.getpid()
         self.closed = False
+        self._warned_options = False
 
     # ---- what Reader needs -------------------------------------------------------------------
 
@@ -245,12 +248,14 @@ class DaemonNode:
         return res.data if res.data is not None else self.store.read_block(res.digest)
 
     def count(self, bytes_from_local: int = 0, block_hits: int = 0, **_: int) -> None:
-        self._pending[0] += bytes_from_local
-        self._pending[1] += block_hits
+        with self._count_lock:
+            self._pending[0] += bytes_from_local
+            self._pending[1] += block_hits
 
     def flush(self) -> None:
         """Tell the daemon the short-circuit reads it did not see (its hit counters)."""
-        rows, self._pending = self._pending, [0, 0]
+        with self._count_lock:
+            rows, self._pending = self._pending, [0, 0]
         if any(rows):
             try:
                 self.client.call("count", rows)
@@ -258,23 +263,44 @@ class DaemonNode:
                 pass
 
     # ---- what the entry points call ----------------------------------------------------------
+    # A call with storage options that the daemon does not accept (its default: it reads origins
+    # with its own configuration) is served by this process's embedded node instead.
+
+    def _embedded(self, options: Mapping[str, Any] | None) -> Node | None:
+        if not options or self.client_options:
+            return None
+        if not self._warned_options:
+            self._warned_options = True
+            log.warning("meshcached at %s reads origins with its own configuration; reads with "
+                        "storage options use a node in this process", self.client.path)
+        return shared_node(self.config)
 
     def open(self, url: str, mode: str = "rb", **options: Any) -> Any:
-        return open_reader(self, url, mode, options)
+        node = self._embedded(options)
+        return open_reader(node or self, url, mode, options)
 
     def cat(self, url: str, start: int | None = None, end: int | None = None,
             options: Mapping[str, Any] | None = None) -> bytes:
-        return read_range(self, url, start, end, options)
+        return read_range(self._embedded(options) or self, url, start, end, options)
 
     def stat(self, url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        node = self._embedded(options)
+        if node is not None:
+            return node.stat(url, options)
         return json.loads(self.client.call("stat", normalize_url(url), _opts(options)))
 
     def refresh(self, url: str, options: Mapping[str, Any] | None = None) -> ObjectVersion:
+        node = self._embedded(options)
+        if node is not None:
+            return node.refresh(url, options)
         return self.version(url, options, refresh=True)
 
     def prewarm(self, urls: str | Iterable[str], progress: Callable[[int], Any] | None = None,
                 options: Mapping[str, Any] | None = None,
                 on_total: Callable[[int], Any] | None = None) -> dict[str, int]:
+        node = self._embedded(options)
+        if node is not None:
+            return node.prewarm(urls, progress, options, on_total)
         urls = [urls] if isinstance(urls, str) else list(urls)
         return json.loads(self.client.call("prewarm", [normalize_url(u) for u in urls],
                                            _opts(options), progress=progress,

@@ -97,6 +97,14 @@ class NodeCollector:
             waited.add_metric([direction], seconds)
         yield waits
         yield waited
+        zones = CounterMetricFamily("meshcache_zone_bytes", "Block bytes across the WAN, by "
+                                    "remote zone and direction.", labels=["zone", "direction"])
+        for key, n in stats.items():
+            for direction in ("from", "to"):
+                prefix = f"bytes_{direction}_zone:"
+                if key.startswith(prefix):
+                    zones.add_metric([key[len(prefix):], direction], n)
+        yield zones
         ratio = GaugeMetricFamily("meshcache_hit_ratio", "Block hits / (hits + misses).")
         ratio.add_metric([], st["hit_ratio"] if st["hit_ratio"] is not None else 0.0)
         yield ratio

@@ -173,7 +173,8 @@ class LocalApi:
             cfg = node.config
             return json.dumps({"cache_dir": str(node.store.root.resolve()),
                                "block_size": node.block_size, "pid": os.getpid(),
-                               "zone": cfg.zone})
+                               "zone": cfg.zone,
+                               "client_options": self.allow_client_options})
         if op == "version":
             url, raw, refresh = _args(args, 3)
             url = check(url)

@@ -67,7 +67,9 @@ def status_of(api: ApiView, cache_dir: str | None = None, zone: str = "",
     stats = api.stats()
     now = time.time()
     mesh = mesh_status(cache_dir) if cache_dir else {}
-    members = mesh.get("members", []) if mesh.get("pid") else []
+    if mesh.get("pid") != os.getpid():  # a file left by an earlier daemon says nothing now
+        mesh = {}
+    members = mesh.get("members", [])
     hits, misses = stats.get("block_hits", 0), stats.get("block_misses", 0)
     zones: dict[str, int] = collections.Counter(str(m.get("zone")) for m in members)
     reading = sorted(({"url": u, "blocks_asked": n, "last_s": round(now - t, 1)}
@@ -75,7 +77,7 @@ def status_of(api: ApiView, cache_dir: str | None = None, zone: str = "",
                      key=lambda r: r["last_s"])
     return {"time": now, "pid": os.getpid(), "zone": mesh.get("zone", zone),
             "node_id": mesh.get("node_id", ""), "address": mesh.get("address"),
-            "summary_bytes": mesh.get("summary_bytes", 0) if members or mesh.get("pid") else 0,
+            "summary_bytes": mesh.get("summary_bytes", 0),
             "cache_dir": cache_dir, "stats": stats,
             "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
             "members": members, "zones": dict(zones), "reading": reading,

@@ -24,7 +24,16 @@ class Source(Protocol):
     rank: int     # core.rungs.Rank: used only if request.max_rank allows it
     authoritative: bool  # its bytes are the truth even against a known digest (the origin)
 
-    async def fetch(self, request: BlockRequest) -> "bytes | Stored | None": ...
+    async def fetch(self, request: BlockRequest) -> "bytes | Verified | Stored | None": ...
+
+
+@dataclass(frozen=True)
+class Verified:
+    """Bytes a rung has already hashed to `digest` (the peer service hashes a block while it
+    arrives): the admit path checks the digest against the known one and does not hash again."""
+
+    digest: bytes
+    data: bytes
 
 
 @dataclass(frozen=True)

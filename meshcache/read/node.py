@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from meshcache.config import Config
 from meshcache.core.blocks import block_span
@@ -30,7 +30,7 @@ from meshcache.read.catalog import Catalog
 from meshcache.read.flock import BlockLocks, Held
 from meshcache.read.gate import Gate
 from meshcache.core.rungs import BlockRequest
-from meshcache.read.ladder import FetchResult, Source, Stored
+from meshcache.read.ladder import FetchResult, Source, Stored, Verified
 from meshcache.read.loop import LoopThread
 from meshcache.read.origin import ObjectChanged, ObjectNotFound, Origin, OriginError, normalize_url
 from meshcache.read.rungs.local import LocalSource
@@ -38,6 +38,11 @@ from meshcache.read.rungs.origin import OriginSource
 from meshcache.read.singleflight import SingleFlight
 from meshcache.read.streamfill import StreamFill
 from meshcache.read.store import BlockCorrupt, BlockStore, StoreError, raise_fd_limit
+
+if TYPE_CHECKING:
+    from meshcache.mesh.mesh import Mesh
+    from meshcache.mesh.peers import PeerService
+    from meshcache.wan.zone import WanSide
 
 log = logging.getLogger("meshcache.read.node")
 
@@ -68,9 +73,9 @@ class Node:
         self.closed = False
         self._added: list[tuple[str, Source]] = []
         self.block_locks = BlockLocks(self.store.root / "locks")
-        self.peers: Any = None  # PeerService once started (mesh/peers.py)
-        self.mesh: Any = None  # Mesh once started (mesh/mesh.py)
-        self.wan: Any = None  # WanSide once started with a DHT (wan/zone.py)
+        self.peers: PeerService | None = None  # once started (mesh/peers.py)
+        self.mesh: Mesh | None = None  # once started (mesh/mesh.py)
+        self.wan: WanSide | None = None  # once started with a DHT (wan/zone.py)
         if self.config.peers or self.config.mdns or self.config.preset in ("lan", "wan"):
             self.start_peers()
 
@@ -395,15 +400,24 @@ class Node:
             return FetchResult(got.digest, rung.counter)
         return await self.admit(request, rung, got)
 
-    async def admit(self, request: BlockRequest, rung: Source, data: bytes) -> FetchResult | None:
+    async def admit(self, request: BlockRequest, rung: Source,
+                    got: bytes | Verified) -> FetchResult | None:
         """The one way bytes from any rung enter: verify against the known digest, store, record
         the digest, count, tell the summaries. None when a non-authoritative rung's bytes do not
         match (the climb goes on). Serves from memory when the store cannot take the block."""
         version, index, known = request.version, request.index, request.digest
+        hashed = isinstance(got, Verified)
+        data = got.data if isinstance(got, Verified) else got
         self.count(**{f"bytes_from_{rung.counter}": len(data)})
+        if isinstance(got, Verified):
+            if known is not None and got.digest != known:
+                log.warning("%s: block %d from %s is another block", version.url, index,
+                            rung.name)
+                return None
+            known = got.digest
         try:
             try:
-                d = await asyncio.to_thread(self.store.put, data, known)
+                d = await asyncio.to_thread(self.store.put, data, known, hashed=hashed)
             except BlockCorrupt:
                 if not rung.authoritative:
                     log.warning("%s: block %d from %s does not match its digest", version.url,
@@ -449,6 +463,8 @@ class Node:
         async def read() -> bytes:
             rung = next(s for s in self.sources() if s.rank == Rank.ORIGIN)
             data = await rung.fetch(self.request(version, index, options))
+            if isinstance(data, Stored):  # a range-less origin's fill stored it meanwhile
+                data = await asyncio.to_thread(self.store.read_block, data.digest)
             assert isinstance(data, bytes)
             self.count(bytes_from_origin=len(data))
             return data

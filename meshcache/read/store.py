@@ -210,9 +210,12 @@ class BlockStore:
         with self._lock:
             return self._policy.keys()
 
-    def put(self, data: bytes | memoryview, d: bytes | None = None) -> bytes:
-        """Store verified bytes; returns their digest. If `d` is given the bytes must hash to it."""
-        actual = compute_digest(data)
+    def put(self, data: bytes | memoryview, d: bytes | None = None, *,
+            hashed: bool = False) -> bytes:
+        """Store verified bytes; returns their digest. If `d` is given the bytes must hash to it;
+        `hashed=True` says the caller has just hashed them to `d` (the peer service hashes a
+        block as it arrives), so they are not hashed a second time."""
+        actual = d if hashed and d is not None else compute_digest(data)
         if d is not None and actual != d:
             raise BlockCorrupt(f"block {to_hex(d)}: bytes hash to {to_hex(actual)}")
         final = self.block_path(actual)

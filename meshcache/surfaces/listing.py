@@ -60,6 +60,7 @@ class Listing:
         self._cache: TTLCache[tuple[str, bool], list[Item]] = TTLCache(ttl, 1024)
         self._lock = threading.Lock()
         self._fs: fsspec.AbstractFileSystem | None = None
+        self._index: dict[str, tuple[list[Item], dict[str, Item]]] = {}
 
     def url(self, path: str) -> str:
         """The origin URL of a relative path (quoted for HTTP origins)."""
@@ -122,7 +123,23 @@ class Listing:
             self._cache.put(key, items, self._clock())
         return items
 
+    def item(self, path: str) -> Item | None:
+        """The entry named `path` in its parent's listing (a dict lookup, not a scan: FUSE asks
+        this for every name it resolves); None when the parent does not list it."""
+        rel = path.strip("/")
+        parent = rel.rpartition("/")[0]
+        items = self.list(parent)
+        with self._lock:
+            index = self._index.get(parent)
+            if index is None or index[0] is not items:
+                index = (items, {it.path: it for it in items})
+                self._index[parent] = index
+                if len(self._index) > 1024:
+                    self._index.pop(next(iter(self._index)))
+        return index[1].get(rel)
+
     def drop(self) -> None:
         """Forget every cached listing (the next list asks the origin)."""
         with self._lock:
             self._cache.clear()
+            self._index.clear()

@@ -100,7 +100,7 @@ class S3Gateway:
             return self._error(request, e.code, e.message, resource, request_id, e.extra)
         except AuthError as e:
             return self._error(request, e.code, e.message, resource, request_id, {})
-        except ObjectNotFound as e:
+        except ObjectNotFound:
             return self._error(request, "NoSuchKey", "the specified key does not exist",
                                resource, request_id, {"Key": key})
         except ObjectChanged as e:
@@ -182,8 +182,6 @@ class S3Gateway:
         self.stats["errors"] += 1
         status = s3proto.STATUS.get(code, 400)
         headers = {"x-amz-request-id": request_id, "Server": SERVER}
-        if status in (304,):
-            return web.Response(status=status, headers=headers)
         body = b"" if request.method == "HEAD" else \
             s3proto.error_xml(code, message, resource, request_id, dict(extra))
         return web.Response(status=status, body=body, headers=headers,
@@ -219,10 +217,14 @@ class S3Gateway:
     # ---- GetObject / HeadObject --------------------------------------------------------------
 
     async def _object(self, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+        if key.endswith("/"):  # a "directory": S3 has no object by that name
+            raise ObjectNotFound(key)
         b = self.buckets[bucket]
         url = self.listings[bucket].url(key)
         version = await asyncio.to_thread(self.node.version, url, b.options)
         etag = etag_of(version)
+        if len(self._first_seen) > 100_000:  # bounded: forget old versions' first sighting
+            self._first_seen.clear()
         mtime = self._first_seen.setdefault(version.key, self.clock())
         headers = {"ETag": f'"{etag}"', "Last-Modified": s3proto.http_date(mtime),
                    "Accept-Ranges": "bytes", "Server": SERVER,
@@ -251,7 +253,15 @@ class S3Gateway:
             if end > start else None
         await resp.prepare(request)
         if first is not None:
-            await self._send(request, resp, version, start, end, b.options, first)
+            try:
+                await self._send(request, resp, version, start, end, b.options, first)
+            except (OriginError, OSError) as e:  # after the status line: cut the body short
+                if not isinstance(e, ConnectionError):
+                    log.warning("s3 gateway: %s/%s: %s; closing the connection mid-body",
+                                bucket, key, e)
+                if request.transport is not None:
+                    request.transport.close()
+                return resp
         await resp.write_eof()
         return resp
 

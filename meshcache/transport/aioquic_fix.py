@@ -18,7 +18,7 @@
    aioquic. `apply(send_buffer=False)` leaves it out.
 
 3. TLS exporter (a missing feature): aioquic's TLS has no RFC 8446 section 7.5 exporter, which
-   authentication needs for channel binding. We wrap `tls.Context._setup_traffic_protection`
+   authentication needs for channel binding (exporter.py, shared with qh3). We wrap `tls.Context._setup_traffic_protection`
    to derive `exporter_master_secret` = Derive-Secret(master, "exp master", CH..server Finished)
    at the one moment both ends hold exactly that transcript (when "s ap traffic" is derived), and
    `export_keying_material(tls, label, context, length)` implements TLS-Exporter on top.
@@ -35,6 +35,8 @@ from aioquic.buffer import Buffer, size_uint_var
 from aioquic.quic import connection as _conn
 from aioquic.quic.packet import QuicFrameType
 from cryptography.hazmat.primitives import hashes
+
+from meshcache.transport import exporter
 
 _PATCHED = "_meshcache_patched"
 AIOQUIC_VERSION = aioquic.__version__
@@ -277,38 +279,21 @@ def _patch_send_buffer() -> None:
 
 
 def _patch_exporter() -> None:
-    ctx = tls.Context
-    original = ctx._setup_traffic_protection
-    if getattr(original, _PATCHED, False):
-        return
+    exporter.patch(tls.Context)
 
-    def _setup_traffic_protection(self: Any, direction: Any, epoch: Any, label: bytes) -> None:
-        original(self, direction, epoch, label)
-        if label == b"s ap traffic":
-            # transcript = ClientHello..server Finished on both ends at this point
-            self._meshcache_exporter_master = self.key_schedule.derive_secret(b"exp master")
 
-    setattr(_setup_traffic_protection, _PATCHED, True)
-    ctx._setup_traffic_protection = _setup_traffic_protection
+def _digest(algorithm: Any, data: bytes) -> bytes:
+    h = hashes.Hash(type(algorithm)())
+    h.update(data)
+    return h.finalize()
 
 
 def export_keying_material(context: Any, label: bytes, context_value: bytes = b"",
                            length: int = 32) -> bytes:
     """RFC 8446 section 7.5 TLS-Exporter(label, context_value, length) for an aioquic
     `tls.Context` whose handshake reached the application keys."""
-    secret = getattr(context, "_meshcache_exporter_master", None)
-    if secret is None or context.key_schedule is None:
-        raise RuntimeError("TLS exporter not available (handshake not complete?)")
-    algorithm = context.key_schedule.algorithm
-
-    def digest(data: bytes) -> bytes:
-        h = hashes.Hash(type(algorithm)())
-        h.update(data)
-        return h.finalize()
-
-    derived = tls.hkdf_expand_label(algorithm, secret, label, digest(b""),
-                                    algorithm.digest_size)
-    return tls.hkdf_expand_label(algorithm, derived, b"exporter", digest(context_value), length)
+    return exporter.export(context, label, context_value, length,
+                           hkdf_expand_label=tls.hkdf_expand_label, digest=_digest)
 
 
 def apply(send_buffer: bool = True) -> None:

@@ -35,6 +35,8 @@ class Engine:
     QuicConnection: type
     QuicConnectionProtocol: type
     QuicServer: type
+    # makes and checks Retry tokens (generates a key: made on first need)
+    RetryTokenHandler: type
     events: ModuleType
     load_certificate: Callable[[bytes], Any]
     load_private_key: Callable[[bytes], Any]
@@ -100,6 +102,7 @@ def _load_aioquic() -> Engine:
     from aioquic.asyncio.protocol import QuicConnectionProtocol
     from aioquic.asyncio.server import QuicServer
     from aioquic.quic import events
+    from aioquic.quic.retry import QuicRetryTokenHandler
     from aioquic.quic.configuration import QuicConfiguration
     from aioquic.quic.connection import QuicConnection
     from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
@@ -133,7 +136,8 @@ def _load_aioquic() -> Engine:
     return Engine(
         name="aioquic", version=aioquic.__version__,
         QuicConfiguration=QuicConfiguration, QuicConnection=QuicConnection,
-        QuicConnectionProtocol=QuicConnectionProtocol, QuicServer=QuicServer, events=events,
+        QuicConnectionProtocol=QuicConnectionProtocol, QuicServer=QuicServer,
+        RetryTokenHandler=QuicRetryTokenHandler, events=events,
         load_certificate=lambda pem: load_pem_x509_certificates(pem)[0],
         load_private_key=load_pem_private_key,
         export_keying_material=lambda quic, label, ctx, n: aioquic_fix.export_keying_material(
@@ -151,6 +155,7 @@ def _load_qh3() -> Engine:
     from qh3.asyncio.protocol import QuicConnectionProtocol
     from qh3.asyncio.server import QuicServer
     from qh3.quic import events
+    from qh3.quic.retry import QuicRetryTokenHandler
     from qh3.quic.configuration import QuicConfiguration
     from qh3.quic.connection import QuicConnection
     from qh3.tls import load_pem_private_key, load_pem_x509_certificates
@@ -174,7 +179,8 @@ def _load_qh3() -> Engine:
     return Engine(
         name="qh3", version=getattr(qh3, "__version__", "?"),
         QuicConfiguration=QuicConfiguration, QuicConnection=QuicConnection,
-        QuicConnectionProtocol=QuicConnectionProtocol, QuicServer=QuicServer, events=events,
+        QuicConnectionProtocol=QuicConnectionProtocol, QuicServer=QuicServer,
+        RetryTokenHandler=QuicRetryTokenHandler, events=events,
         load_certificate=lambda pem: load_pem_x509_certificates(pem)[0],
         load_private_key=load_pem_private_key,
         export_keying_material=lambda quic, label, ctx, n: qh3_fix.export_keying_material(

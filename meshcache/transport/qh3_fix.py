@@ -19,6 +19,10 @@
    configured `max_datagram_size` instead. To drop: once `advertised_udp_payload_size()` on an
    unpatched qh3 follows the configuration (the test checks it).
 
+4. Log noise: qh3 2.1 logs every peer's ordinary CONNECTION_CLOSE as a WARNING
+   ("Native peer close"); a filter on its logger turns those into nothing (the transport reports
+   closes itself).
+
 Not fixed, said instead: qh3's server cannot ask a client for its certificate, so with qh3
 `PeerInfo.cert_node_id` is known on the client side only (authentication does not need it).
 """
@@ -26,8 +30,11 @@ Not fixed, said instead: qh3's server cannot ask a client for its certificate, s
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from typing import Any, cast
+
+from meshcache.transport import exporter
 
 _PATCHED = "_meshcache_patched"
 MAX_SAFE_DATAGRAM = 16383  # qh3 < 2: STREAM frame lengths above 16383 bytes are corrupted
@@ -117,18 +124,7 @@ def stream_frame_length_is_fixed(datagram_size: int = 30000, payload: int = 200_
 def _patch_exporter() -> None:
     from qh3 import tls
 
-    ctx = tls.Context
-    original = ctx._setup_traffic_protection
-    if getattr(original, _PATCHED, False):
-        return
-
-    def _setup_traffic_protection(self: Any, direction: Any, epoch: Any, label: bytes) -> None:
-        original(self, direction, epoch, label)
-        if label == b"s ap traffic":
-            self._meshcache_exporter_master = self.key_schedule.derive_secret(b"exp master")
-
-    setattr(_setup_traffic_protection, _PATCHED, True)
-    ctx._setup_traffic_protection = _setup_traffic_protection
+    exporter.patch(tls.Context)
 
 
 def export_keying_material(context: Any, label: bytes, context_value: bytes = b"",
@@ -136,17 +132,10 @@ def export_keying_material(context: Any, label: bytes, context_value: bytes = b"
     """RFC 8446 section 7.5 TLS-Exporter for a qh3 `tls.Context` past its handshake."""
     from qh3 import tls
 
-    secret = getattr(context, "_meshcache_exporter_master", None)
-    if secret is None or context.key_schedule is None:
-        raise RuntimeError("TLS exporter not available (handshake not complete?)")
-    algorithm = context.key_schedule.algorithm  # 256 or 384
-
-    def digest(data: bytes) -> bytes:
-        return hashlib.new(f"sha{algorithm}", data).digest()
-
-    derived = tls.hkdf_expand_label(algorithm, secret, label, digest(b""),
-                                    context.key_schedule.digest_size)
-    return tls.hkdf_expand_label(algorithm, derived, b"exporter", digest(context_value), length)
+    return exporter.export(context, label, context_value, length,
+                           hkdf_expand_label=tls.hkdf_expand_label,
+                           digest=lambda algorithm, data: hashlib.new(f"sha{algorithm}",
+                                                                       data).digest())
 
 
 # ---- datagram size a client accepts -----------------------------------------------------------------
@@ -204,7 +193,21 @@ def advertised_udp_payload_size(max_datagram_size: int = 65000,
     return cast("int | None", params.max_udp_payload_size)
 
 
+class _QuietPeerClose(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Native peer close")
+
+
+def _quiet_logs() -> None:
+    from qh3.quic import connection
+
+    logger = connection.logger
+    if not any(isinstance(f, _QuietPeerClose) for f in logger.filters):
+        logger.addFilter(_QuietPeerClose())
+
+
 def apply() -> None:
     """Apply the patches (idempotent)."""
     _patch_exporter()
     _patch_udp_payload()
+    _quiet_logs()

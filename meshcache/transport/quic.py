@@ -1,4 +1,4 @@
-"""QUIC peer transport on aioquic.
+"""QUIC peer transport on qh3 or aioquic (engine.py; `quic_engine`, qh3 by default).
 
 One UDP socket accepts connections (`listen`); each outgoing connection has its own UDP socket
 (`connect`, one connection per peer, reused). TLS 1.3 with each node's self-signed certificate
@@ -10,19 +10,21 @@ Channel binding: `Connection.channel_binding()` is the TLS 1.3 exporter (RFC 844
 secrets and its transcript (ClientHello .. server Finished, so it covers both key shares, the
 server's certificate and both random values): both ends compute the same bytes, no other
 connection has them, and a man in the middle (who must run two handshakes) sees two different
-values. aioquic has no exporter; aioquic_fix.py adds it. `PeerInfo.cert_fingerprint` and
-`cert_node_id` name the peer's certificate: the server's on the client side and, because the
-server asks each client for its certificate, the client's on the server side.
+values. Neither engine has an exporter; aioquic_fix.py and qh3_fix.py add it. `PeerInfo.
+cert_fingerprint` and `cert_node_id` name the peer's certificate: the server's on the client
+side and, where the engine lets a server ask for one (aioquic), the client's on the server side.
 
-Throughput tunings (see DESIGN.md and benchmarks/transfer.py for the measurements):
-* STREAM frames over 16383 bytes fixed (aioquic_fix.py), so `max_datagram_size` can be large.
-* `max_datagram_size` from config; both ends must use the same value (no PMTU discovery).
-* Reno congestion control; large flow-control windows (`max_data`, `max_stream_data`).
-* 4 MiB SO_RCVBUF / SO_SNDBUF on every UDP socket.
+Before a peer is admitted (docs/transport.md): Retry once `retry_threshold` handshakes are
+pending, no new connection past `max_unauthenticated`, small receive windows (admission.py).
+
+Throughput tunings (see docs/transport.md and benchmarks/transfer.py for the measurements):
+* `max_datagram_size` from config; both ends use it (no PMTU probing).
 * Transmits coalesced: every event (datagram, timer, write) only schedules one flush per loop
-  iteration (`loop.call_soon`) instead of running aioquic's packet builder each time.
+  iteration (`loop.call_soon`), and the flush hands the datagrams over as one batch (GSO,
+  batching.py) instead of one sendto each.
+* aioquic: Reno, a capped congestion window; large flow-control windows; 4 MiB socket buffers.
 * Many concurrent streams per connection; senders wait (backpressure) while a stream holds more
-  than `stream_send_buffer` unacknowledged bytes.
+  than `stream_send_buffer` bytes not yet sent (qh3) or not yet acknowledged (aioquic).
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ def _expire_send(fut: asyncio.Future[None]) -> None:
 class QuicPeerConnection(Connection):
     _streams: dict[int, QuicStream]  # type: ignore[assignment]
 
-    def __init__(self, protocol: "_Protocol", *, is_client: bool, peer: PeerInfo,
+    def __init__(self, protocol: "_ProtocolMixin", *, is_client: bool, peer: PeerInfo,
                  config: TransportConfig) -> None:
         super().__init__(is_client=is_client, peer=peer, config=config)
         self._protocol = protocol
@@ -544,9 +546,9 @@ class _ServerMixin:
     _transport: Any
 
     def __init__(self, *, owner: "QuicTransport", **kwargs: Any) -> None:
-        super().__init__(retry=True, **kwargs)  # type: ignore[call-arg]
+        super().__init__(retry=False, **kwargs)  # type: ignore[call-arg]
         self.owner = owner
-        self._retry_handler = self._retry
+        self._retry_handler: Any = None  # made on first need (it generates an RSA key)
         self.refused = 0
         self.retries = 0
 
@@ -572,6 +574,10 @@ class _ServerMixin:
         # Retry only while handshakes pile up; a token already given is always checked
         has_token = _initial_has_token(data, dcid_len)
         want_retry = has_token or pending >= cfg.retry_threshold
+        if want_retry and self._retry_handler is None:
+            if has_token:
+                return False  # a token we never issued (we made no key yet)
+            self._retry_handler = self.owner.engine.RetryTokenHandler()
         self._retry = self._retry_handler if want_retry else None
         if want_retry and not has_token:
             self.retries += 1

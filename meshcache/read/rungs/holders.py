@@ -12,7 +12,7 @@ from typing import Callable
 from meshcache.core.rungs import Rank
 from meshcache.core.version import ObjectVersion
 from meshcache.read.catalog import Catalog
-from meshcache.read.ladder import BlockRequest
+from meshcache.read.ladder import BlockRequest, Verified
 from meshcache.read.rungs.mesh_view import Member, PeerClient, ZoneView
 from meshcache.read.singleflight import SingleFlight
 
@@ -38,7 +38,7 @@ class HoldersSource:
         self._asked: OrderedDict[bytes, tuple[float, Member | None]] = OrderedDict()
         self._flights: SingleFlight[Member | None] = SingleFlight()
 
-    async def fetch(self, request: BlockRequest) -> bytes | None:
+    async def fetch(self, request: BlockRequest) -> Verified | None:
         version, index = request.version, request.index
         known = request.digest
         if known is None:
@@ -62,8 +62,8 @@ class HoldersSource:
                 self.peers.failed(member.address, e)
                 log.info("block %d of %s from %s: %s", index, version.url, member.address, e)
                 continue
-            if got is not None:
-                return got[1]  # verified against `known` and of the asked length by the peers
+            if got is not None:  # hashed to `known` and of the asked length by the peers
+                return Verified(*got)
         return None
 
     def remembered(self) -> int:

@@ -9,7 +9,7 @@ from typing import Callable
 
 from meshcache.core.rungs import Rank
 from meshcache.mesh.peers import PeerMisbehaved, PeerRefused
-from meshcache.read.ladder import BlockRequest
+from meshcache.read.ladder import BlockRequest, Verified
 from meshcache.read.rungs.mesh_view import PeerClient, ZoneView
 
 log = logging.getLogger("meshcache.read.rungs.owner")
@@ -27,7 +27,7 @@ class OwnerSource:
         self.peers = peers
         self.count = count
 
-    async def fetch(self, request: BlockRequest) -> bytes | None:
+    async def fetch(self, request: BlockRequest) -> Verified | None:
         owner = self.mesh.owner(request.key)
         if owner is None or self.peers.penalized(owner.address):
             return None  # no other member, or this node is the owner
@@ -45,4 +45,4 @@ class OwnerSource:
                          "asking again" if again else "trying the next rung")
                 if not again:
                     return None
-        return None if got is None else got[1]
+        return None if got is None else Verified(*got)
