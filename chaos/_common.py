@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -50,3 +51,25 @@ def peak_rss(pid: int | str = "self") -> int:
 
 def open_fds(pid: int | str = "self") -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def start_daemon(env: dict[str, str]) -> tuple[Any, str]:
+    """A meshcached with this environment: (process, "host:port" it listens on)."""
+    env = {"MESHCACHE_METRICS_LISTEN": "", **env}  # no fixed port: other daemons may run here
+    proc = subprocess.Popen([sys.executable, "-m", "meshcache.daemon"], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout is not None else ""
+    if not line:
+        stop(proc)
+        raise RuntimeError(f"the daemon did not start (exit {proc.returncode})")
+    return proc, json.loads(line)["address"]
+
+
+def stop(proc: Any) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

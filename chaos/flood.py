@@ -6,19 +6,17 @@ legitimate credentialed peer reading from it throughout (reads served by the dae
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import shutil
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-from _common import MiB, emit, log, parse, peak_rss, rss
+from _common import MiB, emit, log, parse, peak_rss, rss, start_daemon, stop as stop_daemon
 
 from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
@@ -62,8 +60,8 @@ async def stream_flooder(addr: tuple[str, int], stop: float, pushed: list[int]) 
             pass
         finally:
             try:
-                await t.close()
-            except Exception:
+                await asyncio.wait_for(t.close(), 5)
+            except BaseException:
                 pass
 
 
@@ -99,13 +97,12 @@ def main() -> None:
     env = dict(os.environ, MESHCACHE_CLUSTER_SECRET=secret, MESHCACHE_CACHE_DIR=f"{root}/d",
                MESHCACHE_BLOCK_SIZE=str(BLOCK), MESHCACHE_LISTEN="127.0.0.1:0",
                MESHCACHE_FSYNC="0", MESHCACHE_MDNS="0", MESHCACHE_LOG_LEVEL="ERROR")
-    daemon = subprocess.Popen([sys.executable, "-m", "meshcache.daemon"], env=env,
-                              stdout=subprocess.PIPE, text=True)
+    daemon = None
     reads = ok = from_peer = 0
     worst = 0.0
     samples: list[int] = []
     try:
-        addr_s = json.loads(daemon.stdout.readline())["address"]
+        daemon, addr_s = start_daemon(env)
         host, port = addr_s.rsplit(":", 1)
         addr = (host, int(port))
         base_rss = rss(daemon.pid)
@@ -142,7 +139,13 @@ def main() -> None:
             await asyncio.gather(initial_flooder(addr, stop, sent),
                                  *(stream_flooder(addr, stop, pushed) for _ in range(CONNECTIONS)))
 
-        asyncio.run(attack())
+        async def bounded() -> None:
+            try:
+                await asyncio.wait_for(attack(), seconds + 30)
+            except asyncio.TimeoutError:
+                log("the attack did not stop in time")
+
+        asyncio.run(bounded())
         done.set()
         th.join()
         hwm = peak_rss(daemon.pid)
@@ -154,11 +157,8 @@ def main() -> None:
         if ok != reads:
             sys.exit(1)
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        if daemon is not None:
+            stop_daemon(daemon)
         origin.close()
         shutil.rmtree(root, ignore_errors=True)
 

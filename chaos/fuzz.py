@@ -1,5 +1,5 @@
-"""Fuzz every decoder of outside bytes: the wire codec (whole messages and the frame decoder),
-Bloom summaries and deltas, manifests, auth handshake frames and mDNS ads, each with >= 1,000,000
+"""Fuzz every decoder of outside bytes: the wire codec, the local API's requests, Bloom
+summaries and deltas, manifests, auth handshake frames and mDNS ads, each with >= 1,000,000
 mutated inputs (seeds: valid encodings). Counts crashes (any exception but the decoder's own
 error), hangs (one input > 1 s) and the peak RSS. Coverage-guided with atheris when it is
 installed (`pip install atheris`), else random mutation."""
@@ -16,6 +16,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
+import cbor2
 from _common import MiB, emit, log, peak_rss
 
 try:
@@ -31,7 +32,7 @@ if atheris is not None and "--child" in sys.argv:
         from meshcache.core.version import ObjectVersion
         from meshcache.mesh import auth
         from meshcache.mesh.discovery import AdError, parse_ad
-        import cbor2  # noqa: F401
+        from meshcache.host.frames import FrameError, parse_request
 else:
     from meshcache.core import wire
     from meshcache.core.bloom import BloomError, BloomFilter
@@ -39,6 +40,7 @@ else:
     from meshcache.core.version import ObjectVersion
     from meshcache.mesh import auth
     from meshcache.mesh.discovery import AdError, parse_ad
+    from meshcache.host.frames import FrameError, parse_request
 
 HANG_SECONDS = 1.0
 
@@ -47,10 +49,10 @@ def seeds() -> dict[str, list[bytes]]:
     rng = random.Random(1)
     d = [rng.randbytes(32) for _ in range(8)]
     msgs = [wire.Hello(b"node-a", 1 << 22, b"t" * 8, 3, "zone", 7946),
-            wire.GetBlock(1, d[0]), wire.GetBlock(2, d[1], "http://o/x", 4),
+            wire.GetBlock(1, d[0], 5), wire.GetBlock(2, d[1], 4, "http://o/x", 4, "etag:1", 99),
             wire.Block(3, d[2], 65536), wire.Miss(4, d[3]),
             wire.GetManifest(5, "s3://b/k", "etag:x", 123456),
-            wire.ManifestMsg(6, 65536, (d[0], None, d[1]), None),
+            wire.ManifestMsg(6, 65536, (d[0], None, d[1])),
             wire.Summary(b"node-b", 9, rng.randbytes(100)), wire.Ping(7), wire.Ack(8),
             wire.Error(9, "no"), wire.Leave(b"node-c", 2)]
     f = BloomFilter(1024, 4)
@@ -65,7 +67,8 @@ def seeds() -> dict[str, list[bytes]]:
     hello = hs.hello()
     challenge = sv.on_hello(hello)
     return {"wire": [wire.encode(x) for x in msgs],
-            "frames": [b"".join(wire.encode_frame(x) for x in msgs[:4])],
+            "local_api": [cbor2.dumps([1, "stat", "http://o/x", {}]),
+                          cbor2.dumps([1, "block", "http://o/x", "etag:1", 99, 0, {}])],
             "bloom": [f.encode(), g.encode()], "bloom_delta": [g.diff(f)],
             "manifest": [m.encode()], "auth": [hello, challenge, hs.on_challenge(challenge)],
             "mdns_ad": [b"id=6e6f6465\x00tag=0102030405060708\x00bs=65536\x00zone=z\x00v=1"]}
@@ -73,13 +76,6 @@ def seeds() -> dict[str, list[bytes]]:
 
 def targets() -> dict[str, tuple[Callable[[bytes], Any], tuple[type[BaseException], ...]]]:
     base = BloomFilter(1024, 4)
-
-    def frames(b: bytes) -> None:
-        dec = wire.FrameDecoder(max_frame=wire.MAX_FRAME, max_payload=1 << 16)
-        for i in range(0, len(b), 7):
-            for _ in dec.feed(b[i:i + 7]):
-                pass
-        assert dec.buffered <= max(dec.max_frame, wire.FRAME_HEADER)
 
     def delta(b: bytes) -> None:
         base.copy().apply_delta(b)
@@ -101,7 +97,7 @@ def targets() -> dict[str, tuple[Callable[[bytes], Any], tuple[type[BaseExceptio
         parse_ad(props, ["127.0.0.1"], 7946)
 
     return {"wire": (wire.decode, (wire.WireError,)),
-            "frames": (frames, (wire.WireError,)),
+            "local_api": (parse_request, (FrameError,)),
             "bloom": (lambda b: BloomFilter.decode(b, max_bytes=1 << 20), (BloomError,)),
             "bloom_delta": (delta, (BloomError,)),
             "manifest": (Manifest.decode, (ManifestError,)),
@@ -224,7 +220,7 @@ def main() -> None:
         engine = "atheris (coverage-guided libFuzzer)"
         results = run_atheris(n)
     else:
-        engine = "random mutation (atheris not installed)"
+        engine = "random mutation" + (" (atheris not installed)" if atheris is None else "")
         results = run_random(n)
     crashes = sum(r["crashes"] for r in results.values())
     hangs = sum(r["hangs"] for r in results.values())

@@ -6,17 +6,15 @@ garbage datagrams arrive. Its RSS growth after warm-up (target <= 5%) and its op
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 
-from _common import MiB, emit, log, open_fds, parse, rss
+from _common import MiB, emit, log, open_fds, parse, rss, start_daemon, stop
 
 from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
@@ -36,12 +34,12 @@ def main() -> None:
                MESHCACHE_BLOCK_SIZE=str(BLOCK), MESHCACHE_LISTEN="127.0.0.1:0",
                MESHCACHE_CAPACITY=str(8 << 20), MESHCACHE_FSYNC="0", MESHCACHE_MDNS="0",
                MESHCACHE_LOG_LEVEL="ERROR")
-    daemon = subprocess.Popen([sys.executable, "-m", "meshcache.daemon"], env=env,
-                              stdout=subprocess.PIPE, text=True)
+    daemon = None
     samples: list[tuple[float, int, int]] = []
     reads = wrong = 0
     try:
-        addr = json.loads(daemon.stdout.readline())["address"]
+        daemon, addr_s = start_daemon(env)
+        addr = addr_s
         host, port = addr.rsplit(":", 1)
         junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         objects: dict[str, bytes] = {}
@@ -82,11 +80,8 @@ def main() -> None:
         if wrong:
             sys.exit(1)
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        if daemon is not None:
+            stop(daemon)
         origin.close()
         shutil.rmtree(root, ignore_errors=True)
 

@@ -200,6 +200,7 @@ class Node:
             except Exception:
                 pass
         self._loop.stop()
+        self.store.close()
 
     async def _shutdown(self) -> None:
         if self.wan is not None:

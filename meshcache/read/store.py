@@ -318,6 +318,15 @@ class BlockStore:
             self.remove(d)
             raise BlockCorrupt(f"block file {path} is truncated or tampered; removed")
 
+    def close(self) -> None:
+        """Close the cached block descriptors: a closed node must not keep evicted or deleted
+        block files' space on disk (leased ones close when their lease ends)."""
+        with self._lock:
+            for d, fd in list(self._fds.items()):
+                if d not in self._leases:
+                    os.close(fd)
+            self._fds.clear()
+
     def close_block(self, d: bytes, fd: int) -> None:
         """Release the lease `open_block` took (the descriptor may stay cached)."""
         with self._lock:
