@@ -127,7 +127,8 @@ class Origin:
         return ObjectVersion(url, token_from_info(info), size)
 
     async def read(self, version: ObjectVersion, start: int, end: int,
-                   options: Mapping[str, Any], whole: WholeBody | None = None) -> bytes:
+                   options: Mapping[str, Any], whole: WholeBody | None = None,
+                   on_status: Callable[[int], None] | None = None) -> bytes:
         """Bytes [start, end) of exactly this version; ObjectChanged if the origin moved on.
         An HTTP origin that ignores Range answers with the whole object: its body is handed to
         `whole` as it streams (which returns the range), else RangesIgnored."""
@@ -139,7 +140,7 @@ class Origin:
             if protocol == "file":
                 data = await asyncio.to_thread(_read_local, path, version, start, end)
             elif protocol in ("http", "https"):
-                data = await self._read_http(fs, path, version, start, end, whole)
+                data = await self._read_http(fs, path, version, start, end, whole, on_status)
             elif protocol in ("s3", "s3a") and hasattr(fs, "_call_s3"):
                 data = await asyncio.wait_for(self._read_s3(fs, path, version, start, end),
                                               self.timeout)
@@ -166,7 +167,8 @@ class Origin:
         return data
 
     async def _read_http(self, fs: Any, url: str, version: ObjectVersion, start: int, end: int,
-                         whole: WholeBody | None) -> bytes:
+                         whole: WholeBody | None,
+                         on_status: Callable[[int], None] | None = None) -> bytes:
         """A ranged GET that sees the status: 206 -> the range; 200 -> the whole object, which
         is the range only when the range is the whole object, else goes to `whole`."""
         kw = dict(fs.kwargs)
@@ -184,6 +186,8 @@ class Origin:
                 raise ObjectChanged(f"{url}: the object changed at the origin during the read "
                                     "(version no longer matches)")
             resp.raise_for_status()
+            if on_status is not None:  # before the body: others may start their reads now
+                on_status(resp.status)
             if resp.status == 206:
                 first = resp.headers.get("Content-Range", "").removeprefix("bytes ")
                 if first.split("-", 1)[0].strip() not in ("", str(start)):

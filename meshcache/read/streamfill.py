@@ -1,8 +1,9 @@
 """Origins that ignore Range (e.g. `python -m http.server`): one streaming GET fills a version.
 
-Such an origin answers a ranged GET with 200 and the whole object. The first read of a version
-from an HTTP host whose Range support is not yet known goes alone (the other block reads of the
-version wait); if the answer is a whole body, every block is cut from the stream as it arrives,
+Such an origin answers a ranged GET with 200 and the whole object. The first read from an HTTP
+host whose Range support is not yet known teaches it: the other reads wait for its status line (a
+round trip, not a block). If the answer is a whole body, every block is cut from the stream as
+it arrives,
 verified (against the manifest's digest when one is known) and stored, so a version costs one
 GET. Blocks the waiting reads wanted are then in the store. Hosts seen answering 206 are read
 with parallel ranged GETs as before.
@@ -45,7 +46,8 @@ class StreamFill:
     def __init__(self, node: Admitting) -> None:
         self.node = node
         self.ranges_ok: dict[str, bool] = {}  # scheme://host -> answered a ranged GET with 206
-        self._locks: dict[Any, asyncio.Lock] = {}
+        self._locks: dict[Any, asyncio.Lock] = {}  # per range-less version
+        self._learning: dict[str, asyncio.Event] = {}  # host -> its first read's status line
 
     async def read(self, origin: Origin, request: BlockRequest, rung: Source) -> bytes | Stored:
         """The bytes of the requested block (or Stored when a fill already stored it)."""
@@ -58,26 +60,48 @@ class StreamFill:
             return await origin.read(version, start, end, options)
         host = f"{parts.scheme}://{parts.netloc}"
         whole = self._whole(request, rung, host)
-        known = self.ranges_ok.get(host)
-        if known:
+        if host not in self.ranges_ok:
+            teaching = self._learning.get(host)
+            if teaching is None:
+                return await self._teach(origin, request, host, whole)
+            await teaching.wait()  # a round trip: until the teaching read's status line
+        if self.ranges_ok.get(host):
             self.node.count(origin_requests=1)
             return await origin.read(version, start, end, options, whole)
-        # Unknown host: one read at a time per host until it answers; range-less: one per
-        # version (the first fills the rest, the others then find their block stored).
-        lock = self._locks.setdefault(host if known is None else version.key, asyncio.Lock())
-        async with lock:
+        # Range-less (or still unknown): one read at a time per version; a whole body fills
+        # every block, and the others then find theirs stored.
+        async with self._locks.setdefault(version.key, asyncio.Lock()):
             d = self.node.has_block(version, request.index)
             if d is not None:
                 return Stored(d)
-            if not self.ranges_ok.get(host):  # still unknown, or range-less: read alone
+            self.node.count(origin_requests=1)
+            return await origin.read(version, start, end, options, whole)
+
+    async def _teach(self, origin: Origin, request: BlockRequest, host: str,
+                     whole: WholeBody) -> bytes:
+        """The first read from a host: the others wait for its status line (206: ranges work;
+        a 200 with the whole object for a range: they do not), not for its body."""
+        version = request.version
+        start, end = request.span
+        learned = self._learning[host] = asyncio.Event()
+
+        def on_status(status: int) -> None:
+            if status == 206:
+                self.ranges_ok[host] = True
+            elif not (start == 0 and end == version.size):
+                self.ranges_ok[host] = False
+            learned.set()
+
+        try:
+            # Held for the whole read: if the host ignores Range, the waiters of this version
+            # find their blocks stored by this read's fill instead of sending GETs of their own.
+            async with self._locks.setdefault(version.key, asyncio.Lock()):
                 self.node.count(origin_requests=1)
-                data = await origin.read(version, start, end, options, whole)
-                if host not in self.ranges_ok and not (start == 0 and end == version.size):
-                    self.ranges_ok[host] = True
-                return data
-        # The host answered 206 while this read waited: ranged reads go in parallel.
-        self.node.count(origin_requests=1)
-        return await origin.read(version, start, end, options, whole)
+                return await origin.read(version, start, end, dict(request.options), whole,
+                                         on_status)
+        finally:
+            learned.set()
+            self._learning.pop(host, None)
 
     def _whole(self, request: BlockRequest, rung: Source, host: str) -> WholeBody:
         async def take(chunks: AsyncIterator[bytes]) -> bytes:
