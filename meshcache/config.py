@@ -191,7 +191,11 @@ class Config:
         base = dict(preset="wan", mdns=True, ping_interval=5.0, suspect_timeout=30.0,
                     indirect_checks=3, sync_interval=60.0, request_timeout=60.0,
                     metadata_ttl=60.0, dht_listen="0.0.0.0:7947", dht_record_ttl=3600.0,
-                    dht_republish=1800.0, dht_rpc_timeout=5.0)
+                    dht_republish=1800.0, dht_rpc_timeout=5.0,
+                    # Peers in other zones are reached over paths with a 1500-byte MTU that the
+                    # local interface does not show (and QUIC sets don't-fragment): 1452-byte
+                    # datagrams cross them.
+                    max_datagram_size=1452)
         base.update(overrides)
         return cls(**base).validated()
 
