@@ -15,6 +15,10 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+# Datagrams larger than this are sent one by one: a GSO send carries at most 64 KiB, so large
+# datagrams gain nothing from it and pay its cost (measured on loopback, docs/transport.md).
+MAX_BATCHED_DATAGRAM = 16384
+
 
 def endpoint_factory() -> Callable[..., Any] | None:
     """`async (loop, protocol_factory, sock=, gro_segment_size=) -> (transport, protocol)`
