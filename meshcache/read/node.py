@@ -467,6 +467,10 @@ class Node:
                 data = await asyncio.to_thread(self.store.read_block, data.digest)
             assert isinstance(data, bytes)
             self.count(bytes_from_origin=len(data))
+            known = self.catalog.digest(version, index)
+            if known is not None and compute_digest(data) != known:
+                raise ObjectChanged(f"{version.url}: block {index} no longer matches the "
+                                    "version first read; the object changed at the origin")
             return data
 
         return self._loop.run(read())
