@@ -10,11 +10,14 @@ Pure: callers pass `now` (monotonic seconds).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from meshcache.core.version import ObjectVersion
 
+
+MAX_REMEMBERED = 65536  # URLs (and origins) whose last confirmation or failure is kept
 
 def origin_of(url: str) -> str:
     """The origin a URL lives at, as outages are tracked: scheme://host[:port] (file:// is one)."""
@@ -45,12 +48,15 @@ class OutagePolicy:
     def __init__(self, stale_if_error: float, retry_after: float) -> None:
         self.stale_if_error = stale_if_error
         self.retry_after = retry_after
-        self._confirmed: dict[str, tuple[ObjectVersion, float]] = {}
-        self._outages: dict[str, Outage] = {}
+        self._confirmed: OrderedDict[str, tuple[ObjectVersion, float]] = OrderedDict()
+        self._outages: OrderedDict[str, Outage] = OrderedDict()
 
     def confirmed(self, version: ObjectVersion, now: float) -> None:
         """The origin answered a stat with `version`: it is up and this is the URL's version."""
         self._confirmed[version.url] = (version, now)
+        self._confirmed.move_to_end(version.url)
+        if len(self._confirmed) > MAX_REMEMBERED:  # the least recently confirmed go first
+            self._confirmed.popitem(last=False)
         self._outages.pop(origin_of(version.url), None)
 
     def forget(self, url: str) -> None:
@@ -62,6 +68,9 @@ class OutagePolicy:
         origin = origin_of(url)
         old = self._outages.get(origin)
         self._outages[origin] = Outage(origin, old.since if old else now, now, error)
+        self._outages.move_to_end(origin)
+        if len(self._outages) > MAX_REMEMBERED:
+            self._outages.popitem(last=False)
 
     def down(self, url: str, now: float) -> Outage | None:
         """The outage of the URL's origin when it failed less than `retry_after` ago: do not
