@@ -517,6 +517,9 @@ class Mesh:
             self.remote.forget(m.node_id)
             self.stats["members_down"] += 1
             log.info("member down: %s (%s)", m.node_id.hex()[:12], why)
+            # Requests in flight to it (a reader waiting on its owner) fail now, not after the
+            # transport's own timeouts: the ladder goes on to the next rung.
+            self.peers.disconnect(m.address, why)
 
     def leave(self, node_id: bytes) -> None:
         """`node_id` said LEAVE: drop it now."""

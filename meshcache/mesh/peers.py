@@ -287,6 +287,14 @@ class PeerService:
         return any(_key(c.peer.address) == key and not c.is_closed
                    for c in self.transport.connections)
 
+    def disconnect(self, peer: Address, why: str) -> None:
+        """Close every connection to `peer` (membership declared it gone): requests waiting on
+        it fail at once instead of waiting out their timeouts."""
+        key = _key(peer)
+        for conn in list(self.transport.connections):
+            if _key(conn.peer.address) == key and not conn.is_closed:
+                asyncio.ensure_future(conn.close(reason=f"declared gone: {why}"[:100]))
+
     def count_error(self) -> None:
         """Count a failed exchange that is no reason to avoid the peer (e.g. a greeting)."""
         self.stats["peer_errors"] += 1
