@@ -86,10 +86,10 @@ class StreamFill:
         learned = self._learning[host] = asyncio.Event()
 
         def on_status(status: int) -> None:
+            # A 206 teaches "ranges work"; a range-less answer is recorded (and logged) by
+            # `whole`, which the read calls for it; the waiters then queue on this version's lock.
             if status == 206:
                 self.ranges_ok[host] = True
-            elif not (start == 0 and end == version.size):
-                self.ranges_ok[host] = False
             learned.set()
 
         try:
