@@ -39,6 +39,16 @@ def make_file(path: str, size: int, seed: int = 0) -> None:
             left -= n
 
 
+def read_files(paths: list[str], buf: bytearray) -> int:
+    """Read every file with `readinto(buf)` (unbuffered): the plain-read baseline."""
+    total = 0
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                total += n
+    return total
+
+
 def emit(result: dict[str, Any]) -> None:
     """Print the result as the last line (one JSON object), rounding floats."""
     out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}

@@ -12,7 +12,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import GiB, MiB, Timer, emit, log, make_file, parse  # noqa: E402
+from _common import GiB, MiB, Timer, emit, log, make_file, parse, read_files  # noqa: E402
 
 import meshcache  # noqa: E402
 
@@ -22,15 +22,6 @@ def read_meshcache(node: meshcache.Node, url: str, buf: bytearray) -> int:
     with node.open(url) as f:
         while n := f.readinto(buf):
             total += n
-    return total
-
-
-def read_raw(paths: list[str], buf: bytearray) -> int:
-    total = 0
-    for p in paths:
-        with open(p, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                total += n
     return total
 
 
@@ -72,14 +63,14 @@ def main() -> None:
         m = node.manifest(node.version(url))
         paths = [str(node.store.block_path(d)) for d in m.digests]
         buf = bytearray(args.buffer)
-        assert read_meshcache(node, url, buf) == size == read_raw(paths, buf)  # warm both
+        assert read_meshcache(node, url, buf) == size == read_files(paths, buf)  # warm both
         mc, raw, mcb, rawb = [], [], [], []
         reps = max(1, 2 * GiB // size)  # each sample reads >= 2 GiB so timer noise is small
         vol = reps * size / 1e6
         for r in range(rounds):
             with Timer() as t:
                 for _ in range(reps):
-                    read_raw(paths, buf)
+                    read_files(paths, buf)
             raw.append(vol / t.seconds)
             with Timer() as t:
                 for _ in range(reps):

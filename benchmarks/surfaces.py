@@ -27,7 +27,7 @@ import time
 from meshcache.mesh.auth import new_secret
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import GiB, MiB, Timer, emit, log, make_file, parse  # noqa: E402
+from _common import GiB, MiB, Timer, emit, log, make_file, parse, read_files  # noqa: E402
 
 import boto3  # noqa: E402
 from botocore import UNSIGNED  # noqa: E402
@@ -46,13 +46,7 @@ def free_port() -> int:
 
 
 def read_paths(paths: list[str]) -> int:
-    buf = bytearray(CHUNK)
-    total = 0
-    for p in paths:
-        with open(p, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                total += n
-    return total
+    return read_files(paths, bytearray(CHUNK))
 
 
 def timed(fn, *args) -> tuple[float, int]:

@@ -281,19 +281,21 @@ class PeerService:
         self._avoid.prune(now)
         self._liars.prune(now)
 
+    def _open_to(self, peer: Address) -> list[Connection]:
+        """The open connections to `peer`."""
+        key = _key(peer)
+        return [c for c in self.transport.connections
+                if _key(c.peer.address) == key and not c.is_closed]
+
     def reachable(self, peer: Address) -> bool:
         """True while an authenticated connection to `peer` is open."""
-        key = _key(peer)
-        return any(_key(c.peer.address) == key and not c.is_closed
-                   for c in self.transport.connections)
+        return bool(self._open_to(peer))
 
     def disconnect(self, peer: Address, why: str) -> None:
         """Close every connection to `peer` (membership declared it gone): requests waiting on
         it fail at once instead of waiting out their timeouts."""
-        key = _key(peer)
-        for conn in list(self.transport.connections):
-            if _key(conn.peer.address) == key and not conn.is_closed:
-                asyncio.ensure_future(conn.close(reason=f"declared gone: {why}"[:100]))
+        for conn in self._open_to(peer):
+            asyncio.ensure_future(conn.close(reason=f"declared gone: {why}"[:100]))
 
     def count_error(self) -> None:
         """Count a failed exchange that is no reason to avoid the peer (e.g. a greeting)."""
