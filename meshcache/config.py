@@ -169,6 +169,19 @@ class Config:
     dht_republish: float = 1800.0
     # Seconds one DHT RPC may take.
     dht_rpc_timeout: float = 5.0
+    # --- wan striping ---
+    # Zones pulling the same version at once split its blocks: each block crosses the WAN into
+    # one of them, the others ask that zone for it (docs/wan.md). false: every zone owner
+    # fetches from the providers.
+    stripe: bool = True
+    # Seconds a zone owner asks another pulling zone's node to wait for a block before it asks
+    # the providers itself; also the longest this node holds a GET_BLOCK that asks it to wait.
+    stripe_wait: float = 30.0
+    # GET_BLOCK requests that may wait on this node at once (more get a MISS at once).
+    stripe_max_waiting: int = 256
+    # Seconds the record "this node pulls this version" lives in the DHT; republished every
+    # third of it while the node pulls.
+    stripe_record_ttl: float = 30.0
 
     # ---- presets ---------------------------------------------------------------------------------
 
@@ -295,6 +308,7 @@ class Config:
             raise ConfigError("cache_dir: must not be empty")
         self._validate_surfaces()
         self._validate_wan()
+        self._validate_stripe()
         if self.preset in ("lan", "wan") and not self.credential():
             raise ConfigError(
                 f"cluster_secret: the {self.preset} preset needs the cluster credential "
@@ -341,6 +355,16 @@ class Config:
                 ok = False
             if not ok:
                 raise ConfigError(f"zone_costs: expected zone=cost (a number >= 0), got {entry!r}")
+
+    def _validate_stripe(self) -> None:
+        if not 0 <= self.stripe_wait <= 120:  # core/wire.py's MAX_WAIT_MS (config is a leaf)
+            raise ConfigError(f"stripe_wait: expected 0..120 seconds, got {self.stripe_wait}")
+        if self.stripe_max_waiting < 0:
+            raise ConfigError(f"stripe_max_waiting: must not be negative, got "
+                              f"{self.stripe_max_waiting}")
+        if self.stripe_record_ttl <= 0:
+            raise ConfigError(f"stripe_record_ttl: must be positive, got "
+                              f"{self.stripe_record_ttl}")
 
     def credential(self) -> bytes:
         """The cluster credential as bytes, from the value or the file; empty when none."""

@@ -1,7 +1,7 @@
 """Rungs of the read path and their ranks: what a request sent to another node may use there.
 
-`BlockRequest` (one block asked for, with the highest rank it may use) lives here, below both
-the read path that builds it and the mesh that carries it to other nodes.
+`BlockRequest` (one block asked for, with the highest rank it may use) and `Verified` (bytes a
+rung has hashed already) live here, below the read path, the mesh and the WAN rung.
 
 A rung's *rank* is not its place in the try order. A rung that asks another node sends its own
 rank as the request's `max_rank`; the asked node uses only rungs ranked below it. Ranks strictly
@@ -59,3 +59,12 @@ class BlockRequest:
     def key(self) -> bytes:
         """The block's name before its digest is known: version key + index."""
         return self.version.key + self.index.to_bytes(8, "big")
+
+
+@dataclass(frozen=True)
+class Verified:
+    """Bytes a rung has already hashed to `digest` (the peer service hashes a block while it
+    arrives): the admit path checks the digest against the known one and does not hash again."""
+
+    digest: bytes
+    data: bytes

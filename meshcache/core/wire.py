@@ -40,7 +40,7 @@ __all__ = [
     "SummaryDelta", "Ping", "Ack", "Error", "Leave", "PingReq", "Sync", "Gossip", "Update",
     "State", "Message", "TYPE_OF", "encode", "decode", "decode_value", "decode_items",
     "ERR_BAD_REQUEST", "ERR_BLOCK_SIZE", "ERR_AUTH", "ERR_TOO_LARGE", "ERR_NOT_FOUND",
-    "ERR_REFUSED",
+    "ERR_REFUSED", "MAX_WAIT_MS",
 ]
 
 PROTOCOL_VERSION = 1
@@ -50,6 +50,7 @@ DIGEST_SIZE = 32
 NO_DIGEST = bytes(DIGEST_SIZE)  # GET_BLOCK by hint: the asker does not know the digest yet
 MAX_UINT = (1 << 63) - 1
 MAX_RANK = 255
+MAX_WAIT_MS = 120_000  # GET_BLOCK's wait: the longest an asker may ask a node to wait for a block
 
 # Field size caps (independent of the frame limit).
 MAX_ID = 64  # node ids, cluster tags
@@ -150,7 +151,10 @@ class GetBlock:
     """GET_BLOCK: ask for a block by digest, answered only from the asked node's rungs ranked
     below `max_rank` (a holder is asked for its store; the owner may use its holders, other
     zones and the origin). The hint (url, index, and the version's token and size) lets it fetch
-    the block when the digest is not known yet (the digest is then all zeros: `NO_DIGEST`)."""
+    the block when the digest is not known yet (the digest is then all zeros: `NO_DIGEST`).
+    `wait_ms` (with the full hint): when none of those rungs has the block, answer once the
+    asked node's store admits it, or MISS after that many milliseconds (the asked node caps it
+    and how many requests wait at once)."""
 
     request_id: int
     digest: bytes
@@ -159,6 +163,7 @@ class GetBlock:
     index: int | None = None
     token: str | None = None
     size: int | None = None
+    wait_ms: int | None = None
 
     def __post_init__(self) -> None:
         _uint("request_id", self.request_id)
@@ -176,6 +181,11 @@ class GetBlock:
         if self.token is not None:
             _text("token", self.token, MAX_TOKEN)
             _uint("size", self.size)
+        if self.wait_ms is not None:
+            if self.token is None:
+                raise WireError("wait_ms: only with the full hint (url, index, token, size)")
+            if _uint("wait_ms", self.wait_ms) > MAX_WAIT_MS:
+                raise WireError(f"wait_ms: expected 0..{MAX_WAIT_MS}, got {self.wait_ms}")
 
 
 @dataclass(frozen=True)
@@ -354,6 +364,8 @@ def encode(msg: Message) -> bytes:
             v = [[u[0], int(u[1]), int(u[2]), u[3], u[4]] if isinstance(u, Update) else u
                  for u in v]
         values.append(v)
+    while len(values) > 2 + _REQUIRED[cls] and values[-1] is None:
+        values.pop()  # unset trailing optional fields are not sent (peers without them decode)
     return cbor2.dumps(values)
 
 

@@ -212,7 +212,10 @@ class PeerService:
                                    None if msg.digest == wire.NO_DIGEST else msg.digest,
                                    max_rank=msg.max_rank)
             try:
-                res = await self.server.fetch_request(request)
+                if msg.wait_ms:  # answer when the store admits it (within the node's cap)
+                    res = await self.server.fetch_or_wait(request, msg.wait_ms / 1000)
+                else:
+                    res = await self.server.fetch_request(request)
             except Exception as e:
                 await stream.send_frame(wire.encode(wire.Error(wire.ERR_NOT_FOUND, str(e)[:500])))
                 return
@@ -342,11 +345,13 @@ class PeerService:
 
     # ---- asking --------------------------------------------------------------------------------
 
-    async def get_block(self, peer: Address, request: BlockRequest,
-                        max_rank: int) -> tuple[bytes, bytes] | None:
+    async def get_block(self, peer: Address, request: BlockRequest, max_rank: int,
+                        wait: float = 0.0) -> tuple[bytes, bytes] | None:
         """(digest, verified bytes) of the requested block from `peer`, which may use its rungs
         ranked below `max_rank`: Rank.HOLDERS asks a holder for its store, Rank.OWNER asks the
-        block's owner to fetch it for the zone. None when the peer has not got it (MISS).
+        block's owner to fetch it for the zone. With `wait` (seconds) the peer, when those rungs
+        miss, answers once its store admits the block or MISSes at its deadline (a zone pulling
+        the same version). None when the peer has not got it (MISS).
         Raises TransportError (unreachable, stalled; PeerRefused for an ERROR reply) or
         PeerMisbehaved (the bytes or the reply do not fit the request)."""
         known = request.digest
@@ -356,17 +361,19 @@ class PeerService:
             stream = await self.transport.open_stream(peer)
             conn = stream.connection
             async with stream:
+                wait_ms = min(int(wait * 1000), wire.MAX_WAIT_MS) if wait > 0 else None
                 await stream.send_frame(wire.encode(wire.GetBlock(
                     next(self._ids), known or wire.NO_DIGEST, int(max_rank), version.url,
-                    request.index, version.token, version.size)))
-                wait = None
+                    request.index, version.token, version.size, wait_ms)))
+                timeout = None
                 if may_use(max_rank, Rank.HOLDERS):
                     # The owner may be reading a congested origin for the whole zone: wait as
                     # long as an origin read may take rather than read the origin a second time.
                     cfg = self.config
-                    wait = cfg.origin_timeout * (cfg.origin_retries + 1) + cfg.request_timeout
-                reply = self._decode(await stream.recv_frame(MAX_REQUEST_FRAME, timeout=wait),
-                                     peer, conn)
+                    timeout = cfg.origin_timeout * (cfg.origin_retries + 1) + cfg.request_timeout
+                    timeout = max(timeout, wait + cfg.request_timeout)
+                reply = self._decode(await stream.recv_frame(MAX_REQUEST_FRAME,
+                                                             timeout=timeout), peer, conn)
                 if isinstance(reply, wire.Miss):
                     self.stats["peer_misses"] += 1
                     return None

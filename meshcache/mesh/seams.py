@@ -47,6 +47,8 @@ class BlockServer(Protocol):
 
     async def fetch_request(self, request: BlockRequest) -> Fetched | None: ...
 
+    async def fetch_or_wait(self, request: BlockRequest, wait: float) -> Fetched | None: ...
+
 
 class MeshHandler(Protocol):
     """What the peer service hands to the membership shell: messages and signs of life."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from meshcache.core.rungs import BlockRequest, Rank
+from meshcache.core.rungs import BlockRequest, Rank, Verified
 
-__all__ = ["BlockRequest", "Rank", "Source"]
+__all__ = ["BlockRequest", "Rank", "Source", "Verified"]
 
 
 class Source(Protocol):
@@ -25,15 +25,6 @@ class Source(Protocol):
     authoritative: bool  # its bytes are the truth even against a known digest (the origin)
 
     async def fetch(self, request: BlockRequest) -> "bytes | Verified | Stored | None": ...
-
-
-@dataclass(frozen=True)
-class Verified:
-    """Bytes a rung has already hashed to `digest` (the peer service hashes a block while it
-    arrives): the admit path checks the digest against the known one and does not hash again."""
-
-    digest: bytes
-    data: bytes
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from meshcache.core.rungs import Rank, may_use
 from meshcache.core.staleness import OutagePolicy
 from meshcache.core.version import ObjectVersion
 from meshcache.read import prewarm as _prewarm
+from meshcache.read.arrivals import Arrivals
 from meshcache.read.catalog import Catalog
 from meshcache.read.flock import BlockLocks, Held
 from meshcache.read.gate import Gate
@@ -87,6 +88,7 @@ class Node:
         self._gate: Gate | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._sources: list[Source] | None = None
+        self.arrivals = Arrivals(self.config.stripe_max_waiting)  # GET_BLOCKs waiting here
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -358,9 +360,29 @@ class Node:
 
     async def fetch_request(self, request: BlockRequest) -> FetchResult | None:
         """Climb the rungs `request.max_rank` allows; None when none of them has the block.
-        One climb per block however many ask at once."""
-        return await self._flights.do((request.version.key, request.index),
+        One climb per block however many ask at once (a request that may not reach the origin,
+        e.g. one from another zone, climbs apart: it must not end a full climb with None)."""
+        limited = None if may_use(request.max_rank, Rank.ORIGIN) else request.max_rank
+        return await self._flights.do((request.version.key, request.index, limited),
                                       lambda: self._climb(request))
+
+    async def fetch_or_wait(self, request: BlockRequest, wait: float) -> FetchResult | None:
+        """`fetch_request`; when none of the rungs it may use has the block, wait up to `wait`
+        seconds (at most `stripe_wait`) for this node's store to admit it (a read here brings
+        it), then None. None at once when `stripe_max_waiting` requests wait already."""
+        wait = min(wait, self.config.stripe_wait)
+        with self.arrivals.expect((request.version.key, request.index)) as arrival:
+            res = await self.fetch_request(request)
+            if res is not None or arrival is None or wait <= 0:
+                return res
+            try:
+                async with asyncio.timeout(wait):
+                    digest = await arrival
+            except TimeoutError:
+                self.count(stripe_waits_expired=1)
+                return None
+            self.count(stripe_waits_answered=1)
+            return FetchResult(digest, "local")
 
     async def _climb(self, request: BlockRequest) -> FetchResult | None:
         async with contextlib.AsyncExitStack() as stack:
@@ -442,6 +464,7 @@ class Node:
             self.catalog.record(version, index, d)
             return FetchResult(d, rung.counter, data)
         self.catalog.record(version, index, d)
+        self.arrivals.arrived((version.key, index), d)
         if self.mesh is not None:
             self.mesh.on_stored(d)
         if self.wan is not None and rung.rank in (Rank.ORIGIN, Rank.REMOTE_ZONE):

@@ -3,7 +3,8 @@ an argument.
 
 Keys are 160-bit Kademlia ids: a block's key is the first 20 bytes of its BLAKE3 digest (already
 uniform; the fetched bytes are verified against the whole digest anyway), a version's manifest
-key is a hash of the version key under its own label, and a node's DHT id is a hash of its
+key is a hash of the version key under its own label (as is the key of the nodes pulling a
+version right now), and a node's DHT id is a hash of its
 meshcache node id (so a node cannot pick its place in the keyspace apart from its identity).
 A record names the node that published it (the authenticated sender) and carries a TTL in
 milliseconds on the wire, never a clock reading: each receiver sets its own expiry.
@@ -33,6 +34,12 @@ def block_key(digest: bytes) -> bytes:
 def manifest_key(version_key: bytes) -> bytes:
     """The DHT key under which holders of a version's manifest are announced."""
     return blake3.blake3(b"meshcache manifest\0" + version_key).digest(length=KEY_SIZE)
+
+
+def pull_key(version_key: bytes) -> bytes:
+    """The DHT key under which the nodes pulling a version across the WAN right now announce
+    themselves (short-lived records: cooperative striping, core/stripe.py)."""
+    return blake3.blake3(b"meshcache pull\0" + version_key).digest(length=KEY_SIZE)
 
 
 def dht_id(node_id: bytes) -> bytes:

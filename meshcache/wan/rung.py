@@ -7,26 +7,35 @@ config, else the round trip the DHT measured to that zone, else unknown zones la
 over the existing peer QUIC path for its store only, and returns bytes the peer service has verified
 against the digest, or None so the ladder goes on to the origin. Bytes per zone are capped and
 counted (caps.py).
+
+Cooperative striping (core/stripe.py): while it pulls a version, the node announces itself
+under the version's pull key (short TTL, republished while pulling). Zones pulling the version at
+once split its blocks by rendezvous; for a block whose puller zone is another, the node asks that
+zone's pulling node for it with a bounded wait (GET_BLOCK's wait_ms: answered when that node's
+store admits the block), and asks the providers itself on a miss, an error or the deadline.
 """
 
 from __future__ import annotations
 
-import contextvars
+import asyncio
 import dataclasses
 import logging
-from typing import Any, Protocol
+from collections import Counter, OrderedDict
+from typing import Any, Iterable, Protocol
 
 from meshcache.core.manifest import Manifest
-from meshcache.core.rungs import BlockRequest, Rank, may_use
+from meshcache.core.rungs import BlockRequest, Rank, Verified, may_use
+from meshcache.core.stripe import puller_node, puller_zone
 from meshcache.core.version import ObjectVersion
 from meshcache.wan.caps import ZoneCaps
-from meshcache.wan.records import ProviderRecord, block_key, manifest_key
+from meshcache.wan.records import ProviderRecord, block_key, manifest_key, pull_key
 
 log = logging.getLogger("meshcache.wan.rung")
 
 UNKNOWN_COST = 1e6
 MAX_TRIED = 4
-_zone: contextvars.ContextVar[str] = contextvars.ContextVar("remote_zone", default="")
+PULLERS_FRESH = 1.0   # seconds a lookup of who pulls a version is reused
+MAX_VERSIONS = 256    # versions whose pullers and publishing this node remembers
 
 Address = tuple[str, int]
 
@@ -38,6 +47,8 @@ class ProviderLookup(Protocol):
 
     async def find(self, key: bytes) -> list[ProviderRecord]: ...
 
+    async def announce(self, keys: Iterable[bytes], ttl: float | None = None) -> int: ...
+
     def zone_rtt(self, zone: str) -> float | None: ...
 
 
@@ -48,8 +59,8 @@ class PeerClient(Protocol):
 
     def failed(self, peer: Address, exc: BaseException) -> None: ...
 
-    async def get_block(self, peer: Address, request: BlockRequest,
-                        max_rank: int) -> tuple[bytes, bytes] | None: ...
+    async def get_block(self, peer: Address, request: BlockRequest, max_rank: int,
+                        wait: float = 0.0) -> tuple[bytes, bytes] | None: ...
 
     async def get_manifest(self, peer: Address, version: ObjectVersion,
                            block_size: int) -> Manifest | None: ...
@@ -66,6 +77,7 @@ def parse_zone_costs(entries: list[str]) -> dict[str, float]:
 
 class RemoteZoneSource:
     name = "remote_zone"
+    counter = "remote_zone"  # per zone: bytes_from_zone:<zone> (caps.py)
     rank = Rank.REMOTE_ZONE
     authoritative = False
 
@@ -77,16 +89,25 @@ class RemoteZoneSource:
         self.costs = parse_zone_costs(getattr(config, "zone_costs", []))
         self.caps = caps or ZoneCaps(getattr(config, "zone_egress_rate", 0),
                                      getattr(config, "zone_ingress_rate", 0))
-
-    @property
-    def counter(self) -> str:
-        """`zone:<name>` of the zone the last block fetched in this task came from."""
-        zone = _zone.get()
-        return f"zone:{zone}" if zone else "remote_zone"
+        self.stripe = getattr(config, "stripe", True)
+        self.stripe_wait = getattr(config, "stripe_wait", 30.0)
+        self.pull_ttl = getattr(config, "stripe_record_ttl", 30.0)
+        self.counts: Counter[str] = Counter()
+        self._pullers: OrderedDict[bytes, tuple[float, list[ProviderRecord]]] = OrderedDict()
+        self._looking: dict[bytes, asyncio.Task[list[ProviderRecord]]] = {}
+        self._published: OrderedDict[bytes, float] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def stats(self) -> dict[str, int]:
-        """bytes_from_zone:<zone> and bytes_to_zone:<zone>."""
-        return self.caps.stats()
+        """bytes_from_zone:<zone>, bytes_to_zone:<zone> and the striping counters."""
+        return {**self.caps.stats(), **self.counts}
+
+    async def close(self) -> None:
+        """Stop publishing and looking up (records lapse after their TTL)."""
+        tasks = list(self._tasks) + list(self._looking.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def cost(self, zone: str) -> float:
         if zone in self.costs:
@@ -99,12 +120,107 @@ class RemoteZoneSource:
         others = [r for r in records if r.zone != self.zone and r.node_id != self.dht.node_id]
         return sorted(others, key=lambda r: (self.cost(r.zone), -r.expires))
 
-    async def fetch(self, request: BlockRequest) -> bytes | None:
+    async def fetch(self, request: BlockRequest) -> Verified | None:
         if not may_use(request.max_rank, self.rank):
             return None
         digest = request.digest or await self._digest(request)
         if digest is None:
             return None
+        request = dataclasses.replace(request, digest=digest)
+        if self.stripe:
+            self._pulling(request.version.key)
+            got = await self._from_puller(request)
+            if got is not None:
+                return got
+        return await self._from_providers(request)
+
+    # ---- striping --------------------------------------------------------------------------
+
+    def _pulling(self, version_key: bytes) -> None:
+        """Announce (in the background) that this node pulls the version, at most every third
+        of the record's TTL: the record lapses soon after the last block."""
+        loop = asyncio.get_running_loop()
+        last = self._published.get(version_key)
+        if last is not None and loop.time() - last < self.pull_ttl / 3:
+            return
+        self._published[version_key] = loop.time()
+        self._published.move_to_end(version_key)
+        while len(self._published) > MAX_VERSIONS:
+            self._published.popitem(last=False)
+        self._spawn(self.dht.announce([pull_key(version_key)], ttl=self.pull_ttl))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: "asyncio.Task[Any]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("announcing a pull failed: %s", task.exception())
+
+    async def pullers(self, version_key: bytes) -> list[ProviderRecord]:
+        """Other nodes pulling the version now (their pull records), looked up at most every
+        PULLERS_FRESH seconds; concurrent callers share one lookup."""
+        now = asyncio.get_running_loop().time()
+        cached = self._pullers.get(version_key)
+        if cached is not None and now - cached[0] < PULLERS_FRESH:
+            return cached[1]
+        task = self._looking.get(version_key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._lookup(version_key))
+            self._looking[version_key] = task
+        try:
+            return await asyncio.shield(task)
+        except Exception as e:  # the DHT is best effort: fetch from the providers
+            log.info("who pulls %s: %s", version_key.hex()[:16], e)
+            return cached[1] if cached is not None else []
+
+    async def _lookup(self, version_key: bytes) -> list[ProviderRecord]:
+        try:
+            recs = [r for r in await self.dht.find(pull_key(version_key))
+                    if r.node_id != self.dht.node_id]
+        finally:
+            del self._looking[version_key]
+        self._pullers[version_key] = (asyncio.get_running_loop().time(), recs)
+        self._pullers.move_to_end(version_key)
+        while len(self._pullers) > MAX_VERSIONS:
+            self._pullers.popitem(last=False)
+        return recs
+
+    async def _from_puller(self, request: BlockRequest) -> Verified | None:
+        """The block from the pulling node of its puller zone, when that is another zone:
+        asked with a bounded wait; None (fetch it from the providers) on a miss or failure."""
+        recs = await self.pullers(request.version.key)
+        zone = puller_zone(request.key, {r.zone for r in recs}, self.zone)
+        if zone == self.zone:
+            return None  # this zone brings it across
+        by_id = {r.node_id: r for r in recs if r.zone == zone}
+        rec = by_id[puller_node(request.key, by_id)]  # type: ignore[index]
+        if self.peers.penalized(rec.address):
+            return None
+        self.counts["stripe_asked"] += 1
+        try:
+            got = await self.peers.get_block(rec.address, request, self.rank,
+                                             wait=self.stripe_wait)
+        except Exception as e:
+            self.peers.failed(rec.address, e)
+            self.counts["stripe_failed"] += 1
+            log.info("block %d from puller %s in zone %s: %s", request.index, rec.address,
+                     zone, e)
+            return None
+        if got is None:
+            self.counts["stripe_missed"] += 1
+            return None
+        await self.caps.ingress(zone, len(got[1]))
+        return Verified(*got)
+
+    # ---- providers --------------------------------------------------------------------------
+
+    async def _from_providers(self, request: BlockRequest) -> Verified | None:
+        """The block from its providers in other zones, cheapest zone first."""
+        digest = request.digest
+        assert digest is not None
         tried = 0
         for rec in self.order(await self.dht.find(block_key(digest))):
             if tried >= MAX_TRIED:
@@ -113,18 +229,15 @@ class RemoteZoneSource:
                 continue
             tried += 1
             try:
-                got = await self.peers.get_block(
-                    rec.address, dataclasses.replace(request, digest=digest), self.rank)
+                got = await self.peers.get_block(rec.address, request, self.rank)
             except Exception as e:  # unreachable, stalled or lying: the next provider
                 self.peers.failed(rec.address, e)
                 log.info("block %s from %s in zone %s: %s", digest.hex()[:16], rec.address,
                          rec.zone, e)
                 continue
-            if got is not None:
-                data = got[1]  # verified against `digest`, of the asked length (peers.py)
-                await self.caps.ingress(rec.zone, len(data))  # counted; waits off any excess
-                _zone.set(rec.zone)
-                return data
+            if got is not None:  # verified against `digest`, of the asked length (peers.py)
+                await self.caps.ingress(rec.zone, len(got[1]))  # counted; waits off any excess
+                return Verified(*got)
         return None
 
     async def _digest(self, request: BlockRequest) -> bytes | None:

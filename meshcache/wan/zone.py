@@ -61,6 +61,7 @@ class WanSide:
         return out
 
     async def close(self) -> None:
+        await self.rung.close()
         await self.announcer.close()
         if self._maintain is not None:
             self._maintain.cancel()

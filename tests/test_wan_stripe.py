@@ -1,0 +1,167 @@
+"""Cooperative striping across zones, in process on 127.0.0.1 with real QUIC and DHT sockets: a
+GET_BLOCK that asks to wait is answered when the asked node's store admits the block, MISSes at
+its deadline, and the waits on one node are capped; zones pulling one version at once split it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from meshcache import Config, Node
+from meshcache.core.digest import digest as blake
+from meshcache.core.rungs import Rank
+from meshcache.lab.httporigin import OriginServer
+from meshcache.read.ladder import BlockRequest
+from meshcache.wan.records import pull_key
+
+from tests.conftest import CLUSTER_SECRET, SMALL_BLOCK, make_bytes
+
+
+@pytest.fixture
+def origin():
+    with OriginServer() as srv:
+        yield srv
+
+
+def _node(tmp_path, name, zone, bootstrap=None, **over):
+    cfg = Config.local(cache_dir=str(tmp_path / name), block_size=SMALL_BLOCK, fsync=False,
+                       cluster_secret=CLUSTER_SECRET, listen="127.0.0.1:0", zone=zone,
+                       ping_interval=0.2, suspect_timeout=2.0, request_timeout=3.0,
+                       readahead=4, peer_origins=["http://127.0.0.1"],
+                       dht_listen="127.0.0.1:0" if bootstrap is not None else "",
+                       dht_bootstrap=list(bootstrap or ()), dht_rpc_timeout=1.0, **over)
+    node = Node(cfg)
+    node.start_peers()
+    return node
+
+
+def _ask(asker: Node, peer: Node, url: str, index: int, wait: float):
+    """asker's peer service asks `peer` for block `index` as a remote-zone rung would (store and
+    holders only), with a wait; returns (reply, seconds)."""
+    version = asker.version(url)
+
+    async def go():
+        t = time.monotonic()
+        got = await asker.peers.get_block(peer.peers.address,
+                                          BlockRequest(version, index, SMALL_BLOCK),
+                                          Rank.REMOTE_ZONE, wait=wait)
+        return got, time.monotonic() - t
+
+    return asker.run(go())
+
+
+def test_a_wait_is_answered_when_the_store_admits_the_block(tmp_path, origin):
+    data = make_bytes(6 * SMALL_BLOCK, 31)
+    url = origin.url_for("m.bin")
+    origin.put("m.bin", data)
+    b = _node(tmp_path, "b", "b")
+    c = _node(tmp_path, "c", "c")
+    try:
+        # c reads the object 0.5 s after b asked it for block 3 (not in c's store yet)
+        reader = threading.Timer(0.5, lambda: c.cat(url))
+        reader.start()
+        (digest, block), took = _ask(b, c, url, 3, wait=20.0)
+        reader.join()
+        assert block == data[3 * SMALL_BLOCK:4 * SMALL_BLOCK] and digest == blake(block)
+        assert 0.4 < took < 10  # answered on admit, not at the deadline
+        assert c.stats()["stripe_waits_answered"] == 1
+        assert len(c.arrivals) == 0
+        # in the store now: answered at once, without waiting
+        (_, again), took = _ask(b, c, url, 3, wait=20.0)
+        assert again == block and took < 5
+    finally:
+        b.close()
+        c.close()
+
+
+def test_a_wait_ends_in_a_miss_at_the_deadline_capped_by_the_asked_node(tmp_path, origin):
+    origin.put("m.bin", make_bytes(2 * SMALL_BLOCK, 32))
+    url = origin.url_for("m.bin")
+    b = _node(tmp_path, "b", "b")
+    c = _node(tmp_path, "c", "c", stripe_wait=0.6)  # holds a request 0.6 s at most
+    try:
+        got, took = _ask(b, c, url, 1, wait=0.3)
+        assert got is None and 0.25 < took < 5
+        got, took = _ask(b, c, url, 1, wait=60.0)  # asks for a minute, gets c's cap
+        assert got is None and 0.5 < took < 6
+        assert c.stats()["stripe_waits_expired"] == 2
+        assert c.stats()["bytes_from_origin"] == 0  # a waiting request never reads the origin
+        assert len(origin.spans("m.bin")) == 0
+    finally:
+        b.close()
+        c.close()
+
+
+def test_requests_waiting_on_one_node_are_capped(tmp_path, origin):
+    origin.put("m.bin", make_bytes(4 * SMALL_BLOCK, 33))
+    url = origin.url_for("m.bin")
+    b = _node(tmp_path, "b", "b")
+    c = _node(tmp_path, "c", "c", stripe_max_waiting=2, stripe_wait=3.0)
+    try:
+        version = b.version(url)
+
+        async def ask(i: int):
+            t = time.monotonic()
+            got = await b.peers.get_block(c.peers.address, BlockRequest(version, i, SMALL_BLOCK),
+                                          Rank.REMOTE_ZONE, wait=3.0)
+            return got, time.monotonic() - t
+
+        async def three():
+            first = [asyncio.ensure_future(ask(i)) for i in (0, 1)]
+            while len(c.arrivals) < 2:  # both wait on c now
+                await asyncio.sleep(0.01)
+            third = await ask(2)
+            return third, await asyncio.gather(*first)
+
+        (got3, took3), firsts = b.run(three())
+        assert got3 is None and took3 < 2.0  # over the cap: a MISS at once
+        assert all(g is None and t > 2.5 for g, t in firsts)  # the two waited out c's cap
+        assert c.arrivals.refused == 1
+    finally:
+        b.close()
+        c.close()
+
+
+def test_zones_pulling_one_version_split_it(tmp_path, origin):
+    """Zone a holds the object; zones b and c read it at once: each block leaves zone a about
+    once in all (not once per zone), the rest crosses between b and c."""
+    n = 24
+    data = make_bytes(n * SMALL_BLOCK, 34)
+    origin.put("m.bin", data)
+    url = origin.url_for("m.bin")
+    a = _node(tmp_path, "a", "a", bootstrap=[])
+    boot = ["%s:%d" % a.wan.dht.address]
+    b = _node(tmp_path, "b", "b", bootstrap=boot)
+    c = _node(tmp_path, "c", "c", bootstrap=boot)
+    try:
+        assert a.cat(url) == data
+        a.run(a.wan.announcer.announce_pending())
+        before = len(origin.spans("m.bin"))
+        version = a.version(url)
+        # b and c each announce that they pull (what their first remote fetch does), so both
+        # see each other from the first block on
+        for z in (b, c):
+            z.run(z.wan.dht.announce([pull_key(version.key)], ttl=30.0))
+        out = {}
+        readers = [threading.Thread(target=lambda z=z: out.__setitem__(z, z.cat(url)))
+                   for z in (b, c)]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join(60)
+        assert out[b] == data and out[c] == data
+        assert len(origin.spans("m.bin")) == before  # nobody read the origin
+        sa = a.stats()
+        from_a = sa.get("bytes_to_zone:b", 0) + sa.get("bytes_to_zone:c", 0)
+        assert from_a <= 1.25 * len(data)  # about once in all, not 2x
+        sb, sc = b.stats(), c.stats()
+        assert sb.get("bytes_from_zone:c", 0) > 0 and sc.get("bytes_from_zone:b", 0) > 0
+        for s in (sb, sc):  # each zone took the whole object once, from a or the other zone
+            assert s.get("bytes_from_zone:a", 0) + s.get("bytes_from_zone:b", 0) \
+                + s.get("bytes_from_zone:c", 0) == len(data)
+    finally:
+        for z in (a, b, c):
+            z.close()
