@@ -59,12 +59,11 @@ class _Lines:
         return out
 
 
-def run_swarm(hosts: Sequence[Any], torrent: str, work: str, timeout: float,
-              counter: Callable[[], Any], *, seeds: Sequence[Any] = (), settings: str = "",
-              progress: Callable[[Any], str] = lambda c: "") -> dict[str, Any]:
-    """Every host runs benchmarks/_swarm.py on `torrent` at once (`seeds` start with the file,
-    which must sit in work/lt-<host name>/); return the done lines by host index, the slowest
-    host's seconds since the common go, and counter() taken at go and when the last finished."""
+def spawn_swarm(hosts: Sequence[Any], torrent: str, work: str, *, seeds: Sequence[Any] = (),
+                settings: str = "") -> list[subprocess.Popen]:
+    """Start benchmarks/_swarm.py on every host (`seeds` start with the file, which must sit in
+    work/lt-<host name>/); each waits, paused, for run_swarm's go. Spawned early, the swarm
+    starts up while the caller does something else (its peers idle until the go)."""
     procs = []
     for h in hosts:
         save = os.path.join(work, "lt-" + h.name)
@@ -76,6 +75,18 @@ def run_swarm(hosts: Sequence[Any], torrent: str, work: str, timeout: float,
         if h in seeds:
             args.append("--seed")
         procs.append(h.python(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+    return procs
+
+
+def run_swarm(hosts: Sequence[Any], torrent: str, work: str, timeout: float,
+              counter: Callable[[], Any], *, seeds: Sequence[Any] = (), settings: str = "",
+              progress: Callable[[Any], str] = lambda c: "",
+              procs: list[subprocess.Popen] | None = None) -> dict[str, Any]:
+    """Every host runs benchmarks/_swarm.py on `torrent` at once (`procs` from spawn_swarm, or
+    spawned now); return the done lines by host index, the slowest host's seconds since the
+    common go, and counter() taken at go and when the last finished. Stops the swarm."""
+    if procs is None:
+        procs = spawn_swarm(hosts, torrent, work, seeds=seeds, settings=settings)
     lines = _Lines(procs)
     try:
         ready: set[int] = set()

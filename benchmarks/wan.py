@@ -34,7 +34,7 @@ from typing import Any
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # libtorrent's 1.x-style API
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import GiB, MiB, emit, log, make_file, parse, ratio  # noqa: E402
-from _lt import make_torrent, run_swarm  # noqa: E402
+from _lt import make_torrent, run_swarm, spawn_swarm  # noqa: E402
 from _mesh_fanout import _line, stop_all  # noqa: E402
 
 from meshcache import Config  # noqa: E402
@@ -151,21 +151,29 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float) -> dict[str
 
 # --------------------------------------------------------------------------- libtorrent half
 
-def run_libtorrent(lab: ZoneLab, path: str, size: int, work: str, timeout: float,
-                   settings: str = "") -> dict[str, Any]:
-    """All 9 hosts join one swarm; zone A's start with the file (seeds); time B's and C's."""
+def spawn_libtorrent(lab: ZoneLab, path: str, work: str, settings: str = ""
+                     ) -> tuple[str, list[subprocess.Popen]]:
+    """All 9 hosts' swarm peers, started now and paused (they start up while meshcache's half
+    runs, then idle); zone A's hosts start with the file (seeds)."""
     torrent = make_torrent(path)                 # no web seed: the origin is not asked
-    seeds = lab.zones["a"]
-    for h in seeds:
+    for h in lab.zones["a"]:
         save = os.path.join(work, "lt-" + h.name)
         os.makedirs(save, exist_ok=True)
         os.link(path, os.path.join(save, os.path.basename(path)))
+    return torrent, spawn_swarm(lab.hosts, torrent, work, seeds=lab.zones["a"],
+                                settings=settings)
+
+
+def run_libtorrent(lab: ZoneLab, torrent: str, procs: list[subprocess.Popen], size: int,
+                   work: str, timeout: float) -> dict[str, Any]:
+    """All 9 hosts join one swarm; zone A's start with the file (seeds); time B's and C's."""
+    seeds = lab.zones["a"]
 
     def busiest(start: dict[str, Any]) -> str:
         return f", busiest WAN link {phase(start, sample(lab))['max_link_bytes'] / size:.2f}x"
 
     run = run_swarm(lab.hosts, torrent, work, timeout, lambda: sample(lab), seeds=seeds,
-                    settings=settings, progress=busiest)
+                    progress=busiest, procs=procs)
     measured = phase(run["before"], run["after"])
     done = run["done"]
     readers = [i for i, h in enumerate(lab.hosts) if h not in seeds]
@@ -177,6 +185,41 @@ def run_libtorrent(lab: ZoneLab, path: str, size: int, work: str, timeout: float
 
 
 # --------------------------------------------------------------------------- main
+
+def run_halves(lab: ZoneLab, args: Any, result: dict[str, Any], work: str, size: int,
+               timeout: float, torrent: str, swarm: list[subprocess.Popen]) -> None:
+    """meshcache's half, then libtorrent's (its peers spawned already), in one lab."""
+    missing = rung_missing() if not args.skip_meshcache else "--skip-meshcache 1"
+    if missing:
+        log(f"meshcache: skipped ({missing})")
+        result["meshcache_skipped"] = missing
+    else:
+        origin = lab.origin.python(
+            ["-m", "meshcache.lab.httporigin", "--dir", work, "--host",
+             lab.origin.address, "--port", "8080"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            base = origin.stdout.readline().strip()
+            if not base.startswith("http"):
+                raise RuntimeError(f"origin did not start: {base!r}")
+            mesh = run_meshcache(lab, f"{base}/model.bin", work, timeout)
+        finally:
+            origin.terminate()
+            origin.wait(10)
+        log(f"meshcache: slowest host {mesh['meshcache_s']:.1f} s, busiest link "
+            f"{mesh['meshcache_max_link_bytes'] / size:.3f}x the object")
+        result.update(mesh)
+    if args.skip_libtorrent:
+        log("libtorrent: skipped (--skip-libtorrent 1)")
+    else:
+        lt_res = run_libtorrent(lab, torrent, swarm, size, work, timeout)
+        log(f"libtorrent: slowest host {lt_res['libtorrent_s']:.1f} s, busiest link "
+            f"{lt_res['libtorrent_max_link_bytes'] / size:.3f}x the object at "
+            f"{lt_res['libtorrent_busiest_link_load']:.2f} of its cap, machine "
+            f"busy {lt_res['libtorrent_machine_busy']:.2f}, relays "
+            f"{lt_res['libtorrent_relay_cpu_s']:.1f} CPU-s")
+        result.update(lt_res)
+
 
 def main() -> None:
     args = parse(__doc__.splitlines()[0],
@@ -192,6 +235,7 @@ def main() -> None:
         log(f"wan needs the network-namespace lab: {reason}")
         emit({"benchmark": "wan", "skipped": reason})
         return
+    began = time.monotonic()
     size = args.size or (128 * MiB if args.quick else GiB)
     ideal = size / (args.rate / 8)
     timeout = 10 * ideal + 120
@@ -209,36 +253,14 @@ def main() -> None:
             log(f"3 zones x 3 hosts, {size >> 20} MiB cached in zone a; WAN links "
                 f"{args.rate / 1e6:g} Mbit/s, {args.delay * 1e3:g} ms one way: one link alone "
                 f"needs {ideal:.1f} s")
-            missing = rung_missing() if not args.skip_meshcache else "--skip-meshcache 1"
-            if missing:
-                log(f"meshcache: skipped ({missing})")
-                result["meshcache_skipped"] = missing
-            else:
-                origin = lab.origin.python(
-                    ["-m", "meshcache.lab.httporigin", "--dir", work, "--host",
-                     lab.origin.address, "--port", "8080"],
-                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-                try:
-                    base = origin.stdout.readline().strip()
-                    if not base.startswith("http"):
-                        raise RuntimeError(f"origin did not start: {base!r}")
-                    mesh = run_meshcache(lab, f"{base}/model.bin", work, timeout)
-                finally:
-                    origin.terminate()
-                    origin.wait(10)
-                log(f"meshcache: slowest host {mesh['meshcache_s']:.1f} s, busiest link "
-                    f"{mesh['meshcache_max_link_bytes'] / size:.3f}x the object")
-                result.update(mesh)
-            if args.skip_libtorrent:
-                log("libtorrent: skipped (--skip-libtorrent 1)")
-            else:
-                lt_res = run_libtorrent(lab, path, size, work, timeout, args.lt_settings)
-                log(f"libtorrent: slowest host {lt_res['libtorrent_s']:.1f} s, busiest link "
-                    f"{lt_res['libtorrent_max_link_bytes'] / size:.3f}x the object at "
-                    f"{lt_res['libtorrent_busiest_link_load']:.2f} of its cap, machine "
-                    f"busy {lt_res['libtorrent_machine_busy']:.2f}, relays "
-                    f"{lt_res['libtorrent_relay_cpu_s']:.1f} CPU-s")
-                result.update(lt_res)
+            swarm: list[subprocess.Popen] = []
+            if not args.skip_libtorrent:
+                torrent, swarm = spawn_libtorrent(lab, path, work, args.lt_settings)
+            try:
+                run_halves(lab, args, result, work, size, timeout,
+                           torrent if swarm else "", swarm)
+            finally:
+                stop_all(swarm)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -249,6 +271,7 @@ def main() -> None:
     result["libtorrent_completion_ratio"] = ratio(result["libtorrent_s"], ideal)
     result["ratio_vs_libtorrent"] = ratio(result["meshcache_s"], result["libtorrent_s"])
     result["origin_bytes_ratio"] = ratio(result["meshcache_origin_bytes"], size)
+    result["run_s"] = round(time.monotonic() - began, 1)
     emit(result)
 
 
