@@ -134,7 +134,7 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float) -> dict[str
         raise RuntimeError(f"meshcache nodes failed: {errors}")
     if len({r["digest"] for r in seeded + results}) != 1:
         raise RuntimeError("meshcache nodes read different bytes")
-    counters = sorted({k for r in results for k in r if k.startswith("bytes_")})
+    counters = sorted({k for r in results for k in r if k.startswith(("bytes_", "stripe_"))})
     # Payload each reading zone took from other zones (the nodes' bytes_from_zone:<z> counters):
     # what crossed its WAN links without packet headers.
     per_zone = [sum(v for r in results[i:i + 3] for k, v in r.items()

@@ -100,7 +100,7 @@ def _run(a: argparse.Namespace, node: Node) -> int:
             st = node.stats()
             out = {"seconds": time.monotonic() - t0, "digest": h.hexdigest(),
                    "size": size, "members": len(node.mesh.members),
-                   **{k: v for k, v in st.items() if k.startswith("bytes_")},
+                   **{k: v for k, v in st.items() if k.startswith(("bytes_", "stripe_"))},
                    **{k: st[k] for k in ("origin_requests", "peer_errors", "bad_peers",
                                          "owner_failures", "origin_errors")},
                    "members_down": node.mesh.stats["members_down"]}

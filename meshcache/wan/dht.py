@@ -394,22 +394,26 @@ class Dht:
         crawl = CountingNodeCrawl(self.protocol, target, seeds, width, self.alpha)
         return list(await crawl.find())
 
-    async def find(self, key: bytes) -> list[ProviderRecord]:
-        """Live provider records for a 20-byte key (this node's own table first)."""
+    async def find(self, key: bytes, fresh: bool = False) -> list[ProviderRecord]:
+        """Live provider records for a 20-byte key (this node's own table first; `fresh`: ask
+        the network too and merge, for short-lived records whose set keeps changing)."""
         now = self.clock()
         local = self.table.get(key, now)
-        if local:
+        if local and not fresh:
             self.lookup_rounds.append(0)
             return local
         target = Node(key)
         seeds = self.protocol.router.find_neighbors(target)
         if not seeds:
-            return []
+            return local
         crawl = ProviderCrawl(self.protocol, target, seeds, self.ksize, self.alpha)
-        found = await crawl.find()
+        found = {r.node_id: r for r in await crawl.find()}
         self.lookup_rounds.append(crawl.rounds)
+        for r in local:
+            if r.node_id not in found or r.expires > found[r.node_id].expires:
+                found[r.node_id] = r
         now = self.clock()
-        return sorted((r for r in found if r.live(now)), key=lambda r: -r.expires)
+        return sorted((r for r in found.values() if r.live(now)), key=lambda r: -r.expires)
 
     def _own_record(self, ttl: float) -> ProviderRecord:
         return ProviderRecord(self.node_id, self.zone, self.peer_address[0],

@@ -36,6 +36,7 @@ UNKNOWN_COST = 1e6
 MAX_TRIED = 4
 PULLERS_FRESH = 1.0   # seconds a lookup of who pulls a version is reused
 MAX_VERSIONS = 256    # versions whose pullers and publishing this node remembers
+FIRST_ANNOUNCE = 2.0  # seconds the first block of a version waits for this node's pull record
 
 Address = tuple[str, int]
 
@@ -45,7 +46,7 @@ class ProviderLookup(Protocol):
 
     node_id: bytes
 
-    async def find(self, key: bytes) -> list[ProviderRecord]: ...
+    async def find(self, key: bytes, fresh: bool = False) -> list[ProviderRecord]: ...
 
     async def announce(self, keys: Iterable[bytes], ttl: float | None = None) -> int: ...
 
@@ -95,7 +96,7 @@ class RemoteZoneSource:
         self.counts: Counter[str] = Counter()
         self._pullers: OrderedDict[bytes, tuple[float, list[ProviderRecord]]] = OrderedDict()
         self._looking: dict[bytes, asyncio.Task[list[ProviderRecord]]] = {}
-        self._published: OrderedDict[bytes, float] = OrderedDict()
+        self._published: OrderedDict[bytes, tuple[float, asyncio.Task[Any]]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def stats(self) -> dict[str, int]:
@@ -128,7 +129,7 @@ class RemoteZoneSource:
             return None
         request = dataclasses.replace(request, digest=digest)
         if self.stripe:
-            self._pulling(request.version.key)
+            await self._pulling(request.version.key)
             got = await self._from_puller(request)
             if got is not None:
                 return got
@@ -136,23 +137,29 @@ class RemoteZoneSource:
 
     # ---- striping --------------------------------------------------------------------------
 
-    def _pulling(self, version_key: bytes) -> None:
-        """Announce (in the background) that this node pulls the version, at most every third
-        of the record's TTL: the record lapses soon after the last block."""
+    async def _pulling(self, version_key: bytes) -> None:
+        """Announce that this node pulls the version, at most every third of the record's TTL
+        (the record lapses soon after the last block). The first announcement of a version is
+        awaited (a bounded while): zones that start together then see each other at once."""
         loop = asyncio.get_running_loop()
         last = self._published.get(version_key)
-        if last is not None and loop.time() - last < self.pull_ttl / 3:
-            return
-        self._published[version_key] = loop.time()
-        self._published.move_to_end(version_key)
-        while len(self._published) > MAX_VERSIONS:
-            self._published.popitem(last=False)
-        self._spawn(self.dht.announce([pull_key(version_key)], ttl=self.pull_ttl))
+        if last is None or loop.time() - last[0] >= self.pull_ttl / 3:
+            task = self._spawn(self.dht.announce([pull_key(version_key)], ttl=self.pull_ttl))
+            first = last is None
+            last = self._published[version_key] = (loop.time(), task)
+            self._published.move_to_end(version_key)
+            while len(self._published) > MAX_VERSIONS:
+                self._published.popitem(last=False)
+            if first:
+                self._pullers.pop(version_key, None)  # look again once announced
+        if not last[1].done() and version_key not in self._pullers:
+            await asyncio.wait({last[1]}, timeout=FIRST_ANNOUNCE)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> "asyncio.Task[Any]":
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: "asyncio.Task[Any]") -> None:
         self._tasks.discard(task)
@@ -178,7 +185,7 @@ class RemoteZoneSource:
 
     async def _lookup(self, version_key: bytes) -> list[ProviderRecord]:
         try:
-            recs = [r for r in await self.dht.find(pull_key(version_key))
+            recs = [r for r in await self.dht.find(pull_key(version_key), fresh=True)
                     if r.node_id != self.dht.node_id]
         finally:
             del self._looking[version_key]

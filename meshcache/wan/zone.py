@@ -56,7 +56,7 @@ class WanSide:
         self.announcer.note_manifest(version_key)
 
     def stats(self) -> dict[str, int]:
-        out = dict(self.caps.stats())
+        out = dict(self.rung.stats())  # bytes per zone, striping counters
         out.update({f"dht_{k}": v for k, v in self.dht.stats.items()})
         return out
 
