@@ -134,7 +134,7 @@ class QuicStream(Stream):
             raise conn._closed_exc
         try:
             conn._quic.send_stream_data(self.stream_id, data)
-        except (ValueError, RuntimeError, AssertionError) as e:
+        except Exception as e:  # e.g. qh3's QuicConnectionError once the connection closed
             raise TransportError(f"cannot send on stream {self.stream_id}: {e}") from None
         self.bytes_sent += len(data)
         conn._protocol.transmit()
@@ -173,7 +173,7 @@ class QuicStream(Stream):
             raise conn._closed_exc
         try:
             conn._quic.send_stream_data(self.stream_id, b"", end_stream=True)
-        except (ValueError, RuntimeError, AssertionError) as e:
+        except Exception as e:  # e.g. qh3's QuicConnectionError once the connection closed
             raise TransportError(f"cannot finish stream {self.stream_id}: {e}") from None
         conn._protocol.transmit()
 

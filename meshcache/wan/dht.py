@@ -274,11 +274,13 @@ class DhtProtocol(FixedKademliaProtocol):
 
 
 class ProviderCrawl(HopCounting, SpiderCrawl):
-    """A lookup that stops at the first nodes that hold records for the key and merges them."""
+    """A lookup that stops at the first nodes that hold records for the key and merges them
+    (`exhaustive`: asks every one of the k closest nodes and merges all their records)."""
 
     def __init__(self, protocol: DhtProtocol, node: Node, peers: list[Node], ksize: int,
-                 alpha: int) -> None:
+                 alpha: int, exhaustive: bool = False) -> None:
         super().__init__(protocol, node, [], ksize, alpha)
+        self.exhaustive = exhaustive
         self.nearest = FastNodeHeap(node, ksize)
         self.nearest.push(list(peers))
         self.found: dict[bytes, ProviderRecord] = {}
@@ -299,7 +301,7 @@ class ProviderCrawl(HopCounting, SpiderCrawl):
             else:
                 self.nearest.push([Node(*row) for row in reply[1]])
         self.nearest.remove(gone)
-        if self.found or self.nearest.have_contacted_all():
+        if (self.found and not self.exhaustive) or self.nearest.have_contacted_all():
             return list(self.found.values())
         return await self.find()
 
@@ -396,7 +398,8 @@ class Dht:
 
     async def find(self, key: bytes, fresh: bool = False) -> list[ProviderRecord]:
         """Live provider records for a 20-byte key (this node's own table first; `fresh`: ask
-        the network too and merge, for short-lived records whose set keeps changing)."""
+        every one of the k closest nodes too and merge, for short-lived records whose set keeps
+        changing and may have reached only some of those nodes)."""
         now = self.clock()
         local = self.table.get(key, now)
         if local and not fresh:
@@ -406,7 +409,7 @@ class Dht:
         seeds = self.protocol.router.find_neighbors(target)
         if not seeds:
             return local
-        crawl = ProviderCrawl(self.protocol, target, seeds, self.ksize, self.alpha)
+        crawl = ProviderCrawl(self.protocol, target, seeds, self.ksize, self.alpha, fresh)
         found = {r.node_id: r for r in await crawl.find()}
         self.lookup_rounds.append(crawl.rounds)
         for r in local:

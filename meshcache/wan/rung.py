@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import Counter, OrderedDict
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from meshcache.core.manifest import Manifest
 from meshcache.core.rungs import BlockRequest, Rank, Verified, may_use
@@ -45,6 +45,7 @@ class ProviderLookup(Protocol):
     """The DHT (dht.Dht)."""
 
     node_id: bytes
+    clock: Callable[[], float]
 
     async def find(self, key: bytes, fresh: bool = False) -> list[ProviderRecord]: ...
 
@@ -184,11 +185,19 @@ class RemoteZoneSource:
             return cached[1] if cached is not None else []
 
     async def _lookup(self, version_key: bytes) -> list[ProviderRecord]:
+        """Records found now merged with those found before and still live (a lookup may miss
+        a record that reached only some nodes)."""
         try:
-            recs = [r for r in await self.dht.find(pull_key(version_key), fresh=True)
-                    if r.node_id != self.dht.node_id]
+            found = await self.dht.find(pull_key(version_key), fresh=True)
         finally:
             del self._looking[version_key]
+        old = self._pullers.get(version_key)
+        merged = {r.node_id: r for r in (old[1] if old is not None else [])}
+        for r in found:
+            if r.node_id != self.dht.node_id:
+                merged[r.node_id] = r
+        now = self.dht.clock()
+        recs = [r for r in merged.values() if r.live(now)]
         self._pullers[version_key] = (asyncio.get_running_loop().time(), recs)
         self._pullers.move_to_end(version_key)
         while len(self._pullers) > MAX_VERSIONS:
