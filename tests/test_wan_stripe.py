@@ -172,3 +172,35 @@ def test_zones_pulling_one_version_split_it(tmp_path, origin):
     finally:
         for z in (a, b, c):
             z.close()
+
+
+def test_a_fresh_lookup_merges_records_that_reached_only_some_nodes():
+    """Pull records of two zones, each stored on only some of the k closest nodes (an announce
+    that reached part of them): a plain lookup stops at the first holders, a fresh one asks every
+    one of the k closest and merges."""
+    from meshcache.wan.records import ProviderRecord
+    from meshcache.wan.sim import DhtSim
+
+    async def run():
+        sim = DhtSim(12, ksize=8, zones=3)
+        try:
+            sim.wire_tables(near=11, far=0)
+            key = pull_key(b"version")
+            closest = sorted(sim.nodes, key=lambda d: d.node.long_id ^ int.from_bytes(key, "big"))
+            now = time.time()
+            b = ProviderRecord(b"b-node", "b", "10.0.0.2", 7946, now + 30)
+            c = ProviderRecord(b"c-node", "c", "10.0.0.3", 7946, now + 30)
+            for d in closest[:4]:
+                d.table.add(key, b, now)
+            for d in closest[4:8]:
+                d.table.add(key, c, now)
+            asker = closest[-1]
+            plain = {r.zone for r in await asker.find(key)}
+            fresh = {r.zone for r in await asker.find(key, fresh=True)}
+            return plain, fresh
+        finally:
+            sim.close()
+
+    plain, fresh = asyncio.run(run())
+    assert fresh == {"b", "c"}
+    assert plain < fresh  # the stock lookup stops at the first holders it meets

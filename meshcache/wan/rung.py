@@ -37,6 +37,8 @@ MAX_TRIED = 4
 PULLERS_FRESH = 1.0   # seconds a lookup of who pulls a version is reused
 MAX_VERSIONS = 256    # versions whose pullers and publishing this node remembers
 FIRST_ANNOUNCE = 2.0  # seconds the first block of a version waits for this node's pull record
+MAX_MANIFESTS = 16    # other zones' manifests kept (digest hints for the blocks of a pull)
+FIRST_LOOKUP = 2.0    # seconds the first block of a version waits to learn who else pulls
 
 Address = tuple[str, int]
 
@@ -99,6 +101,7 @@ class RemoteZoneSource:
         self._looking: dict[bytes, asyncio.Task[list[ProviderRecord]]] = {}
         self._published: OrderedDict[bytes, tuple[float, asyncio.Task[Any]]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._manifests: OrderedDict[bytes, Manifest] = OrderedDict()  # hints: bytes verified
 
     def stats(self) -> dict[str, int]:
         """bytes_from_zone:<zone>, bytes_to_zone:<zone> and the striping counters."""
@@ -164,25 +167,26 @@ class RemoteZoneSource:
 
     def _done(self, task: "asyncio.Task[Any]") -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.info("announcing a pull failed: %s", task.exception())
+        if not task.cancelled() and task.exception() is not None:  # best effort: providers
+            log.info("announcing or looking up a pull failed: %s", task.exception())
 
     async def pullers(self, version_key: bytes) -> list[ProviderRecord]:
-        """Other nodes pulling the version now (their pull records), looked up at most every
-        PULLERS_FRESH seconds; concurrent callers share one lookup."""
-        now = asyncio.get_running_loop().time()
+        """Other nodes pulling the version now (their pull records). Looked up again in the
+        background once PULLERS_FRESH seconds old (a lookup waits out any silent node: blocks
+        must not wait on it); only a version's first lookup is awaited, FIRST_LOOKUP at most."""
+        loop = asyncio.get_running_loop()
         cached = self._pullers.get(version_key)
-        if cached is not None and now - cached[0] < PULLERS_FRESH:
+        if cached is not None and loop.time() - cached[0] < PULLERS_FRESH:
             return cached[1]
         task = self._looking.get(version_key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._lookup(version_key))
-            self._looking[version_key] = task
-        try:
-            return await asyncio.shield(task)
-        except Exception as e:  # the DHT is best effort: fetch from the providers
-            log.info("who pulls %s: %s", version_key.hex()[:16], e)
-            return cached[1] if cached is not None else []
+            task = self._looking[version_key] = loop.create_task(self._lookup(version_key))
+            task.add_done_callback(self._done)
+        if cached is not None:
+            return cached[1]
+        await asyncio.wait({task}, timeout=FIRST_LOOKUP)
+        cached = self._pullers.get(version_key)
+        return cached[1] if cached is not None else []
 
     async def _lookup(self, version_key: bytes) -> list[ProviderRecord]:
         """Records found now merged with those found before and still live (a lookup may miss
@@ -257,8 +261,12 @@ class RemoteZoneSource:
         return None
 
     async def _digest(self, request: BlockRequest) -> bytes | None:
-        """The block's digest from a manifest a provider in another zone announced."""
+        """The block's digest from a manifest a provider in another zone announced (the last
+        few kept: the blocks of a version being pulled need one GET_MANIFEST, not one each)."""
         version = request.version
+        kept = self._manifests.get(version.key)
+        if kept is not None and kept.digests[request.index] is not None:
+            return kept.digests[request.index]
         for rec in self.order(await self.dht.find(manifest_key(version.key)))[:MAX_TRIED]:
             if self.peers.penalized(rec.address):
                 continue
@@ -268,5 +276,9 @@ class RemoteZoneSource:
                 self.peers.failed(rec.address, e)
                 continue
             if m is not None and m.digests[request.index] is not None:
+                self._manifests[version.key] = m
+                self._manifests.move_to_end(version.key)
+                while len(self._manifests) > MAX_MANIFESTS:
+                    self._manifests.popitem(last=False)
                 return m.digests[request.index]
         return None
