@@ -91,7 +91,8 @@ def rung_missing() -> str | None:
     return None
 
 
-def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float) -> dict[str, Any]:
+def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float,
+                  logs: str = "") -> dict[str, Any]:
     """Zone A's nodes read the object (from the origin: now it is cached in zone A); then every
     node of B and C reads it at once; measure the second phase."""
     bootstrap = f"{lab.zones['a'][0].address}:{DHT_PORT}"
@@ -108,6 +109,9 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float) -> dict[str
                     # QUIC datagrams must fit the 1500-byte WAN path: sized from the 9000-byte
                     # LAN they are dropped at the first WAN hop (qh3 sends them with DF set)
                     "--max-datagram-size", "1452"]
+            if logs:                    # INFO logs with times, one file per host
+                os.makedirs(logs, exist_ok=True)
+                args += ["--log", os.path.join(logs, f"{h.name}.log")]
             for o in hosts:
                 if o is not h:
                     args += ["--peer", f"{o.address}:{PORT}"]
@@ -202,7 +206,7 @@ def run_halves(lab: ZoneLab, args: Any, result: dict[str, Any], work: str, size:
             base = origin.stdout.readline().strip()
             if not base.startswith("http"):
                 raise RuntimeError(f"origin did not start: {base!r}")
-            mesh = run_meshcache(lab, f"{base}/model.bin", work, timeout)
+            mesh = run_meshcache(lab, f"{base}/model.bin", work, timeout, args.logs)
         finally:
             origin.terminate()
             origin.wait(10)
@@ -229,7 +233,8 @@ def main() -> None:
                  origin_rate=(float, 200e6, "cap of each origin link, bits/s (zone A's warm-up)"),
                  skip_libtorrent=(int, 0, "1 to run the meshcache half only"),
                  skip_meshcache=(int, 0, "1 to run the libtorrent half only"),
-                 lt_settings=(str, "", "JSON libtorrent settings_pack overrides for _swarm.py"))
+                 lt_settings=(str, "", "JSON libtorrent settings_pack overrides for _swarm.py"),
+                 logs=(str, "", "directory for the meshcache nodes' INFO logs (diagnosis)"))
     reason = requires_root()
     if reason:
         log(f"wan needs the network-namespace lab: {reason}")

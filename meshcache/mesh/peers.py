@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Awaitable, Callable
+from typing import AsyncContextManager, Awaitable, Callable
 
 from blake3 import blake3 as BlockHasher
 
@@ -43,6 +43,7 @@ MAX_SUMMARY_FRAME = 8 << 20  # a summary of ~7M blocks; everything else is far s
 LIE_PENALTY = 30.0  # seconds a peer is avoided after its first lie (doubling with each)
 EXPEL_SECONDS = 3600.0  # how long an expelled liar stays out of this node's view
 MAX_PENALTIES = 4096  # peers remembered in each penalty box
+SLOT_TAIL = 1 << 20  # a block to another zone gives up its send slot with this much unacked
 
 
 class PeerMisbehaved(Exception):
@@ -109,6 +110,10 @@ class PeerService:
         # await wan_egress(peer_node_id, n) before sending n block bytes (wan/caps.py: caps and
         # counts bytes to remote zones); None: no WAN caps
         self.wan_egress: Callable[[bytes | None, int], Awaitable[None]] | None = None
+        # `async with wan_send_slot(peer_node_id):` around sending a block (wan/caps.py: blocks
+        # to a remote zone go one at a time); None: no order
+        self.wan_send_slot: Callable[[bytes | None],
+                                     AsyncContextManager[object] | None] | None = None
         self._ids = itertools.count(1)
         self.stats = {"peer_errors": 0, "peer_misses": 0, "bytes_to_peers": 0,
                       "blocks_to_peers": 0, "bad_peers": 0, "peers_expelled": 0,
@@ -227,7 +232,18 @@ class PeerService:
         if data is None:
             await stream.send_frame(wire.encode(wire.Miss(msg.request_id, msg.digest)))
             return
-        await stream.send_frame(wire.encode(wire.Block(msg.request_id, digest, len(data))))
+        slot = self.wan_send_slot(conn.peer_node_id) if self.wan_send_slot is not None else None
+        if slot is None:
+            await self._send_block(stream, conn, msg.request_id, digest, data)
+            return
+        async with slot:  # to another zone: blocks go one after another, each as fast as it can
+            await self._send_block(stream, conn, msg.request_id, digest, data)
+            await stream.flushed(SLOT_TAIL)
+
+    async def _send_block(self, stream: Stream, conn: Connection, request_id: int,
+                          digest: bytes, data: bytes) -> None:
+        """BLOCK and the payload, rate-limited and capped per zone."""
+        await stream.send_frame(wire.encode(wire.Block(request_id, digest, len(data))))
         if self.egress.unlimited and self.wan_egress is None:
             await stream.send_payload(data)
         else:

@@ -133,6 +133,8 @@ class Node:
                     await self.wan.start()
                     service.wan_egress = self.wan.caps.egress_hook(self.wan.dht.zone_of,
                                                                    cfg.zone)
+                    service.wan_send_slot = self.wan.caps.send_slot_hook(self.wan.dht.zone_of,
+                                                                         cfg.zone)
                     self.mesh.remote_zones = self.wan.dht.zones_seen
                 self._sources = None  # rebuilt with the zone rungs
                 return service

@@ -434,6 +434,11 @@ class Stream(abc.ABC):
         if end:
             await self.finish()
 
+    async def flushed(self, low: int = 0) -> None:
+        """Wait until at most `low` of the bytes sent on this stream are not yet acknowledged
+        by the peer (sends return once bytes are queued). A transport that delivers at once
+        returns at once."""
+
     async def finish(self) -> None:
         """Finish our side of the stream (the peer reads EOF); receiving goes on."""
         if self._fin_sent or self._send_error is not None:

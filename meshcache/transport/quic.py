@@ -141,10 +141,15 @@ class QuicStream(Stream):
         if self._unacked() > self.config.stream_send_buffer:
             await self._drain()
 
-    async def _drain(self) -> None:
-        """Wait until at most half the send buffer is unacknowledged; time out when the peer
-        takes nothing for send_timeout seconds."""
-        low = self.config.stream_send_buffer // 2
+    async def flushed(self, low: int = 0) -> None:
+        if self._unacked() > low:
+            await self._drain(low)
+
+    async def _drain(self, low: int | None = None) -> None:
+        """Wait until at most `low` bytes (default: half the send buffer) are unacknowledged;
+        time out when the peer takes nothing for send_timeout seconds."""
+        if low is None:
+            low = self.config.stream_send_buffer // 2
         proto = self.connection._protocol
         timeout = self.config.send_timeout
         while True:
