@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from typing import Any
@@ -84,6 +85,20 @@ def phase(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- meshcache half
 
+def watch_links(lab: ZoneLab, start: dict[str, Any], done: threading.Event,
+                every: float = 5.0) -> None:
+    """Log each link's load (fraction of R) every `every` seconds until `done`."""
+    last = start
+    while not done.wait(every):
+        now = sample(lab)
+        dt = now["t"] - last["t"]
+        loads = {k: (now["wan"][k] - last["wan"][k]) / (lab.wan_rate / 8 * dt)
+                 for k in now["wan"] if "origin" not in k and k[0] != k[-1]}
+        log(f"  meshcache t={now['t'] - start['t']:5.1f}s link load "
+            + " ".join(f"{k} {v:.2f}" for k, v in sorted(loads.items()) if v > 0.02))
+        last = now
+
+
 def rung_missing() -> str | None:
     """Why the meshcache half cannot run yet (no remote-zone rung to find zone A's blocks)."""
     if "dht_bootstrap" not in {f.name for f in dataclasses.fields(Config)}:
@@ -129,7 +144,14 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float,
         start = sample(lab)
         open(go["bc"], "w").close()
         readers = [p for z in ("b", "c") for p in procs[z]]
-        results = [_line(p, timeout) for p in readers]
+        done = threading.Event()
+        watcher = threading.Thread(target=watch_links, args=(lab, start, done), daemon=True)
+        watcher.start()
+        try:
+            results = [_line(p, timeout) for p in readers]
+        finally:
+            done.set()
+            watcher.join()
         measured = phase(start, sample(lab))
     finally:
         stop_all(everyone)

@@ -162,3 +162,30 @@ def test_providers_are_tried_cheapest_zone_first() -> None:
 
     assert asyncio.run(run()) == [("e", b"5"), ("c", b"4"), ("c", b"2"), ("a", b"0"),
                                   ("d", b"3"), ("x", b"6")]
+
+
+def test_blocks_to_a_zone_are_sent_one_at_a_time_in_order() -> None:
+    """The send slot of a remote zone: one block at a time, first come first served; another
+    zone has its own; the own zone and unknown peers wait for nothing."""
+    caps = ZoneCaps()
+    zones = {b"b1": "b", b"b2": "b", b"c1": "c", b"a2": "a"}
+    hook = caps.send_slot_hook(zones.get, "a")
+    assert hook(b"a2") is None and hook(b"unknown") is None and hook(None) is None
+
+    async def run() -> list[str]:
+        order: list[str] = []
+
+        async def send(peer: bytes, name: str, seconds: float) -> None:
+            async with hook(peer):
+                order.append(f"{name}+")
+                await asyncio.sleep(seconds)
+                order.append(f"{name}-")
+
+        await asyncio.gather(send(b"b1", "x", 0.05), send(b"b2", "y", 0.01),
+                             send(b"b1", "z", 0.01), send(b"c1", "c", 0.02))
+        return order
+
+    order = asyncio.run(run())
+    to_b = [e for e in order if e[0] in "xyz"]
+    assert to_b == ["x+", "x-", "y+", "y-", "z+", "z-"]  # one at a time, in the order asked
+    assert order.index("c+") < order.index("x-")  # zone c did not wait for zone b

@@ -212,7 +212,7 @@ class RemoteZoneSource:
         """The block from the pulling node of its puller zone, when that is another zone:
         asked with a bounded wait; None (fetch it from the providers) on a miss or failure."""
         recs = await self.pullers(request.version.key)
-        zone = puller_zone(request.key, {r.zone for r in recs}, self.zone)
+        zone = puller_zone(request.version.key, request.index, {r.zone for r in recs}, self.zone)
         if zone == self.zone:
             return None  # this zone brings it across
         by_id = {r.node_id: r for r in recs if r.zone == zone}
