@@ -43,9 +43,16 @@ from meshcache.lab.netns import requires_root  # noqa: E402
 from meshcache.lab.zones import ZoneLab  # noqa: E402
 from meshcache.mesh.auth import new_secret  # noqa: E402
 
+BEGAN = time.monotonic()
 PORT = 7946
+ANNOUNCED = 3.5  # seconds for zone a's last announcements (flushed every 2 s) to land
 DHT_PORT = 7947
 SECRET = new_secret()        # one fresh credential for the run's nodes
+
+
+def stamp(what: str) -> None:
+    """Log a step with the seconds since the run began (where a run's time goes)."""
+    log(f"[{time.monotonic() - BEGAN:5.1f}s] {what}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -108,12 +115,14 @@ def rung_missing() -> str | None:
 
 def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float,
                   logs: str = "") -> dict[str, Any]:
-    """Zone A's nodes read the object (from the origin: now it is cached in zone A); then every
-    node of B and C reads it at once; measure the second phase."""
+    """Zone A's nodes read the object (from the origin: now it is cached in zone A; B's and
+    C's nodes start meanwhile); then every node of B and C reads it at once; measure that."""
     bootstrap = f"{lab.zones['a'][0].address}:{DHT_PORT}"
     go = {z: os.path.join(work, f"go-{z}") for z in ("a", "bc")}
     procs: dict[str, list[subprocess.Popen]] = {}
-    for z, hosts in lab.zones.items():
+
+    def spawn(z: str) -> None:
+        hosts = lab.zones[z]
         for h in hosts:
             args = ["-m", "meshcache.lab.meshnode", "--cache-dir", os.path.join(work, h.name),
                     "--listen", f"{h.address}:{PORT}", "--secret", SECRET, "--url", url,
@@ -131,16 +140,20 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float,
                 if o is not h:
                     args += ["--peer", f"{o.address}:{PORT}"]
             procs.setdefault(z, []).append(h.python(args, stdout=subprocess.PIPE, text=True))
-        if z == "a":                    # the bootstrap's DHT listens before the others join
-            for p in procs["a"]:
-                _line(p, 60)                                     # ready
-    everyone = [p for ps in procs.values() for p in ps]
+
     try:
-        for p in everyone[len(procs["a"]):]:
+        spawn("a")
+        for p in procs["a"]:            # the bootstrap's DHT listens before the others join
             _line(p, 60)                                         # ready
-        open(go["a"], "w").close()
+        open(go["a"], "w").close()      # zone a warms up while b's and c's nodes start
+        spawn("b")
+        spawn("c")
+        for p in procs["b"] + procs["c"]:
+            _line(p, 60)                                         # ready
+        stamp("meshcache nodes up")
         seeded = [_line(p, timeout) for p in procs["a"]]
-        time.sleep(5.0)              # announcements go out (batched every 2 s) and land
+        stamp("zone a read the object from the origin")
+        time.sleep(ANNOUNCED)        # announcements go out (batched every 2 s) and land
         start = sample(lab)
         open(go["bc"], "w").close()
         readers = [p for z in ("b", "c") for p in procs[z]]
@@ -153,8 +166,10 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float,
             done.set()
             watcher.join()
         measured = phase(start, sample(lab))
+        stamp("zones b and c read it")
     finally:
-        stop_all(everyone)
+        stop_all([p for ps in procs.values() for p in ps])
+        stamp("meshcache nodes stopped")
     errors = [r["error"] for r in seeded + results if "error" in r]
     if errors:
         raise RuntimeError(f"meshcache nodes failed: {errors}")
@@ -238,7 +253,9 @@ def run_halves(lab: ZoneLab, args: Any, result: dict[str, Any], work: str, size:
     if args.skip_libtorrent:
         log("libtorrent: skipped (--skip-libtorrent 1)")
     else:
+        stamp("libtorrent half")
         lt_res = run_libtorrent(lab, torrent, swarm, size, work, timeout)
+        stamp("libtorrent done")
         log(f"libtorrent: slowest host {lt_res['libtorrent_s']:.1f} s, busiest link "
             f"{lt_res['libtorrent_max_link_bytes'] / size:.3f}x the object at "
             f"{lt_res['libtorrent_busiest_link_load']:.2f} of its cap, machine "
@@ -277,6 +294,7 @@ def main() -> None:
         make_file(path, size, seed=12)
         with ZoneLab(3, 3, wan_delay=args.delay, wan_rate=args.rate,
                      origin_rate=args.origin_rate) as lab:
+            stamp("lab up")
             log(f"3 zones x 3 hosts, {size >> 20} MiB cached in zone a; WAN links "
                 f"{args.rate / 1e6:g} Mbit/s, {args.delay * 1e3:g} ms one way: one link alone "
                 f"needs {ideal:.1f} s")
