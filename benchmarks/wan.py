@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # libtorrent's 1.x-style API
 sys.path.insert(0, os.path.dirname(__file__))
@@ -113,8 +113,8 @@ def rung_missing() -> str | None:
     return None
 
 
-def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float,
-                  logs: str = "") -> dict[str, Any]:
+def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float, logs: str = "",
+                  meanwhile: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Zone A's nodes read the object (from the origin: now it is cached in zone A; B's and
     C's nodes start meanwhile); then every node of B and C reads it at once; measure that."""
     bootstrap = f"{lab.zones['a'][0].address}:{DHT_PORT}"
@@ -151,6 +151,7 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float,
         for p in procs["b"] + procs["c"]:
             _line(p, 60)                                         # ready
         stamp("meshcache nodes up")
+        meanwhile()                     # (the swarm starts up while zone a warms up)
         seeded = [_line(p, timeout) for p in procs["a"]]
         stamp("zone a read the object from the origin")
         time.sleep(ANNOUNCED)        # announcements go out (batched every 2 s) and land
@@ -192,17 +193,15 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float,
 
 # --------------------------------------------------------------------------- libtorrent half
 
-def spawn_libtorrent(lab: ZoneLab, path: str, work: str, settings: str = ""
-                     ) -> tuple[str, list[subprocess.Popen]]:
-    """All 9 hosts' swarm peers, started now and paused (they start up while meshcache's half
-    runs, then idle); zone A's hosts start with the file (seeds)."""
-    torrent = make_torrent(path)                 # no web seed: the origin is not asked
+def spawn_libtorrent(lab: ZoneLab, path: str, torrent: str, work: str, settings: str = ""
+                     ) -> list[subprocess.Popen]:
+    """All 9 hosts' swarm peers, started now and paused (they start up during meshcache's
+    warm-up, then idle until the go); zone A's hosts start with the file (seeds)."""
     for h in lab.zones["a"]:
         save = os.path.join(work, "lt-" + h.name)
         os.makedirs(save, exist_ok=True)
         os.link(path, os.path.join(save, os.path.basename(path)))
-    return torrent, spawn_swarm(lab.hosts, torrent, work, seeds=lab.zones["a"],
-                                settings=settings)
+    return spawn_swarm(lab.hosts, torrent, work, seeds=lab.zones["a"], settings=settings)
 
 
 def run_libtorrent(lab: ZoneLab, torrent: str, procs: list[subprocess.Popen], size: int,
@@ -228,8 +227,10 @@ def run_libtorrent(lab: ZoneLab, torrent: str, procs: list[subprocess.Popen], si
 # --------------------------------------------------------------------------- main
 
 def run_halves(lab: ZoneLab, args: Any, result: dict[str, Any], work: str, size: int,
-               timeout: float, torrent: str, swarm: list[subprocess.Popen]) -> None:
-    """meshcache's half, then libtorrent's (its peers spawned already), in one lab."""
+               timeout: float, torrent: str, start_swarm: Callable[[], None],
+               swarm: list[subprocess.Popen]) -> None:
+    """meshcache's half, then libtorrent's (its peers started during meshcache's warm-up), in
+    one lab."""
     missing = rung_missing() if not args.skip_meshcache else "--skip-meshcache 1"
     if missing:
         log(f"meshcache: skipped ({missing})")
@@ -243,7 +244,8 @@ def run_halves(lab: ZoneLab, args: Any, result: dict[str, Any], work: str, size:
             base = origin.stdout.readline().strip()
             if not base.startswith("http"):
                 raise RuntimeError(f"origin did not start: {base!r}")
-            mesh = run_meshcache(lab, f"{base}/model.bin", work, timeout, args.logs)
+            mesh = run_meshcache(lab, f"{base}/model.bin", work, timeout, args.logs,
+                                 start_swarm)
         finally:
             origin.terminate()
             origin.wait(10)
@@ -254,6 +256,7 @@ def run_halves(lab: ZoneLab, args: Any, result: dict[str, Any], work: str, size:
         log("libtorrent: skipped (--skip-libtorrent 1)")
     else:
         stamp("libtorrent half")
+        start_swarm()
         lt_res = run_libtorrent(lab, torrent, swarm, size, work, timeout)
         stamp("libtorrent done")
         log(f"libtorrent: slowest host {lt_res['libtorrent_s']:.1f} s, busiest link "
@@ -269,7 +272,7 @@ def main() -> None:
                  size=(int, 0, "object size (default 1 GiB, quick 128 MiB)"),
                  rate=(float, 24e6, "cap of each WAN link and direction, bits/s"),
                  delay=(float, 0.020, "one-way delay of each WAN link, s"),
-                 origin_rate=(float, 200e6, "cap of each origin link, bits/s (zone A's warm-up)"),
+                 origin_rate=(float, 400e6, "cap of each origin link, bits/s (zone A's warm-up)"),
                  skip_libtorrent=(int, 0, "1 to run the meshcache half only"),
                  skip_meshcache=(int, 0, "1 to run the libtorrent half only"),
                  lt_settings=(str, "", "JSON libtorrent settings_pack overrides for _swarm.py"),
@@ -292,6 +295,7 @@ def main() -> None:
     try:
         path = os.path.join(work, "model.bin")
         make_file(path, size, seed=12)
+        torrent = "" if args.skip_libtorrent else make_torrent(path)  # no web seed
         with ZoneLab(3, 3, wan_delay=args.delay, wan_rate=args.rate,
                      origin_rate=args.origin_rate) as lab:
             stamp("lab up")
@@ -299,11 +303,13 @@ def main() -> None:
                 f"{args.rate / 1e6:g} Mbit/s, {args.delay * 1e3:g} ms one way: one link alone "
                 f"needs {ideal:.1f} s")
             swarm: list[subprocess.Popen] = []
-            if not args.skip_libtorrent:
-                torrent, swarm = spawn_libtorrent(lab, path, work, args.lt_settings)
+
+            def start_swarm() -> None:
+                if torrent and not swarm:
+                    swarm.extend(spawn_libtorrent(lab, path, torrent, work, args.lt_settings))
+
             try:
-                run_halves(lab, args, result, work, size, timeout,
-                           torrent if swarm else "", swarm)
+                run_halves(lab, args, result, work, size, timeout, torrent, start_swarm, swarm)
             finally:
                 stop_all(swarm)
     finally:

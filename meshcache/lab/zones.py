@@ -133,19 +133,25 @@ class ZoneLab(LabBase):
             _ip("-n", self.origin.name, "link", "set", "lo", "up")
             _ip("-n", self.origin.name, "addr", "add", f"{self.origin.address}/32", "dev", "lo")
         letters = list(self.zones)
+        links = []
         for i, z in enumerate(letters):
             for y in letters[i + 1:]:
-                self._link(self.routers[z], f"wan-{y}", self.zone_subnets[y],
-                           self.routers[y], f"wan-{z}", self.zone_subnets[z],
-                           self.wan_delay, self.wan_rate)
+                links.append((self.routers[z], f"wan-{y}", self.zone_subnets[y],
+                              self.routers[y], f"wan-{z}", self.zone_subnets[z],
+                              self.wan_delay, self.wan_rate))
             if self.origin:
-                self._link(self.origin, f"wan-{z}", self.zone_subnets[z],
-                           self.routers[z], "wan-origin", self.origin_subnet,
-                           self.origin_delay, self.origin_rate)
+                links.append((self.origin, f"wan-{z}", self.zone_subnets[z],
+                               self.routers[z], "wan-origin", self.origin_subnet,
+                               self.origin_delay, self.origin_rate))
+        # The relays start side by side (each is an interpreter starting up), then each link is
+        # configured once its relay is ready.
+        started = [(link, self._start_relay(*link[:2], *link[3:5], link[6])) for link in links]
+        for link, proc in started:
+            self._link(*link, proc)
 
-    def _link(self, a: Host, dev_a: str, net_b: ipaddress.IPv4Network, b: Host, dev_b: str,
-              net_a: ipaddress.IPv4Network, delay: float, rate: float | None) -> None:
-        """Start the relay between a's dev_a and b's dev_b; route each side's far net into it."""
+    def _start_relay(self, a: Host, dev_a: str, b: Host, dev_b: str,
+                     delay: float) -> subprocess.Popen:
+        """Start the relay process between a's dev_a and b's dev_b."""
         proc = subprocess.Popen(   # `ip netns exec` execs the interpreter: the pid is the relay's
             ["ip", "netns", "exec", a.name, sys.executable, "-m", "meshcache.lab.tunrelay",
              a.name, dev_a, b.name, dev_b, "--delay", repr(delay)],
@@ -153,6 +159,13 @@ class ZoneLab(LabBase):
             text=True, env=Host.python_env(), start_new_session=True)
         self._track(proc)
         self._relays[f"{self._end(a)}-{self._end(b)}"] = proc.pid
+        return proc
+
+    def _link(self, a: Host, dev_a: str, net_b: ipaddress.IPv4Network, b: Host, dev_b: str,
+              net_a: ipaddress.IPv4Network, delay: float, rate: float | None,
+              proc: subprocess.Popen) -> None:
+        """Once the relay between a's dev_a and b's dev_b is ready: route each side's far net
+        into it and cap it."""
         line = _readline(proc, 30)
         if line != "ready":
             raise LabError(f"relay {a.name}/{dev_a} <-> {b.name}/{dev_b} did not start: {line!r}")
