@@ -51,6 +51,7 @@ STAT_KEYS = ("bytes_from_local", "bytes_from_peers", "bytes_from_origin", "origi
              "block_hits", "block_misses", "origin_errors", "store_errors", "corrupt_blocks",
              "evicted_blocks", "version_changes", "bad_hints", "owner_failures", "stale_stats")
 ORIGIN_RETRY_AFTER = 5.0  # seconds a failed origin is not asked again (reads fail or go stale)
+WAIT_GRACE = 2.0  # seconds a waiting GET_BLOCK gives this node's own reads to start on the block
 
 __all__ = ["Node", "FetchResult", "BlockRequest"]
 
@@ -370,21 +371,34 @@ class Node:
 
     async def fetch_or_wait(self, request: BlockRequest, wait: float) -> FetchResult | None:
         """`fetch_request`; when none of the rungs it may use has the block, wait up to `wait`
-        seconds (at most `stripe_wait`) for this node's store to admit it (a read here brings
-        it), then None. None at once when `stripe_max_waiting` requests wait already."""
+        seconds (at most `stripe_wait`) for this node's store to admit it, then None. Also None
+        when, after WAIT_GRACE seconds, this node is not fetching the block itself (its reads
+        are behind, or do not want it: the asker is better off asking elsewhere), and at once
+        when `stripe_max_waiting` requests wait already."""
         wait = min(wait, self.config.stripe_wait)
-        with self.arrivals.expect((request.version.key, request.index)) as arrival:
+        version, index = request.version, request.index
+        with self.arrivals.expect((version.key, index)) as arrival:
             res = await self.fetch_request(request)
             if res is not None or arrival is None or wait <= 0:
                 return res
+            end = asyncio.get_running_loop().time() + wait
+            done, _ = await asyncio.wait({arrival}, timeout=min(wait, WAIT_GRACE))
+            if not done and wait > WAIT_GRACE and not self.climbing(version, index):
+                self.count(stripe_waits_idle=1)
+                return None
             try:
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout_at(end):
                     digest = await arrival
             except TimeoutError:
                 self.count(stripe_waits_expired=1)
                 return None
             self.count(stripe_waits_answered=1)
             return FetchResult(digest, "local")
+
+    def climbing(self, version: ObjectVersion, index: int) -> bool:
+        """Whether this node is bringing block `index` of `version` in right now (a climb that
+        may reach the origin is in flight)."""
+        return (version.key, index, None) in self._flights
 
     async def _climb(self, request: BlockRequest) -> FetchResult | None:
         async with contextlib.AsyncExitStack() as stack:
