@@ -10,10 +10,11 @@ target <= 1.3), "ratio_vs_libtorrent" (meshcache time / libtorrent time; target 
 run has its keys null and says why. Link bytes are counted on the wire at the relays (IPv4
 packets: IP, UDP/TCP and QUIC/BitTorrent headers included). Needs root (network namespaces).
 
-R (default 24 Mbit/s) is chosen so the links, not this 2-core machine, are the bottleneck: one
+R (default 32 Mbit/s) is chosen so the links, not this 2-core machine, are the bottleneck: one
 relay moves 30-45 MB/s (240-360 Mbit/s) of TCP through 20 ms, and a link direction running at R
-costs it ~0.1 of a core; the ends (aioquic moves ~13 MB/s per core at 1500-byte packets, and
-three zones read at once) are what a higher R would run out of. The JSON reports how full the
+costs it ~0.13 of a core; the libtorrent half runs its busiest link at ~0.97 of R (at 24 and at
+32 Mbit/s alike); the ends (QUIC at 1500-byte packets, three zones reading at once) are what a
+higher R would run out of. The JSON reports how full the
 busiest link ran (`*_busiest_link_load`), the relays' CPU and the machine's busy fraction during
 each half, so a run where the CPU was the limit shows it.
 """
@@ -273,7 +274,7 @@ def run_halves(lab: ZoneLab, args: Any, result: dict[str, Any], work: str, size:
 def main() -> None:
     args = parse(__doc__.splitlines()[0],
                  size=(int, 0, "object size (default 1 GiB, quick 128 MiB)"),
-                 rate=(float, 24e6, "cap of each WAN link and direction, bits/s"),
+                 rate=(float, 32e6, "cap of each WAN link and direction, bits/s"),
                  delay=(float, 0.020, "one-way delay of each WAN link, s"),
                  origin_rate=(float, 400e6, "cap of each origin link, bits/s (zone A's warm-up)"),
                  skip_libtorrent=(int, 0, "1 to run the meshcache half only"),

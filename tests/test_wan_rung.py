@@ -189,3 +189,34 @@ def test_blocks_to_a_zone_are_sent_one_at_a_time_in_order() -> None:
     to_b = [e for e in order if e[0] in "xyz"]
     assert to_b == ["x+", "x-", "y+", "y-", "z+", "z-"]  # one at a time, in the order asked
     assert order.index("c+") < order.index("x-")  # zone c did not wait for zone b
+
+
+def test_digests_are_merged_from_partial_manifests(tmp_path) -> None:
+    """Each zone owner's manifest names only the blocks it brought in: the rung merges the
+    manifests it fetches and finds every block's digest."""
+    async def run() -> None:
+        a1_host, a1_peers, a1_dht = await _zone_node(str(tmp_path / "a1"), "a")
+        a2_host, a2_peers, a2_dht = await _zone_node(str(tmp_path / "a2"), "a", [a1_dht.address])
+        b_host, b_peers, b_dht = await _zone_node(str(tmp_path / "b"), "b", [a1_dht.address])
+        try:
+            data = os.urandom(4 * B)
+            version = ObjectVersion("s3://bucket/part.bin", "etag:2", len(data))
+            blocks = [data[i:i + B] for i in range(0, len(data), B)]
+            digests = [blake(b) for b in blocks]
+            for host, dht, mine in ((a1_host, a1_dht, (0, 1)), (a2_host, a2_dht, (2, 3))):
+                for i in mine:
+                    host.store.put(blocks[i])
+                host.manifests[version.key] = Manifest(
+                    version, B, [d if i in mine else None for i, d in enumerate(digests)])
+                assert await dht.announce([block_key(digests[i]) for i in mine]
+                                          + [manifest_key(version.key)]) > 0
+            rung = RemoteZoneSource(b_dht, b_peers, b_host.config)
+            for i in (3, 0, 2, 1):
+                got = await rung.fetch(BlockRequest(version, i, B))
+                assert got == Verified(digests[i], blocks[i])
+        finally:
+            for d in (a1_dht, a2_dht, b_dht):
+                d.close()
+            for p in (a1_peers, a2_peers, b_peers):
+                await p.close()
+    asyncio.run(run())

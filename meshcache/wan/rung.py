@@ -38,6 +38,7 @@ PULLERS_FRESH = 1.0   # seconds a lookup of who pulls a version is reused
 MAX_VERSIONS = 256    # versions whose pullers and publishing this node remembers
 FIRST_ANNOUNCE = 2.0  # seconds the first block of a version waits for this node's pull record
 MAX_MANIFESTS = 16    # other zones' manifests kept (digest hints for the blocks of a pull)
+MAX_MANIFESTS_ASKED = 8  # providers of a version's manifest asked for one block's digest
 FIRST_LOOKUP = 2.0    # seconds the first block of a version waits to learn who else pulls
 
 Address = tuple[str, int]
@@ -101,7 +102,8 @@ class RemoteZoneSource:
         self._looking: dict[bytes, asyncio.Task[list[ProviderRecord]]] = {}
         self._published: OrderedDict[bytes, tuple[float, asyncio.Task[Any]]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._manifests: OrderedDict[bytes, Manifest] = OrderedDict()  # hints: bytes verified
+        # digests from other zones' manifests (hints: the bytes are verified against them)
+        self._manifests: OrderedDict[bytes, list[bytes | None]] = OrderedDict()
 
     def stats(self) -> dict[str, int]:
         """bytes_from_zone:<zone>, bytes_to_zone:<zone> and the striping counters."""
@@ -261,24 +263,35 @@ class RemoteZoneSource:
         return None
 
     async def _digest(self, request: BlockRequest) -> bytes | None:
-        """The block's digest from a manifest a provider in another zone announced (the last
-        few kept: the blocks of a version being pulled need one GET_MANIFEST, not one each)."""
-        version = request.version
+        """The block's digest from the manifests providers in other zones announced. A zone
+        owner's manifest may name only the blocks it brought in, so the digests of the
+        manifests fetched are merged and kept for the last few versions (the blocks of a
+        version being pulled need a few GET_MANIFESTs, not one each)."""
+        version, index = request.version, request.index
         kept = self._manifests.get(version.key)
-        if kept is not None and kept.digests[request.index] is not None:
-            return kept.digests[request.index]
-        for rec in self.order(await self.dht.find(manifest_key(version.key)))[:MAX_TRIED]:
+        if kept is not None and kept[index] is not None:
+            return kept[index]
+        asked = 0
+        for rec in self.order(await self.dht.find(manifest_key(version.key))):
+            if asked >= MAX_MANIFESTS_ASKED:
+                break
             if self.peers.penalized(rec.address):
                 continue
+            asked += 1
             try:
                 m = await self.peers.get_manifest(rec.address, version, request.block_size)
             except Exception as e:
                 self.peers.failed(rec.address, e)
                 continue
-            if m is not None and m.digests[request.index] is not None:
-                self._manifests[version.key] = m
+            if m is None:
+                continue
+            kept = self._manifests.get(version.key) or [None] * len(m.digests)
+            if len(kept) == len(m.digests):  # (a manifest that does not fit is not merged)
+                kept = [k if k is not None else d for k, d in zip(kept, m.digests)]
+                self._manifests[version.key] = kept
                 self._manifests.move_to_end(version.key)
                 while len(self._manifests) > MAX_MANIFESTS:
                     self._manifests.popitem(last=False)
-                return m.digests[request.index]
+            if m.digests[index] is not None:
+                return m.digests[index]
         return None
