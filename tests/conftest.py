@@ -17,6 +17,20 @@ def make_bytes(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+def read_at_once(nodes, url: str, timeout: float = 60.0) -> dict:
+    """Every node reads the whole object at the same time (one thread each): node -> bytes."""
+    import threading
+
+    out: dict = {}
+    readers = [threading.Thread(target=lambda n=n: out.__setitem__(n, n.cat(url)))
+               for n in nodes]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join(timeout)
+    return out
+
+
 @pytest.fixture
 def cache_config(tmp_path):
     def make(**overrides):

@@ -17,7 +17,7 @@ from meshcache.lab.httporigin import OriginServer
 from meshcache.read.ladder import BlockRequest
 from meshcache.wan.records import pull_key
 
-from tests.conftest import CLUSTER_SECRET, SMALL_BLOCK, make_bytes
+from tests.conftest import CLUSTER_SECRET, SMALL_BLOCK, make_bytes, read_at_once
 
 
 @pytest.fixture
@@ -157,13 +157,7 @@ def test_zones_pulling_one_version_split_it(tmp_path, origin):
         # see each other from the first block on
         for z in (b, c):
             z.run(z.wan.dht.announce([pull_key(version.key)], ttl=30.0))
-        out = {}
-        readers = [threading.Thread(target=lambda z=z: out.__setitem__(z, z.cat(url)))
-                   for z in (b, c)]
-        for t in readers:
-            t.start()
-        for t in readers:
-            t.join(60)
+        out = read_at_once((b, c), url)
         assert out[b] == data and out[c] == data
         assert len(origin.spans("m.bin")) == before  # nobody read the origin
         sa = a.stats()

@@ -10,7 +10,7 @@ import pytest
 from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
 
-from tests.conftest import CLUSTER_SECRET, SMALL_BLOCK, make_bytes
+from tests.conftest import CLUSTER_SECRET, SMALL_BLOCK, make_bytes, read_at_once
 
 
 @pytest.fixture
@@ -52,14 +52,7 @@ def test_a_block_crosses_into_a_zone_once_through_its_owner(tmp_path, origin):
         assert a.cat(url) == data
         a.run(a.wan.announcer.announce_pending())  # what the announcer sends every 2 s
         before = len(origin.spans("model.bin"))
-        import threading
-        out = {}
-        readers = [threading.Thread(target=lambda n=n: out.__setitem__(n, n.cat(url)))
-                   for n in (b1, b2)]
-        for t in readers:
-            t.start()
-        for t in readers:
-            t.join(60)
+        out = read_at_once((b1, b2), url)
         assert out[b1] == data and out[b2] == data
         assert len(origin.spans("model.bin")) == before  # zone b never read the origin
         crossed = sum(n.stats().get("bytes_from_zone:a", 0) for n in (b1, b2))

@@ -272,7 +272,9 @@ class RemoteZoneSource:
         if kept is not None and kept[index] is not None:
             return kept[index]
         asked = 0
-        for rec in self.order(await self.dht.find(manifest_key(version.key))):
+        # every holder's record (fresh): a lookup that stops at the first records found may see
+        # only zones still pulling, whose manifests name few blocks
+        for rec in self.order(await self.dht.find(manifest_key(version.key), fresh=True)):
             if asked >= MAX_MANIFESTS_ASKED:
                 break
             if self.peers.penalized(rec.address):
