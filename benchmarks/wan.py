@@ -131,6 +131,9 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float, logs: str =
                     "--zone", z, "--preset", "wan",
                     "--set", f"dht_listen={json.dumps(f'{h.address}:{DHT_PORT}')}",
                     "--set", f"dht_bootstrap={json.dumps([bootstrap])}",
+                    # a join sent before the bootstrap node listens is retried after this (the
+                    # lab's round trips are 40 ms at most)
+                    "--set", "dht_rpc_timeout=1.0",
                     # QUIC datagrams must fit the 1500-byte WAN path: sized from the 9000-byte
                     # LAN they are dropped at the first WAN hop (qh3 sends them with DF set)
                     "--max-datagram-size", "1452"]
@@ -143,12 +146,11 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float, logs: str =
             procs.setdefault(z, []).append(h.python(args, stdout=subprocess.PIPE, text=True))
 
     try:
-        spawn("a")
-        for p in procs["a"]:            # the bootstrap's DHT listens before the others join
+        for z in lab.zones:             # all at once: interpreters start up side by side
+            spawn(z)
+        for p in procs["a"]:
             _line(p, 60)                                         # ready
-        open(go["a"], "w").close()      # zone a warms up while b's and c's nodes start
-        spawn("b")
-        spawn("c")
+        open(go["a"], "w").close()      # zone a warms up while b's and c's nodes finish starting
         for p in procs["b"] + procs["c"]:
             _line(p, 60)                                         # ready
         stamp("meshcache nodes up")
