@@ -39,6 +39,7 @@ MAX_VERSIONS = 256    # versions whose pullers and publishing this node remember
 FIRST_ANNOUNCE = 2.0  # seconds the first block of a version waits for this node's pull record
 MAX_MANIFESTS = 16    # other zones' manifests kept (digest hints for the blocks of a pull)
 MAX_MANIFESTS_ASKED = 8  # providers of a version's manifest asked for one block's digest
+NO_HOLDER_FOR = 2.0   # seconds a version no other zone holds is not looked up again
 FIRST_LOOKUP = 2.0    # seconds the first block of a version waits to learn who else pulls
 
 Address = tuple[str, int]
@@ -104,6 +105,7 @@ class RemoteZoneSource:
         self._tasks: set[asyncio.Task[Any]] = set()
         # digests from other zones' manifests (hints: the bytes are verified against them)
         self._manifests: OrderedDict[bytes, list[bytes | None]] = OrderedDict()
+        self._no_holder: OrderedDict[bytes, float] = OrderedDict()  # version -> until
 
     def stats(self) -> dict[str, int]:
         """bytes_from_zone:<zone>, bytes_to_zone:<zone> and the striping counters."""
@@ -266,34 +268,49 @@ class RemoteZoneSource:
         """The block's digest from the manifests providers in other zones announced. A zone
         owner's manifest may name only the blocks it brought in, so the digests of the
         manifests fetched are merged and kept for the last few versions (the blocks of a
-        version being pulled need a few GET_MANIFESTs, not one each)."""
+        version being pulled need a few GET_MANIFESTs, not one each). The holders found first
+        are asked first; then every holder's record (a lookup that stops at the first records
+        may see only zones still pulling); a version no other zone holds is not looked up
+        again for NO_HOLDER_FOR seconds (its blocks go on to the origin)."""
         version, index = request.version, request.index
         kept = self._manifests.get(version.key)
         if kept is not None and kept[index] is not None:
             return kept[index]
-        asked = 0
-        # every holder's record (fresh): a lookup that stops at the first records found may see
-        # only zones still pulling, whose manifests name few blocks
-        for rec in self.order(await self.dht.find(manifest_key(version.key), fresh=True)):
-            if asked >= MAX_MANIFESTS_ASKED:
-                break
-            if self.peers.penalized(rec.address):
-                continue
-            asked += 1
-            try:
-                m = await self.peers.get_manifest(rec.address, version, request.block_size)
-            except Exception as e:
-                self.peers.failed(rec.address, e)
-                continue
-            if m is None:
-                continue
-            kept = self._manifests.get(version.key) or [None] * len(m.digests)
-            if len(kept) == len(m.digests):  # (a manifest that does not fit is not merged)
-                kept = [k if k is not None else d for k, d in zip(kept, m.digests)]
-                self._manifests[version.key] = kept
-                self._manifests.move_to_end(version.key)
-                while len(self._manifests) > MAX_MANIFESTS:
-                    self._manifests.popitem(last=False)
-            if m.digests[index] is not None:
-                return m.digests[index]
+        loop = asyncio.get_running_loop()
+        if self._no_holder.get(version.key, 0.0) > loop.time():
+            return None
+        asked: set[bytes] = set()
+        for fresh in (False, True):
+            for rec in self.order(await self.dht.find(manifest_key(version.key), fresh=fresh)):
+                if len(asked) >= MAX_MANIFESTS_ASKED:
+                    break
+                if rec.node_id in asked or self.peers.penalized(rec.address):
+                    continue
+                asked.add(rec.node_id)
+                digest = await self._ask_manifest(rec, request)
+                if digest is not None:
+                    return digest
+        self._no_holder[version.key] = loop.time() + NO_HOLDER_FOR
+        self._no_holder.move_to_end(version.key)
+        while len(self._no_holder) > MAX_VERSIONS:
+            self._no_holder.popitem(last=False)
         return None
+
+    async def _ask_manifest(self, rec: ProviderRecord, request: BlockRequest) -> bytes | None:
+        """Block `request.index`'s digest from `rec`'s manifest, merged into those kept."""
+        version = request.version
+        try:
+            m = await self.peers.get_manifest(rec.address, version, request.block_size)
+        except Exception as e:
+            self.peers.failed(rec.address, e)
+            return None
+        if m is None:
+            return None
+        kept = self._manifests.get(version.key) or [None] * len(m.digests)
+        if len(kept) == len(m.digests):  # (a manifest that does not fit is not merged)
+            self._manifests[version.key] = [k if k is not None else d
+                                            for k, d in zip(kept, m.digests)]
+            self._manifests.move_to_end(version.key)
+            while len(self._manifests) > MAX_MANIFESTS:
+                self._manifests.popitem(last=False)
+        return m.digests[request.index]
