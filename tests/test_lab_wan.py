@@ -222,6 +222,44 @@ def test_meshcache_lab_up_and_down_from_the_installed_command(needs_lab: None) -
     assert lab_leftovers(prefix) == []
 
 
+def test_meshcache_lab_up_zones_mesh_nodes_meet_across_zones(needs_lab: None) -> None:
+    """`meshcache lab up 4 --zones 2 --mesh`: each node gets its zone, a DHT endpoint and a
+    bootstrap address in the other zone, so `meshcache peers` on a host of each zone shows the
+    other zone; `down` removes the lab and its files."""
+    exe = shutil.which("meshcache", path=os.path.dirname(sys.executable))
+
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                              check=True).stdout
+
+    built = json.loads(run(exe, "lab", "up", "4", "--zones", "2", "--mesh", "--no-origin",
+                           "--json"))
+    prefix = built["prefix"]
+    try:
+        nodes = built["nodes"]
+        assert {n["zone"] for n in nodes.values()} == {"a", "b"}
+
+        def peers(host: str, *extra: str) -> str:
+            return run("ip", "netns", "exec", host, exe, "--cache-dir",
+                       nodes[host]["cache_dir"], "peers", *extra)
+
+        seen: dict[str, set[str]] = {}
+        deadline = time.monotonic() + 45    # daemons start, then join (retries from 1 s)
+        while time.monotonic() < deadline:
+            seen = {h: set(json.loads(peers(h, "--json")).get("remote_zones") or {}) - {z}
+                    for h, z in ((h, n["zone"]) for h, n in nodes.items())}
+            if all(seen.values()):
+                break
+            time.sleep(1.0)
+        assert all(seen[h] == {"b" if n["zone"] == "a" else "a"} for h, n in nodes.items()), seen
+        a1 = f"{prefix}-a1"
+        assert "remote zones seen: b (" in peers(a1)
+    finally:
+        gone = json.loads(run(exe, "lab", "down", prefix, "--json"))
+    assert gone["destroyed"] == [prefix]
+    assert lab_leftovers(prefix) == [] and not os.path.exists(built["data_dir"])
+
+
 # --------------------------------------------------------------------------- zones through the DHT
 
 BLOCK = 256 * 1024
