@@ -191,6 +191,8 @@ class Config:
         base = dict(preset="wan", mdns=True, ping_interval=5.0, suspect_timeout=30.0,
                     indirect_checks=3, sync_interval=60.0, request_timeout=60.0,
                     metadata_ttl=60.0, dht_listen="0.0.0.0:7947", dht_record_ttl=3600.0,
+                    # 5 s: replies from a busy 2-core host took up to 2.2 s, and 1 s gave
+                    # up on over half of them (benchmarks/dht_load.py, docs/wan.md)
                     dht_republish=1800.0, dht_rpc_timeout=5.0,
                     # Peers in other zones are reached over paths with a 1500-byte MTU that the
                     # local interface does not show (and QUIC sets don't-fragment): 1452-byte
