@@ -99,7 +99,8 @@ def dht_args(zones: dict[str, list[Any]], zone: str, address: str) -> list[str]:
 @click.option("--origin/--no-origin", default=True, show_default=True,
               help="Add a host for an origin (an HTTP server, an object store).")
 @click.option("--mesh", is_flag=True,
-              help="Start a meshcached on every host (the hosts of a zone are its peers).")
+              help="Start a meshcached on every host (the hosts of a zone are its peers; "
+                   "with --zones, zones meet through the DHT).")
 @click.option("--serve", type=click.Path(exists=True, file_okay=False),
               help="Serve this directory over HTTP from the origin host (port 8080).")
 @click.option("--wan-delay", type=float, default=20.0, show_default=True,
