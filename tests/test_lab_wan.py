@@ -244,13 +244,15 @@ def test_meshcache_lab_up_zones_mesh_nodes_meet_across_zones(needs_lab: None) ->
                        nodes[host]["cache_dir"], "peers", *extra)
 
         seen: dict[str, set[str]] = {}
-        deadline = time.monotonic() + 45    # daemons start, then join (retries from 1 s)
+        began = time.monotonic()
+        deadline = began + 45    # daemons start, then join (retries from 1 s)
         while time.monotonic() < deadline:
             seen = {h: set(json.loads(peers(h, "--json")).get("remote_zones") or {}) - {z}
                     for h, z in ((h, n["zone"]) for h, n in nodes.items())}
             if all(seen.values()):
                 break
             time.sleep(1.0)
+        print(f"every node saw the other zone {time.monotonic() - began:.1f} s after `up`")
         assert all(seen[h] == {"b" if n["zone"] == "a" else "a"} for h, n in nodes.items()), seen
         a1 = f"{prefix}-a1"
         assert "remote zones seen: b (" in peers(a1)
