@@ -1,6 +1,6 @@
 """Asking the zone for a URL's last known version while its origin fails and this node knows none
-(it never stat-ed the URL, or restarted since). The URL's owner (rendezvous over the live members)
-is asked first, then up to `ASK_OTHERS` other live members, within `ASK_BUDGET` seconds in all;
+(it never stat-ed the URL, or restarted since). Up to 1 + `ASK_OTHERS` live members are asked, the
+URL's owner (rendezvous over the live members) first, within `ASK_BUDGET` seconds in all;
 the first member that knows one answers with the version its origin last confirmed and how long
 ago. Its manifest is asked of that member too (a hint, as any manifest: blocks are verified).
 """
@@ -57,10 +57,11 @@ class ZoneVersion:
 
 
 def to_ask(mesh: Members, url: str, others: int = ASK_OTHERS) -> list[Member]:
-    """The URL's owner first (when it is not this node), then `others` more live members."""
+    """At most 1 + `others` live members: the URL's owner first (unless it is this node, which
+    knows nothing), then others."""
     owner = mesh.owner(url_key(url))
     first = [owner] if owner is not None else []
-    return first + [m for m in mesh.live() if m is not owner][:others]
+    return (first + [m for m in mesh.live() if m is not owner])[:1 + others]
 
 
 async def ask_zone(mesh: Members, peers: VersionPeers, url: str, block_size: int,
