@@ -123,6 +123,12 @@ def test_the_owner_is_asked_first_then_others_until_one_knows(tmp_path):
             del by_id[order[-1].node_id].server.versions[V.url]
             answer, asked = await ask_zone(asker.mesh, asker.peers, V.url, SMALL_BLOCK)
             assert answer is None and asked == 3
+            # the first one asked is gone (its connections with it): the next one answers
+            by_id[order[1].node_id].server.versions[V.url] = (V, 0.0)
+            await by_id[order[0].node_id].close(leave=False)
+            answer, asked = await ask_zone(asker.mesh, asker.peers, V.url, SMALL_BLOCK)
+            assert answer is not None and answer.member.node_id == order[1].node_id
+            assert asked == 2 and asker.peers.stats["peer_errors"] >= 1
         finally:
             await z.close()
     run(scenario())

@@ -316,7 +316,7 @@ class Node:
             return None, 0
         mesh, peers = self.mesh, self.peers
         answer, asked = await self._zone_asks.do(
-            url, lambda: ask_zone(mesh, peers, url, self.block_size))
+            url, lambda: ask_zone(mesh, peers, url, self.block_size, clock=time.monotonic))
         if answer is None:
             return None, asked
         self._outages.heard(answer.version, answer.confirmed_at)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from meshcache.core.manifest import Manifest
 from meshcache.core.version import ObjectVersion, url_key
@@ -65,18 +65,20 @@ def to_ask(mesh: Members, url: str, others: int = ASK_OTHERS) -> list[Member]:
 
 
 async def ask_zone(mesh: Members, peers: VersionPeers, url: str, block_size: int,
-                   budget: float = ASK_BUDGET) -> tuple[ZoneVersion | None, int]:
-    """(the first answer, or None; how many members were asked)."""
+                   budget: float = ASK_BUDGET, clock: Callable[[], float] = time.monotonic
+                   ) -> tuple[ZoneVersion | None, int]:
+    """(the first answer, or None; how many members were asked). `clock` is the one the answer's
+    `confirmed_at` is on (the node's outage policy's)."""
     asked = 0
-    deadline = time.monotonic() + budget
+    deadline = clock() + budget
     for member in to_ask(mesh, url):
-        left = deadline - time.monotonic()
+        left = deadline - clock()
         if left <= 0:
             break
         if peers.penalized(member.address):
             continue
         asked += 1
-        t0 = time.monotonic()
+        t0 = clock()
         try:
             got = await peers.get_version(member.address, url, timeout=left)
         except Exception as e:  # unreachable, timed out, refused or malformed: ask the next
@@ -88,7 +90,7 @@ async def ask_zone(mesh: Members, peers: VersionPeers, url: str, block_size: int
         version, age = got
         manifest = None
         try:
-            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+            async with asyncio.timeout(max(0.1, deadline - clock())):
                 manifest = await peers.get_manifest(member.address, version, block_size)
         except Exception as e:  # the holders rung asks again
             log.info("manifest of %s from %s: %s", url, member.address, e)
