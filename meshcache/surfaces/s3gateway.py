@@ -343,14 +343,15 @@ class S3Gateway:
 class SocketSendfile:
     """sendfile(2) of block files straight into a response's socket, waiting for the socket on
     the event loop only when it is full. asyncio's `loop.sendfile` costs a dup, a file object,
-    two seeks and reader pause/resume per call: per 4 MiB block that Python work made the
+    two seeks and a reader pause/resume per call: per 4 MiB block that Python work made the
     gateway, not the client, the bottleneck of a hot read. Holds its own duplicate of the
-    socket's descriptor, so a connection closed meanwhile never lets a reused descriptor number
-    receive another client's bytes."""
+    socket, so a connection closed meanwhile never lets a reused descriptor number receive
+    another client's bytes."""
 
-    def __init__(self, transport: asyncio.Transport, fd: int) -> None:
+    def __init__(self, transport: asyncio.Transport, sock: socket.socket) -> None:
         self._transport = transport
-        self._fd = fd
+        self._sock = sock
+        self._fd = sock.fileno()
         self._loop = asyncio.get_running_loop()
 
     @classmethod
@@ -360,10 +361,11 @@ class SocketSendfile:
                 transport.get_extra_info("sslcontext") is not None:
             return None
         sock = transport.get_extra_info("socket")
-        if sock is None or sock.type != socket.SOCK_STREAM:
+        if sock is None or sock.type != socket.SOCK_STREAM or \
+                sock.family not in (socket.AF_INET, socket.AF_INET6):
             return None
         try:
-            return cls(transport, os.dup(sock.fileno()))
+            return cls(transport, socket.socket(fileno=os.dup(sock.fileno())))
         except OSError:
             return None
 
@@ -394,7 +396,7 @@ class SocketSendfile:
             self._loop.remove_writer(self._fd)
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._sock.close()
 
 
 class GatewayServer:
