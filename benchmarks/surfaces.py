@@ -9,7 +9,7 @@ a cold gateway read (the gateway fetching from that nginx as its origin) against
 the origin directly.
 
 Last line: {"fuse_first_ratio", "fuse_reread_ratio", "s3_gateway_MBps", "s3_static_MBps",
-"s3_ratio", "s3_cold_ratio", ...}. Targets: fuse_first >= 0.25, fuse_reread >= 0.8, s3 >= 0.8.
+"s3_ratio" (best rounds), "s3_median_ratio", "s3_cold_ratio", ...}. Targets: fuse_first >= 0.25, fuse_reread >= 0.8, s3 >= 0.8.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -218,16 +219,22 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
     secs, n = timed(boto_read, gw, "hot", "hot.bin")
     assert n == size, (n, size)
     s3_gw_first = size / secs / MiB
-    s3_gw = s3_static = 0.0
-    for _ in range(rounds):  # alternating, best of each
+    gw_rates: list[float] = []
+    static_rates: list[float] = []
+    # Alternating rounds; the best of each and the ratio of medians (steadier on a shared
+    # machine, where one lucky round makes a best).
+    for _ in range(max(rounds, 5)):
         secs, n = timed(boto_read, gw, "hot", "hot.bin")
         assert n == size, (n, size)
-        s3_gw = max(s3_gw, size / secs / MiB)
+        gw_rates.append(size / secs / MiB)
         secs, n = timed(boto_read, static, "bench", "hot.bin")
         assert n == size, (n, size)
-        s3_static = max(s3_static, size / secs / MiB)
+        static_rates.append(size / secs / MiB)
+    s3_gw, s3_static = max(gw_rates), max(static_rates)
+    s3_median_ratio = statistics.median(gw_rates) / statistics.median(static_rates)
     log(f"boto3 get_object: gateway (hot) {s3_gw:.0f} MiB/s (the daemon's first read, "
-        f"checking each block: {s3_gw_first:.0f} MiB/s), nginx {s3_static:.0f} MiB/s")
+        f"checking each block: {s3_gw_first:.0f} MiB/s), nginx {s3_static:.0f} MiB/s; "
+        f"medians {statistics.median(gw_rates):.0f} and {statistics.median(static_rates):.0f}")
     secs, n = timed(boto_read, gw, "cold", "cold.bin")
     assert n == size, (n, size)
     cold_gw = size / secs / MiB
@@ -239,7 +246,7 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
             "fuse_first_ratio": fuse_first / raw, "fuse_reread_ratio": fuse_reread / raw,
             "fuse_fresh_process_MBps": fuse_fresh, "fuse_fresh_process_ratio": fuse_fresh / raw,
             "s3_gateway_MBps": s3_gw, "s3_static_MBps": s3_static, "s3_ratio": s3_gw / s3_static,
-            "s3_gateway_first_MBps": s3_gw_first,
+            "s3_median_ratio": s3_median_ratio, "s3_gateway_first_MBps": s3_gw_first,
             "s3_cold_gateway_MBps": cold_gw, "s3_cold_direct_MBps": direct,
             "s3_cold_ratio": cold_gw / direct, "fsync": fsync}
 
