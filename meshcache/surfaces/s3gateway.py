@@ -279,18 +279,27 @@ class S3Gateway:
         node, bs = self.node, self.node.block_size
         lo, hi = start // bs, (end - 1) // bs
         ahead: dict[int, asyncio.Future[FetchResult]] = {}
+        local: dict[int, bytes] = {}  # blocks found in the store when they entered the window
         window = node.config.readahead
         considered = lo  # blocks up to here were looked at for readahead (each once)
         out = SocketSendfile.open(request.transport)
         try:
             for i in range(lo, hi + 1):
                 for j in range(considered + 1, min(hi, i + window) + 1):
-                    if node.has_block(version, j) is None:
+                    d = node.has_block(version, j)
+                    if d is None:
                         ahead[j] = asyncio.wrap_future(node.submit_fetch(version, j, options))
+                    else:  # evicted before its turn: _send_block fetches it again
+                        local[j] = d
                 considered = max(considered, min(hi, i + window))
-                fut = ahead.pop(i, None)
-                result = first if i == lo else (await fut if fut is not None
-                                                 else await self._block(version, i, options))
+                fut, d = ahead.pop(i, None), local.pop(i, None)
+                if i == lo:
+                    result = first
+                elif fut is not None:
+                    result = await fut
+                else:
+                    result = FetchResult(d, "local") if d is not None else \
+                        await self._block(version, i, options)
                 b0, b1 = block_span(i, version.size, bs)
                 s, e = max(start, b0) - b0, min(end, b1) - b0
                 await self._send_block(request, resp, out, version, i, result, s, e, options)
