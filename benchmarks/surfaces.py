@@ -10,7 +10,7 @@ a cold gateway read (the gateway fetching from that nginx as its origin) against
 the origin directly.
 
 Last line: {"fuse_first_ratio", "fuse_reread_ratio", "s3_gateway_MBps", "s3_static_MBps",
-"s3_ratio", "s3_cold_ratio", ...}. Targets: fuse_first >= 0.25, fuse_reread >= 0.8, s3 >= 0.8.
+"s3_ratio" (best rounds), "s3_median_ratio", "s3_cold_ratio", ...}. Targets: fuse_first >= 0.25, fuse_reread >= 0.8, s3 >= 0.8.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -225,15 +226,27 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
                       aws_access_key_id=KEY, aws_secret_access_key=SECRET)
     static = boto3.client("s3", endpoint_url=static_url, region_name="us-east-1",
                           config=BotoConfig(signature_version=UNSIGNED))
-    s3_gw = s3_static = 0.0
-    for _ in range(rounds):  # alternating, best of each
+    # The daemon's first read checks each block file once (BLAKE3; lazy verification, as the
+    # FUSE twin above): timed apart, so the hot rounds measure serving, as nginx's do.
+    secs, n = timed(boto_read, gw, "hot", "hot.bin")
+    assert n == size, (n, size)
+    s3_gw_first = size / secs / MiB
+    gw_rates: list[float] = []
+    static_rates: list[float] = []
+    # Alternating rounds; the best of each and the ratio of medians (steadier on a shared
+    # machine, where one lucky round makes a best).
+    for _ in range(max(rounds, 5)):
         secs, n = timed(boto_read, gw, "hot", "hot.bin")
         assert n == size, (n, size)
-        s3_gw = max(s3_gw, size / secs / MiB)
+        gw_rates.append(size / secs / MiB)
         secs, n = timed(boto_read, static, "bench", "hot.bin")
         assert n == size, (n, size)
-        s3_static = max(s3_static, size / secs / MiB)
-    log(f"boto3 get_object: gateway (hot) {s3_gw:.0f} MiB/s, nginx {s3_static:.0f} MiB/s")
+        static_rates.append(size / secs / MiB)
+    s3_gw, s3_static = max(gw_rates), max(static_rates)
+    s3_median_ratio = statistics.median(gw_rates) / statistics.median(static_rates)
+    log(f"boto3 get_object: gateway (hot) {s3_gw:.0f} MiB/s (the daemon's first read, "
+        f"checking each block: {s3_gw_first:.0f} MiB/s), nginx {s3_static:.0f} MiB/s; "
+        f"medians {statistics.median(gw_rates):.0f} and {statistics.median(static_rates):.0f}")
     secs, n = timed(boto_read, gw, "cold", "cold.bin")
     assert n == size, (n, size)
     cold_gw = size / secs / MiB
@@ -245,6 +258,7 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
             "fuse_first_ratio": fuse_first / raw, "fuse_reread_ratio": fuse_reread / raw,
             "fuse_fresh_process_MBps": fuse_fresh, "fuse_fresh_process_ratio": fuse_fresh / raw,
             "s3_gateway_MBps": s3_gw, "s3_static_MBps": s3_static, "s3_ratio": s3_gw / s3_static,
+            "s3_median_ratio": s3_median_ratio, "s3_gateway_first_MBps": s3_gw_first,
             "s3_cold_gateway_MBps": cold_gw, "s3_cold_direct_MBps": direct,
             "s3_cold_ratio": cold_gw / direct, "fsync": fsync}
 
