@@ -3,9 +3,9 @@ instead push data on many streams during the auth window (reconnecting when drop
 spoofable fake QUIC Initial packets at 1,000 per second. Measured: the daemon's peak RSS, and a
 legitimate credentialed peer reading from it throughout (reads served by the daemon, latency).
 
-The attack runs in its own process (`--attack HOST:PORT SECONDS`), so the legitimate reader
-does not share an interpreter (and its GIL) with the attackers: what the reader sees is the
-daemon's doing. The scenario fails (exit 1) when it measured nothing: no flood connection got
+The attack runs in two processes of its own (`--attack initials|streams HOST:PORT SECONDS`), so the legitimate reader
+does not share an interpreter (and its GIL) with the attackers, and the Initials keep their
+rate while the stream pushers take a core: what the reader sees is the daemon's doing. The scenario fails (exit 1) when it measured nothing: no flood connection got
 through its handshake or no byte was pushed (the attack did not happen), or fewer than
 MIN_SERVED of the legitimate reads were served by the daemon, or a read returned wrong bytes."""
 
@@ -95,18 +95,21 @@ async def initial_flooder(addr: tuple[str, int], stop: float, counts: dict[str, 
         s.close()
 
 
-def attack(addr_s: str, seconds: float) -> None:
-    """The attacker process: flood for `seconds`, then print its counts as one JSON line."""
+def attack(kind: str, addr_s: str, seconds: float) -> None:
+    """An attacker process ("initials" or "streams"): flood for `seconds`, then print its
+    counts as one JSON line."""
     host, port = addr_s.rsplit(":", 1)
     addr = (host, int(port))
     counts = {"initials_sent": 0, "attempts": 0, "handshakes": 0, "bytes_pushed": 0}
     stop = time.monotonic() + seconds
+    if kind == "initials":
+        jobs = [initial_flooder(addr, stop, counts)]
+    else:
+        jobs = [stream_flooder(addr, stop, counts) for _ in range(CONNECTIONS)]
 
     async def run() -> None:
         try:
-            await asyncio.wait_for(asyncio.gather(
-                initial_flooder(addr, stop, counts),
-                *(stream_flooder(addr, stop, counts) for _ in range(CONNECTIONS))), seconds + 30)
+            await asyncio.wait_for(asyncio.gather(*jobs), seconds + 30)
         except asyncio.TimeoutError:
             log("the attack did not stop in time")
 
@@ -122,8 +125,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--attack":
-        attack(sys.argv[2], float(sys.argv[3]))
+    debug = bool(os.environ.get("FLOOD_DEBUG"))
+    if debug:
+        import logging
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
+    if len(sys.argv) == 5 and sys.argv[1] == "--attack":
+        attack(sys.argv[2], sys.argv[3], float(sys.argv[4]))
         return
     args = parse(__doc__)
     seconds = 15 if args.quick else 60
@@ -139,19 +147,21 @@ def main() -> None:
     env = dict(os.environ, MESHCACHE_CLUSTER_SECRET=secret, MESHCACHE_CACHE_DIR=f"{root}/d",
                MESHCACHE_BLOCK_SIZE=str(BLOCK), MESHCACHE_LISTEN="127.0.0.1:0",
                MESHCACHE_FSYNC="0", MESHCACHE_MDNS="0", MESHCACHE_LOG_LEVEL="ERROR")
-    daemon = attacker = None
+    daemon = None
+    attackers: list[subprocess.Popen[str]] = []
     reads = ok = from_daemon = 0
     latencies: list[float] = []
     try:
         daemon, addr_s = start_daemon(env)
         base_rss = rss(daemon.pid)
-        attacker = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--attack",
-                                     addr_s, str(seconds)], stdout=subprocess.PIPE, text=True)
+        attackers = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--attack",
+                                       kind, addr_s, str(seconds)], stdout=subprocess.PIPE,
+                                      text=True) for kind in ("initials", "streams")]
         cfg = Config.local(cache_dir=f"{root}/r", block_size=BLOCK, fsync=False,
                            cluster_secret=secret, listen="127.0.0.1:0", peers=[addr_s],
                            request_timeout=5.0)
         with Node(cfg) as node:
-            while attacker.poll() is None:
+            while any(a.poll() is None for a in attackers):
                 node.evict()
                 before = node.stats()["bytes_from_peers"]
                 t = time.monotonic()
@@ -161,13 +171,17 @@ def main() -> None:
                     log(f"legit read failed: {e}")
                     got = b""
                 latencies.append(time.monotonic() - t)
+                log(f"read {reads}: {latencies[-1]:.2f} s, members {node.stats().get('members')}, "
+                    f"from daemon {node.stats()['bytes_from_peers'] - before}") if debug else None
                 reads += 1
                 ok += got == data
                 from_daemon += node.stats()["bytes_from_peers"] - before == len(data)
                 time.sleep(0.5)
-        out, _ = attacker.communicate(timeout=60)
-        lines = out.strip().splitlines()
-        counts = json.loads(lines[-1]) if lines else {}
+        counts: dict[str, int] = {}
+        for a in attackers:
+            lines = a.communicate(timeout=60)[0].strip().splitlines()
+            for k, v in (json.loads(lines[-1]) if lines else {}).items():
+                counts[k] = counts.get(k, 0) + v
         hwm = peak_rss(daemon.pid)
         served = from_daemon / reads if reads else 0.0
         result = {"seconds": seconds, "load_before": load_before,
@@ -198,9 +212,10 @@ def main() -> None:
         if failures:
             sys.exit(1)
     finally:
-        if attacker is not None and attacker.poll() is None:
-            attacker.kill()
-            attacker.wait()
+        for a in attackers:
+            if a.poll() is None:
+                a.kill()
+                a.wait()
         if daemon is not None:
             stop_daemon(daemon)
         origin.close()
