@@ -149,7 +149,7 @@ def main() -> None:
                MESHCACHE_FSYNC="0", MESHCACHE_MDNS="0", MESHCACHE_LOG_LEVEL="ERROR")
     daemon = None
     attackers: list[subprocess.Popen[str]] = []
-    reads = ok = from_daemon = 0
+    reads = ok = from_daemon = not_member = 0
     latencies: list[float] = []
     try:
         daemon, addr_s = start_daemon(env)
@@ -160,7 +160,9 @@ def main() -> None:
         cfg = Config.local(cache_dir=f"{root}/r", block_size=BLOCK, fsync=False,
                            cluster_secret=secret, listen="127.0.0.1:0", peers=[addr_s],
                            request_timeout=5.0)
+        t_join = time.monotonic()
         with Node(cfg) as node:
+            join_s = time.monotonic() - t_join
             while any(a.poll() is None for a in attackers):
                 node.evict()
                 before = node.stats()["bytes_from_peers"]
@@ -171,6 +173,7 @@ def main() -> None:
                     log(f"legit read failed: {e}")
                     got = b""
                 latencies.append(time.monotonic() - t)
+                not_member += not node.stats().get("members")
                 log(f"read {reads}: {latencies[-1]:.2f} s, members {node.stats().get('members')}, "
                     f"from daemon {node.stats()['bytes_from_peers'] - before}") if debug else None
                 reads += 1
@@ -191,8 +194,9 @@ def main() -> None:
                   "unauth_bytes_pushed": counts.get("bytes_pushed", 0),
                   "daemon_rss_before_mb": base_rss / MiB, "daemon_peak_rss_mb": hwm / MiB,
                   "daemon_rss_end_mb": rss(daemon.pid) / MiB, "legit_reads": reads,
-                  "legit_reads_ok": ok, "legit_reads_from_daemon": from_daemon,
+                  "legit_join_s": join_s, "legit_reads_ok": ok, "legit_reads_from_daemon": from_daemon,
                   "legit_served_fraction": served,
+                  "legit_reads_daemon_not_member": not_member,
                   "legit_latency_p50_s": percentile(latencies, 0.5),
                   "legit_latency_p99_s": percentile(latencies, 0.99),
                   "legit_latency_max_s": max(latencies, default=0.0)}

@@ -149,7 +149,8 @@ class Config:
     udp_batching: bool = True
     # Bytes a peer may send before it is authenticated (more closes its connection).
     preauth_max_bytes: int = 256 * 1024
-    # Connections handshaking or authenticating at once; new ones beyond are not taken.
+    # Connections handshaking or authenticating at once; past it a new (Retry-validated) one
+    # takes the place of the oldest.
     max_unauthenticated: int = 64
     # Pending connections past which new clients must first prove their address (QUIC Retry).
     retry_threshold: int = 8
