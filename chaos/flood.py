@@ -3,11 +3,13 @@ instead push data on many streams during the auth window (reconnecting when drop
 spoofable fake QUIC Initial packets at 1,000 per second. Measured: the daemon's peak RSS, and a
 legitimate credentialed peer reading from it throughout (reads served by the daemon, latency).
 
-The attack runs in two processes of its own (`--attack initials|streams HOST:PORT SECONDS`), so the legitimate reader
-does not share an interpreter (and its GIL) with the attackers, and the Initials keep their
-rate while the stream pushers take a core: what the reader sees is the daemon's doing. The scenario fails (exit 1) when it measured nothing: no flood connection got
+The attack runs in two processes of its own (`--attack initials|streams HOST:PORT SECONDS`),
+so the legitimate reader does not share an interpreter (and its GIL) with the attackers, and the
+Initials keep their rate while the stream pushers take a core: what the reader sees is the
+daemon's doing. The scenario fails (exit 1) when it measured nothing: no flood connection got
 through its handshake or no byte was pushed (the attack did not happen), or fewer than
-MIN_SERVED of the legitimate reads were served by the daemon, or a read returned wrong bytes."""
+MIN_SERVED of the legitimate reads were served by the daemon, or a read returned wrong bytes.
+FLOOD_DEBUG=1 logs each read and the node's debug log to stderr."""
 
 from __future__ import annotations
 
@@ -90,6 +92,12 @@ async def initial_flooder(addr: tuple[str, int], stop: float, counts: dict[str, 
                     counts["initials_sent"] += 1
                 except OSError:
                     pass
+            while True:  # the daemon's answers (Retries): how much of the flood it keeps up with
+                try:
+                    s.recv(2048)
+                except OSError:
+                    break
+                counts["retries_received"] += 1
             await asyncio.sleep(max(0.0, 0.05 - (time.monotonic() - t)))
     finally:
         s.close()
@@ -100,7 +108,8 @@ def attack(kind: str, addr_s: str, seconds: float) -> None:
     counts as one JSON line."""
     host, port = addr_s.rsplit(":", 1)
     addr = (host, int(port))
-    counts = {"initials_sent": 0, "attempts": 0, "handshakes": 0, "bytes_pushed": 0}
+    counts = {"initials_sent": 0, "retries_received": 0, "attempts": 0, "handshakes": 0,
+              "bytes_pushed": 0}
     stop = time.monotonic() + seconds
     if kind == "initials":
         jobs = [initial_flooder(addr, stop, counts)]
@@ -115,6 +124,13 @@ def attack(kind: str, addr_s: str, seconds: float) -> None:
 
     asyncio.run(run())
     print(json.dumps(counts), flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -154,6 +170,7 @@ def main() -> None:
     try:
         daemon, addr_s = start_daemon(env)
         base_rss = rss(daemon.pid)
+        cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
         attackers = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--attack",
                                        kind, addr_s, str(seconds)], stdout=subprocess.PIPE,
                                       text=True) for kind in ("initials", "streams")]
@@ -186,15 +203,20 @@ def main() -> None:
             for k, v in (json.loads(lines[-1]) if lines else {}).items():
                 counts[k] = counts.get(k, 0) + v
         hwm = peak_rss(daemon.pid)
+        daemon_cpu = (cpu_seconds(daemon.pid) - cpu0) / (time.monotonic() - t0)
         served = from_daemon / reads if reads else 0.0
         result = {"seconds": seconds, "load_before": load_before,
                   "load_after": os.getloadavg()[0],
                   "initials_sent": counts.get("initials_sent", 0),
+                  "initials_answered_fraction":
+                      counts.get("retries_received", 0) / max(1, counts.get("initials_sent", 0)),
                   "flood_handshakes": counts.get("handshakes", 0),
                   "unauth_bytes_pushed": counts.get("bytes_pushed", 0),
                   "daemon_rss_before_mb": base_rss / MiB, "daemon_peak_rss_mb": hwm / MiB,
-                  "daemon_rss_end_mb": rss(daemon.pid) / MiB, "legit_reads": reads,
-                  "legit_join_s": join_s, "legit_reads_ok": ok, "legit_reads_from_daemon": from_daemon,
+                  "daemon_rss_end_mb": rss(daemon.pid) / MiB,
+                  "daemon_cpu_cores": daemon_cpu, "legit_reads": reads,
+                  "legit_join_s": join_s, "legit_reads_ok": ok,
+                  "legit_reads_from_daemon": from_daemon,
                   "legit_served_fraction": served,
                   "legit_reads_daemon_not_member": not_member,
                   "legit_latency_p50_s": percentile(latencies, 0.5),
