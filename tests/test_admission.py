@@ -359,3 +359,59 @@ def test_aioquic_window_is_held_before_admission() -> None:
             assert not server.is_closed  # held by flow control, under the byte bound
 
     run(main())
+
+
+def _secret_auth(secret: bytes) -> Any:
+    """Client sends `secret` on the first stream; the server admits it when it matches."""
+    async def authenticate(conn: Any) -> None:
+        if conn.is_client:
+            s = await conn.open_stream()
+            await s.send_frame(secret)
+            return
+        s = await conn.accept_stream()
+        if await s.recv_frame() != secret:
+            raise PermissionError("wrong secret")
+    return authenticate
+
+
+@pytest.mark.parametrize("kind", QUIC_KINDS)
+def test_pending_slots_held_by_outsiders_do_not_keep_a_credentialed_peer_out(kind: str) -> None:
+    """Outsiders complete TLS and then sit in authentication (auth_timeout 30 s) on every pending
+    slot; a credentialed peer still connects and is served at once (the oldest pending
+    connection makes room), and the pending count stays within the cap."""
+    from meshcache.transport.quic import QuicTransport
+
+    cap = 4
+    cfg = _config(max_unauthenticated=cap, retry_threshold=2, auth_timeout=30, recv_timeout=30)
+
+    async def hang(conn: Any) -> None:
+        await asyncio.sleep(3600)
+
+    async def main() -> None:
+        engine = kind.split("-", 1)[1]
+        async with Pair(kind, echo, config=cfg, authenticate=_secret_auth(b"credential")) as p:
+            outsiders = [QuicTransport(cfg, authenticate=hang, engine=engine)
+                         for _ in range(cap)]
+            tasks = [asyncio.ensure_future(o.connect(p.addr)) for o in outsiders]
+            try:
+                for _ in range(100):  # every slot held by a connection in authentication
+                    if p.server.unadmitted >= cap and len(p.server.connections) >= cap:
+                        break
+                    await asyncio.sleep(0.05)
+                assert p.server.unadmitted == cap
+                t = time.monotonic()
+                async with asyncio.timeout(10):  # without eviction: refused for 30 s
+                    s = await p.client.open_stream(p.addr)
+                    await s.send_frame(b"served")
+                    assert await s.recv_frame() == b"served"
+                assert time.monotonic() - t < 10
+                assert p.server.unadmitted <= cap
+                assert p.server.handshakes_refused >= 1
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for o in outsiders:
+                    await o.close()
+
+    run(main(), timeout=60)

@@ -153,7 +153,8 @@ class TransportConfig:
     # peer, out-of-order data included (aioquic: the normal windows after admission; qh3: a
     # server's windows stay at this size and are returned as the data is delivered).
     preauth_max_data: int = 1 * MiB
-    # Connections handshaking or authenticating at once; new ones beyond are not taken.
+    # Connections handshaking or authenticating at once; past it a new (Retry-validated) one
+    # takes the place of the oldest pending one.
     max_unauthenticated: int = 64
     # Pending connections past which a new client must first prove its address (QUIC Retry);
     # 0: always.

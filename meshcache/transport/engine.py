@@ -155,12 +155,12 @@ def _load_qh3() -> Engine:
     from qh3.asyncio.protocol import QuicConnectionProtocol
     from qh3.asyncio.server import QuicServer
     from qh3.quic import events
-    from qh3.quic.retry import QuicRetryTokenHandler
     from qh3.quic.configuration import QuicConfiguration
     from qh3.quic.connection import QuicConnection
     from qh3.tls import load_pem_private_key, load_pem_x509_certificates
 
     from meshcache.transport import batching, qh3_fix
+    from meshcache.transport.retrytoken import HmacRetryTokenHandler
 
     qh3_fix.apply()
 
@@ -180,7 +180,7 @@ def _load_qh3() -> Engine:
         name="qh3", version=getattr(qh3, "__version__", "?"),
         QuicConfiguration=QuicConfiguration, QuicConnection=QuicConnection,
         QuicConnectionProtocol=QuicConnectionProtocol, QuicServer=QuicServer,
-        RetryTokenHandler=QuicRetryTokenHandler, events=events,
+        RetryTokenHandler=HmacRetryTokenHandler, events=events,
         load_certificate=lambda pem: load_pem_x509_certificates(pem)[0],
         load_private_key=load_pem_private_key,
         export_keying_material=lambda quic, label, ctx, n: qh3_fix.export_keying_material(

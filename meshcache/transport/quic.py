@@ -15,7 +15,8 @@ cert_fingerprint` and `cert_node_id` name the peer's certificate: the server's o
 side and, where the engine lets a server ask for one (aioquic), the client's on the server side.
 
 Before a peer is admitted (docs/transport.md): Retry once `retry_threshold` handshakes are
-pending, no new connection past `max_unauthenticated`, small receive windows (admission.py).
+pending; past `max_unauthenticated`, a new (address-validated) connection takes the place of the
+oldest pending one; small receive windows (admission.py).
 
 Throughput tunings (see docs/transport.md and benchmarks/transfer.py for the measurements):
 * `max_datagram_size` from config; both ends use it (no PMTU probing).
@@ -41,6 +42,7 @@ from meshcache.transport import admission, batching
 from meshcache.transport import engine as _engine
 from meshcache.transport.base import (
     ALPN,
+    ERR_AUTH,
     ERR_NONE,
     Connection,
     ConnectionClosed,
@@ -404,7 +406,7 @@ class _ProtocolMixin:
             self._handshake_timer = self._loop.call_later(
                 self.owner.config.connect_timeout, self._handshake_expired)
             self._pending = True
-            self.owner._unadmitted += 1
+            self.owner._pending_added(self)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         try:
@@ -460,7 +462,20 @@ class _ProtocolMixin:
     def _not_pending(self) -> None:
         if self._pending:
             self._pending = False
-            self.owner._unadmitted -= 1
+            self.owner._unadmitted.pop(self, None)
+
+    def _evict(self) -> None:
+        """Close this unadmitted connection to make room for a newer one."""
+        if self.conn is not None:
+            self.conn._abort(ERR_AUTH, "too many unauthenticated connections")
+            return
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        with contextlib.suppress(Exception):
+            self._quic.close(error_code=ERR_AUTH, reason_phrase="too many handshakes")
+            self._flush_now()
+        self._drop()
 
     def _admitted(self) -> None:
         """The peer passed authentication: normal receive windows, no longer pending."""
@@ -572,13 +587,14 @@ class _ServerMixin:
         if bytes(data[6:6 + dcid_len]) in self._protocols:
             return True
         cfg = self.owner.config
-        pending = self.owner._unadmitted
-        if pending >= cfg.max_unauthenticated:
-            self.refused += 1
-            return False
-        # Retry only while handshakes pile up; a token already given is always checked
+        pending = len(self.owner._unadmitted)
+        # Retry while handshakes pile up, always at the cap (a validated address then takes the
+        # place of the oldest pending connection); a token already given is always checked
         has_token = _initial_has_token(data, dcid_len)
-        want_retry = has_token or pending >= cfg.retry_threshold
+        full = pending >= cfg.max_unauthenticated
+        if full and not has_token:
+            self.refused += 1
+        want_retry = has_token or full or pending >= cfg.retry_threshold
         if want_retry and self._retry_handler is None:
             if has_token:
                 return False  # a token we never issued (we made no key yet)
@@ -646,8 +662,8 @@ class QuicTransport(Transport):
         self._server: Any = None
         self._server_udp: asyncio.DatagramTransport | None = None
         self.address: tuple[str, int] | None = None
-        # server connections not yet admitted (handshaking or authenticating)
-        self._unadmitted = 0
+        # server connections not yet admitted (handshaking or authenticating), oldest first
+        self._unadmitted: dict[Any, None] = {}
 
     @property
     def datagram_size(self) -> int:
@@ -664,11 +680,25 @@ class QuicTransport(Transport):
     @property
     def unadmitted(self) -> int:
         """Connections to this endpoint that have not passed authentication yet."""
-        return self._unadmitted
+        return len(self._unadmitted)
+
+    def _pending_added(self, protocol: Any) -> None:
+        """A new server connection awaits admission; past `max_unauthenticated` the oldest
+        pending one is closed: unauthenticated connections, which must hold their place for a
+        handshake and auth_timeout, cannot keep a credentialed peer (admitted in milliseconds)
+        out. Only an address-validated client gets here at the cap (Retry, _ServerMixin)."""
+        self._unadmitted[protocol] = None
+        while len(self._unadmitted) > self.config.max_unauthenticated:
+            oldest = next(iter(self._unadmitted))
+            self._unadmitted.pop(oldest, None)
+            if self._server is not None:
+                self._server.refused += 1
+            oldest._evict()
 
     @property
     def handshakes_refused(self) -> int:
-        """New connections not taken because `max_unauthenticated` were pending."""
+        """New connections not taken because `max_unauthenticated` were pending (Initials
+        answered only with a Retry), and pending ones closed to make room for a newer one."""
         return self._server.refused if self._server is not None else 0
 
     @property
