@@ -133,12 +133,12 @@ WRITER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1])
 def test_sigkill_while_writing_and_snapshotting_then_restart(tmp_path, seed):
     """A writer that evicts (small capacity) and writes snapshots now and then is SIGKILLed a
     few times; each restart's index is the full scan's, every block in it is whole, and the
     temp files (blocks and snapshots being written) are gone."""
-    for attempt in range(4):
+    for attempt in range(3):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(seed * 10 + attempt),
                                  str(3 << 20)], stdout=subprocess.PIPE)
         try:
@@ -165,9 +165,11 @@ def test_snapshot_rebuild_stays_small(tmp_path):
     import tracemalloc
 
     n = 2000
-    s = BlockStore(tmp_path, 1 << 40, fsync=False)
-    fill(s, n)
-    s.close()
+    for i in range(n):  # block files named by fake digests (only the index is under test)
+        h = (i * 0x9E3779B97F4A7C15 % (1 << 64)).to_bytes(8, "big").hex() * 4
+        (tmp_path / "blocks" / h[:2]).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "blocks" / h[:2] / h).write_bytes(b"x" * (1 + i % 7))
+    BlockStore(tmp_path, 1 << 40, fsync=False).close()
     gc.collect()
     tracemalloc.start()
     try:
@@ -178,3 +180,25 @@ def test_snapshot_rebuild_stays_small(tmp_path):
         tracemalloc.stop()
     assert s2.index_source == "snapshot" and len(s2.digests()) == n
     assert held / n < 200 and peak / n < 260, (held / n, peak / n)
+
+
+def test_a_node_writes_the_snapshot_now_and_then_while_it_runs(cache_config, local_object):
+    """Without a close (a crash to come), the running node has written the snapshot already:
+    a restart stats none of the blocks it had read."""
+    from meshcache.read.node import Node
+
+    url, data = local_object(seed=5)
+    node = Node(cache_config(index_snapshot_interval=1.0))
+    try:
+        assert node.cat(url) == data
+        blocks = len(node.store.digests())
+        snap = os.path.join(node.config.cache_dir, "index")
+        deadline = time.monotonic() + 30
+        while node.store.changes and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert os.path.exists(snap) and node.store.changes == 0
+        s = BlockStore(node.config.cache_dir, 1 << 40, fsync=False)  # the restart after a crash
+        assert s.index_source == "snapshot" and s.index_stats == 0
+        assert len(s.digests()) == blocks > 1
+    finally:
+        node.close()
