@@ -203,12 +203,15 @@ class BlockStore:
             prefix = sub.name
             names = [n for n in os.listdir(sub.path) if len(n) == 2 * DIGEST_SIZE
                      and n[:2] == prefix]
-            try:
-                ds = list(map(bytes.fromhex, names))
-                ok = list(map(bytes.hex, ds)) == names  # lower-case hex, nothing else
+            joined = "".join(names)
+            try:  # the whole directory in one parse: lower-case hex, 32 bytes a name
+                raw = bytes.fromhex(joined)
+                ok = len(raw) == DIGEST_SIZE * len(names) and joined.islower()
             except ValueError:
                 ok = False
-            if not ok:  # a stray file: sort this directory out one name at a time
+            if ok:
+                ds = [raw[i:i + DIGEST_SIZE] for i in range(0, len(raw), DIGEST_SIZE)]
+            else:  # a stray file (or no name with a letter): one name at a time
                 names = [n for n in names if is_hex_digest(n)]
                 ds = list(map(bytes.fromhex, names))
             yield sub.path, names, ds
