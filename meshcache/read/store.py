@@ -249,14 +249,7 @@ class BlockStore:
         tmp = None
         try:
             tmp = self._tmp() / f"index.{uuid.uuid4().hex}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._write_temp(tmp, data, fsync=True)
             os.rename(tmp, self._snapshot_file)
             dfd = os.open(self.root, os.O_RDONLY)
             try:
@@ -369,16 +362,7 @@ class BlockStore:
         tmp = None
         try:
             tmp = self._tmp() / f"{to_hex(actual)}.{uuid.uuid4().hex}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._write_temp(tmp, data, fsync=self.fsync)
             final.parent.mkdir(exist_ok=True)
             os.rename(tmp, final)
         except OSError as e:
@@ -397,6 +381,19 @@ class BlockStore:
                 self._changes += 1
             self._evict_locked()
         return actual
+
+    @staticmethod
+    def _write_temp(path: Path, data: bytes | memoryview, *, fsync: bool) -> None:
+        """Write a new file whole (fsynced if asked); the caller renames it into place."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def open_block(self, d: bytes, release: tuple[bytes, int] | None = None) -> tuple[int, int]:
         """Open a block for reading with a lease held: (fd, size). The caller must call
