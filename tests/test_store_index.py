@@ -139,8 +139,8 @@ def test_sigkill_while_writing_and_snapshotting_then_restart(tmp_path, seed):
     few times; each restart's index is the full scan's, every block in it is whole, and the
     temp files (blocks and snapshots being written) are gone."""
     for attempt in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(seed * 10 + attempt),
-                                 str(3 << 20)], stdout=subprocess.PIPE)
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path),
+                                 str(seed * 10 + attempt), str(3 << 20)], stdout=subprocess.PIPE)
         try:
             assert proc.stdout.readline().strip() == b"ready"
             time.sleep(0.4 + 0.2 * attempt)

@@ -25,7 +25,8 @@ def encode(digests: list[bytes], sizes: list[int]) -> bytes:
         raise ValueError("one size per digest")
     if any(len(d) != DIGEST_SIZE for d in digests) or any(s <= 0 for s in sizes):
         raise ValueError("digests are 32 bytes, sizes positive")
-    body = b"".join(digests) + array("q", sizes).tobytes()  # native byte order: the file stays on this host
+    # Sizes in native byte order: the file never leaves this host.
+    body = b"".join(digests) + array("q", sizes).tobytes()
     return _HEAD.pack(MAGIC, len(digests), blake3.blake3(body).digest()) + body
 
 

@@ -139,7 +139,8 @@ class BlockStore:
         try:
             return indexsnap.decode(data)
         except indexsnap.SnapshotError as e:
-            log.warning("index snapshot %s not used (%s): scanning every block", self._snapshot_file, e)
+            log.warning("index snapshot %s not used (%s): scanning every block",
+                        self._snapshot_file, e)
             return None
 
     def _scan_all(self) -> None:
@@ -183,7 +184,8 @@ class BlockStore:
                 if st is not None:
                     new.append((st.st_mtime_ns, st.st_size, d))
         if found != len(policy):  # some snapshot entries have no file any more
-            on_disk = {bytes(listed[i:i + DIGEST_SIZE]) for i in range(0, len(listed), DIGEST_SIZE)}
+            on_disk = {bytes(listed[i:i + DIGEST_SIZE])
+                       for i in range(0, len(listed), DIGEST_SIZE)}
             for d in policy.missing_from(on_disk):
                 policy.remove(d)
                 dropped += 1
