@@ -184,6 +184,12 @@ class Config:
     # third of it while the node pulls.
     stripe_record_ttl: float = 30.0
 
+    # --- store index ---
+    # Seconds between writes of the store's index snapshot (<cache_dir>/index) while blocks
+    # come and go; it is also written at close. A start after a crash stats only the block
+    # files written since. 0: only at close.
+    index_snapshot_interval: float = 300.0
+
     # ---- presets ---------------------------------------------------------------------------------
 
     @classmethod
@@ -279,7 +285,8 @@ class Config:
         for key in ("metadata_ttl", "origin_timeout", "request_timeout", "ping_interval",
                     "suspect_timeout", "indirect_checks", "sync_interval", "origin_retries",
                     "egress_rate", "ingress_rate",
-                    "peer_egress_rate", "peer_ingress_rate", "stale_if_error"):
+                    "peer_egress_rate", "peer_ingress_rate", "stale_if_error",
+                    "index_snapshot_interval"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
         for prefix in self.peer_origins:

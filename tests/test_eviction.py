@@ -67,3 +67,29 @@ def test_all_protected_stops():
         p.insert(k, 10)
     assert p.evict(lambda k: False) == []
     assert p.used == 50
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 1 << 40)), max_size=80),
+       st.lists(st.tuples(st.integers(0, 60), st.integers(1, 50)), max_size=20))
+def test_bulk_load_is_inserting_into_main_one_by_one(entries, held):
+    """`load` (the index rebuilt at start) ends where one `insert(main=True)` per entry ends,
+    duplicates and keys already held included; `entries` gives back what `load` takes."""
+    bulk, single = S3FIFO(1 << 50), S3FIFO(1 << 50)
+    for p in (bulk, single):
+        for k, size in held:
+            p.insert(k, size)
+    bulk.load([k for k, _ in entries], [s for _, s in entries])
+    for k, size in entries:
+        single.insert(k, size, main=True)
+    assert bulk.keys() == single.keys() and bulk.used == single.used
+    assert all(bulk.size(k) == single.size(k) for k in bulk.keys())
+    keys, sizes = bulk.entries()
+    assert sorted(keys) == sorted(bulk.keys()) and sum(sizes) == bulk.used
+    again = S3FIFO(1 << 50)
+    again.load(keys, sizes)
+    assert again.keys() == keys and again.used == bulk.used
+    probe = list(range(70))
+    assert bulk.missing(probe) == [k for k in probe if k not in bulk]
+    present = set(probe[::2])
+    assert bulk.missing_from(present) == [k for k in bulk.keys() if k not in present]

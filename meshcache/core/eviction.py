@@ -8,7 +8,8 @@ evicted from the small queue so a quick return goes straight to main. Pure: no I
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Hashable
+from itertools import filterfalse
+from typing import Callable, Container, Hashable, Iterable, Sequence
 
 Key = Hashable
 
@@ -77,6 +78,40 @@ class S3FIFO:
         else:
             self._small[key] = size << 2
             self.small_bytes += size
+
+    def load(self, keys: Sequence[Key], sizes: Sequence[int]) -> None:
+        """Admit many entries to main at once, in order (oldest first): the index rebuilt at
+        start. Keys already held keep their place; equal sizes share one int object."""
+        if len(keys) != len(sizes):
+            raise ValueError("one size per key")
+        vals = [s << 2 for s in sizes]
+        shared: dict[int, int] = {}
+        if self._small or self._main:
+            fresh = [i for i, k in enumerate(keys) if k not in self]
+            keys, vals = [keys[i] for i in fresh], [vals[i] for i in fresh]
+        main, before = self._main, len(self._main)
+        main.update(zip(keys, map(shared.setdefault, vals, vals)))
+        if len(main) - before != len(keys):  # a key twice: undo, then one by one, first wins
+            for k in keys:
+                main.pop(k, None)
+            for k, v in zip(keys, vals):
+                main.setdefault(k, shared.setdefault(v, v))
+            vals = [main[k] for k in dict.fromkeys(keys)]
+        self.main_bytes += sum(vals) >> 2
+
+    def missing(self, keys: Iterable[Key]) -> list[Key]:
+        """The keys not held, in order (one pass at C speed for keys mostly held)."""
+        small = self._small
+        return [k for k in filterfalse(self._main.__contains__, keys) if k not in small]
+
+    def missing_from(self, present: Container[Key]) -> list[Key]:
+        """The keys held that `present` lacks (what the disk lost since a snapshot)."""
+        return [k for k in self.keys() if k not in present]
+
+    def entries(self) -> tuple[list[Key], list[int]]:
+        """Every key held and its size, oldest first (main, then small): what `load` takes."""
+        return (list(self._main) + list(self._small),
+                [v >> 2 for v in self._main.values()] + [v >> 2 for v in self._small.values()])
 
     def access(self, key: Key) -> None:
         """Note a read; cheap enough for every hot read (no reordering)."""

@@ -361,10 +361,18 @@ class Node:
         self.catalog.flush()
 
     async def _flush_periodically(self) -> None:
+        """Manifests each second; the store's index snapshot every index_snapshot_interval."""
+        interval = self.config.index_snapshot_interval
+        loop = asyncio.get_running_loop()
+        next_snapshot = loop.time() + interval
         while True:
             await asyncio.sleep(1.0)
             if self.catalog.dirty:
                 await asyncio.to_thread(self.catalog.flush)
+            if interval and loop.time() >= next_snapshot:
+                next_snapshot = loop.time() + interval
+                if self.store.changes:
+                    await asyncio.to_thread(self.store.save_index)
 
     # ---- fetching blocks ---------------------------------------------------------------------
 

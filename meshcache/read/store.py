@@ -5,9 +5,12 @@ Layout under the cache directory:
     manifests/ab/<key hex>      one CBOR manifest per object version
     pins/<key hex>              an object version that eviction must keep
     tmp/<pid>.<id>/             blocks being written by one process; removed once it is gone
-The index (digest -> size) is rebuilt by scanning blocks/ at start. A block file is hashed the
-first time this process opens it, and again whenever its size, mtime or inode change, so a
-truncated or tampered file is detected, deleted and re-fetched rather than served.
+    index                       snapshot of the index (digest, size), written at close and now
+                                and then; checked against a listing of blocks/ at start
+The index (digest -> size) is rebuilt at start from the snapshot and a listing of blocks/ (a
+stat only of files the snapshot lacks), or by a stat of every block file without one. A block
+file is hashed the first time this process opens it, and again whenever its size, mtime or
+inode change, so a truncated or tampered file is detected, deleted and re-fetched, not served.
 """
 
 from __future__ import annotations
@@ -17,13 +20,19 @@ import os
 import shutil
 import threading
 import uuid
+import ctypes
 import fcntl
 import itertools
 import resource
+import stat
 from array import array
 from pathlib import Path
 from typing import Iterator
 
+import numpy
+
+from meshcache.core import indexsnap
+from meshcache.core.digest import DIGEST_SIZE
 from meshcache.core.digest import digest as compute_digest
 from meshcache.core.digest import is_hex_digest, to_hex
 from meshcache.core.eviction import S3FIFO
@@ -68,6 +77,7 @@ class BlockStore:
     def __init__(self, root: str | os.PathLike[str], capacity: int, *, fsync: bool = True) -> None:
         self.root = Path(root).expanduser()
         self._blocks_dir = str(self.root / "blocks")
+        self._snapshot_file = str(self.root / "index")
         self.capacity = capacity
         self.fsync = fsync
         self._lock = threading.Lock()
@@ -104,35 +114,163 @@ class BlockStore:
                              str(self.root)) from None
         self._clear_dead_tmp()
         self._tmp_pid = -1
-        # The index of a million blocks: digests kept, the rest in flat arrays (no object per
-        # file that outlives the scan), inserted oldest first.
-        digests: list[bytes] = []
-        mtimes, sizes = array("q"), array("q")
-        for sub in os.scandir(self._blocks_dir):  # scandir: no Path objects for 10^6 files
-            if not sub.is_dir(follow_symlinks=False):
-                continue
-            for entry in os.scandir(sub.path):
-                name = entry.name
-                if name[:2] != sub.name or not is_hex_digest(name):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if st.st_size == 0:
-                    os.unlink(entry.path)
-                    continue
-                digests.append(bytes.fromhex(name))
-                mtimes.append(st.st_mtime_ns)
-                sizes.append(st.st_size)
-        order = array("q", sorted(range(len(digests)), key=mtimes.__getitem__))
-        del mtimes
-        for i in order:
-            self._policy.insert(digests[i], sizes[i], main=True)
+        self._changes = 0  # blocks added or removed since the last snapshot
+        # How the index was rebuilt ("snapshot" or "scan") and how many block files it stat'ed.
+        self.index_source, self.index_stats = "scan", 0
+        snapshot = self._load_snapshot()
+        if snapshot is None:
+            self._scan_all()
+        else:
+            self._reconcile(*snapshot)
         for pin in (self.root / "pins").iterdir():
             if is_hex_digest(pin.name):
                 self._pin_version_locked(bytes.fromhex(pin.name))
         self._evict_locked()
+        _release_free_heap()
+
+    def _load_snapshot(self) -> tuple[list[bytes], array] | None:
+        """The index snapshot's (digests, sizes), or None when absent or not whole (torn,
+        truncated, tampered): then the index is rebuilt by a full scan."""
+        try:
+            with open(self._snapshot_file, "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        try:
+            return indexsnap.decode(data)
+        except indexsnap.SnapshotError as e:
+            log.warning("index snapshot %s not used (%s): scanning every block",
+                        self._snapshot_file, e)
+            return None
+
+    def _scan_all(self) -> None:
+        """The index from a stat of every block file (no snapshot): sizes and ages from the disk.
+        Digests are kept, the rest in flat arrays (no object per file outlives the scan)."""
+        digests: list[bytes] = []
+        mtimes, sizes = array("q"), array("q")
+        for sub, names, ds in self._block_dirs():
+            self.index_stats += len(names)
+            for name, d in zip(names, ds):
+                st = self._stat_block(sub, name)
+                if st is not None:
+                    digests.append(d)
+                    mtimes.append(st.st_mtime_ns)
+                    sizes.append(st.st_size)
+        order = array("q", numpy.frombuffer(mtimes, numpy.int64).argsort(kind="stable").tobytes())
+        del mtimes  # the order stays an array: its ints are made one at a time as it is read
+        self._policy.load([digests[i] for i in order], array("q", (sizes[i] for i in order)))
+        self._changes = 1  # no snapshot (or a bad one): write one at the next chance
+
+    def _reconcile(self, digests: list[bytes], sizes: array) -> None:
+        """The index from a snapshot checked against a listing of blocks/ (names only, no stat):
+        entries whose file is gone are dropped, files the snapshot lacks are stat'ed and added,
+        newest last. Sizes of the rest are the snapshot's: a block file never changes under its
+        name, and its bytes are hashed before they are served anyway. So a stale snapshot (a
+        crash, another process writing since) is still a right start, only a slower one."""
+        self.index_source = "snapshot"
+        policy = self._policy
+        policy.load(digests, sizes)
+        del digests, sizes
+        listed = bytearray()  # every digest on disk, 32 bytes each (no object per file)
+        new: list[tuple[int, int, bytes]] = []
+        found = dropped = 0
+        for sub, _, ds in self._block_dirs():
+            listed += b"".join(ds)
+            unknown = policy.missing(ds)
+            found += len(ds) - len(unknown)
+            self.index_stats += len(unknown)
+            for d in unknown:
+                st = self._stat_block(sub, d.hex())
+                if st is not None:
+                    new.append((st.st_mtime_ns, st.st_size, d))
+        if found != len(policy):  # some snapshot entries have no file any more
+            on_disk = {bytes(listed[i:i + DIGEST_SIZE])
+                       for i in range(0, len(listed), DIGEST_SIZE)}
+            for d in policy.missing_from(on_disk):
+                policy.remove(d)
+                dropped += 1
+            del on_disk
+        del listed
+        new.sort()
+        policy.load([d for _, _, d in new], [size for _, size, _ in new])
+        self._changes = dropped + len(new)
+
+    def _block_dirs(self) -> Iterator[tuple[str, list[str], list[bytes]]]:
+        """(subdirectory path, names, digests) of the files under each blocks/xx/ named like a
+        block and placed where the name says. Names only (listdir: no object per file beyond
+        its name); parsed a directory at a time."""
+        for sub in os.scandir(self._blocks_dir):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            prefix = sub.name
+            names = [n for n in os.listdir(sub.path) if len(n) == 2 * DIGEST_SIZE
+                     and n[:2] == prefix]
+            joined = "".join(names)
+            try:  # the whole directory in one parse: lower-case hex, 32 bytes a name
+                raw = bytes.fromhex(joined)
+                ok = len(raw) == DIGEST_SIZE * len(names) and joined.islower()
+            except ValueError:
+                ok = False
+            if ok:
+                ds = [raw[i:i + DIGEST_SIZE] for i in range(0, len(raw), DIGEST_SIZE)]
+            else:  # a stray file (or no name with a letter): one name at a time
+                names = [n for n in names if is_hex_digest(n)]
+                ds = list(map(bytes.fromhex, names))
+            yield sub.path, names, ds
+
+    def _stat_block(self, sub: str, name: str) -> os.stat_result | None:
+        """A block file's stat, or None when it is no regular file or empty (an empty one, left
+        by a crash without fsync, is removed)."""
+        path = f"{sub}/{name}"
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if st.st_size == 0:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            return None
+        return st
+
+    def save_index(self) -> bool:
+        """Write the index snapshot (temp file, fsync, rename: never torn) so the next start
+        need not stat every block. Called at close and periodically; False when it cannot be
+        written (the next start then scans, as it would without one)."""
+        with self._lock:
+            digests, sizes = self._policy.entries()
+            changes = self._changes
+        keep = [i for i, d in enumerate(digests) if len(d) == DIGEST_SIZE]
+        if len(keep) != len(digests):
+            digests, sizes = [digests[i] for i in keep], [sizes[i] for i in keep]
+        data = indexsnap.encode(digests, sizes)
+        del digests, sizes
+        tmp = None
+        try:
+            tmp = self._tmp() / f"index.{uuid.uuid4().hex}"
+            self._write_temp(tmp, data, fsync=True)
+            os.rename(tmp, self._snapshot_file)
+            dfd = os.open(self.root, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            log.warning("cannot write the index snapshot %s: %s", self._snapshot_file, e)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            return False
+        with self._lock:
+            self._changes -= changes
+        return True
+
+    @property
+    def changes(self) -> int:
+        """Blocks added or removed since the last snapshot (or start)."""
+        return self._changes
 
     def _clear_dead_tmp(self) -> None:
         """Remove temp files of processes that are gone (a crash mid-write leaves them)."""
@@ -226,16 +364,7 @@ class BlockStore:
         tmp = None
         try:
             tmp = self._tmp() / f"{to_hex(actual)}.{uuid.uuid4().hex}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._write_temp(tmp, data, fsync=self.fsync)
             final.parent.mkdir(exist_ok=True)
             os.rename(tmp, final)
         except OSError as e:
@@ -251,8 +380,22 @@ class BlockStore:
             self._verified[actual] = (st.st_ino, st.st_size, st.st_mtime_ns)
             if actual not in self._policy:
                 self._policy.insert(actual, len(data))
+                self._changes += 1
             self._evict_locked()
         return actual
+
+    @staticmethod
+    def _write_temp(path: Path, data: bytes | memoryview, *, fsync: bool) -> None:
+        """Write a new file whole (fsynced if asked); the caller renames it into place."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def open_block(self, d: bytes, release: tuple[bytes, int] | None = None) -> tuple[int, int]:
         """Open a block for reading with a lease held: (fd, size). The caller must call
@@ -319,8 +462,11 @@ class BlockStore:
             raise BlockCorrupt(f"block file {path} is truncated or tampered; removed")
 
     def close(self) -> None:
-        """Close the cached block descriptors: a closed node must not keep evicted or deleted
-        block files' space on disk (leased ones close when their lease ends)."""
+        """Write the index snapshot if the index changed, and close the cached block
+        descriptors: a closed node must not keep evicted or deleted block files' space on disk
+        (leased ones close when their lease ends)."""
+        if self._changes:
+            self.save_index()
         with self._lock:
             for d, fd in list(self._fds.items()):
                 if d not in self._leases:
@@ -370,7 +516,8 @@ class BlockStore:
         if fd is not None and d not in self._leases:
             os.close(fd)  # a leased descriptor is closed by close_block instead
         self._verified.pop(d, None)
-        self._policy.remove(d)
+        if self._policy.remove(d):
+            self._changes += 1
         try:
             self.block_path(d).unlink()
         except FileNotFoundError:
@@ -483,6 +630,15 @@ class BlockStore:
                 if d is not None:
                     pinned[d] = pinned.get(d, 0) + 1
         self._pinned_digests = pinned
+
+
+def _release_free_heap() -> None:
+    """Hand the heap pages the index rebuild freed (its lists and buffers) back to the OS
+    (glibc keeps them otherwise: ~60 bytes per block of RSS for nothing)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def _alive(pid: int) -> bool:
