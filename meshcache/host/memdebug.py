@@ -7,6 +7,7 @@ and the sites of later reports are allocations made since, still alive: what gro
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import time
@@ -24,6 +25,37 @@ def rss_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _MallInfo2
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc (>= 2.33)
+        return None
+
+
+def malloc_lines() -> list[str]:
+    """glibc's heap (every arena): bytes in use and bytes free but kept, then RSS after
+    malloc_trim(0) hands the free pages back. Free-but-kept bytes that trim returns are the
+    allocator's fragmentation, not a leak; bytes in use that grow are."""
+    libc = _libc()
+    if libc is None:
+        return ["(malloc statistics: glibc >= 2.33 only)"]
+    m = libc.mallinfo2()
+    lines = [f"malloc_heap_bytes {m.arena + m.hblkhd} (mmapped {m.hblkhd})",
+             f"malloc_in_use_bytes {m.uordblks + m.hblkhd}", f"malloc_free_bytes {m.fordblks}"]
+    libc.malloc_trim(0)
+    lines.append(f"rss_bytes_after_malloc_trim {rss_bytes()}")
+    return lines
 
 
 def _types() -> Counter[str]:
@@ -48,7 +80,7 @@ class MemoryReporter:
         self.count += 1
         lines = [f"# meshcache memory report {self.count}, pid {os.getpid()}, "
                  f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-                 f"rss_bytes {rss_bytes()}"]
+                 f"rss_bytes {rss_bytes()}", *malloc_lines()]
         types = _types()
         lines.append(f"\n## live objects by type (count, change since report {self.count - 1})")
         delta = types.copy()
