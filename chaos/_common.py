@@ -35,11 +35,12 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def rss(pid: int | str = "self") -> int:
-    """Resident set size of a process in bytes (Linux /proc)."""
+def rss(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """Resident set size of a process in bytes (Linux /proc); field RssAnon: its anonymous
+    memory alone (heap), RssFile: mapped files (libraries)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 

@@ -5,9 +5,10 @@ garbage datagrams arrive. Its RSS growth after warm-up (target <= 5%) and its op
 (flat) are sampled every few seconds.
 
 While tracing a cause: --seconds shortens it, --trace-dir takes memory reports of the
-daemon (SIGUSR1, MESHCACHE_TRACE_FRAMES: allocations traced from the first) at the end of warm-up,
-at mid-run and at the end, kept in that directory; --series prints every sample to stderr. The daemon inherits the environment,
-so allocator experiments (MALLOC_ARENA_MAX=2, ...) go in front of the command."""
+daemon (SIGUSR1; MESHCACHE_TRACE_FRAMES, default 25 here, 0: no tracing) at the end of warm-up,
+at mid-run and at the end, kept in that directory; --series prints every sample to stderr.
+The daemon inherits the environment, so allocator experiments (MALLOC_ARENA_MAX=2,
+GLIBC_TUNABLES=...) go in front of the command."""
 
 from __future__ import annotations
 
@@ -101,7 +102,9 @@ def main() -> None:
                 last_sample = now
                 samples.append((now, rss(daemon.pid), open_fds(daemon.pid)))
                 if args.series:
-                    log(f"t={now:.0f}s rss={samples[-1][1] / MiB:.1f}MB fds={samples[-1][2]} "
+                    log(f"t={now:.0f}s rss={samples[-1][1] / MiB:.1f}MB "
+                        f"anon={rss(daemon.pid, 'RssAnon') / MiB:.1f}MB "
+                        f"file={rss(daemon.pid, 'RssFile') / MiB:.1f}MB fds={samples[-1][2]} "
                         f"reads={reads}")
             if report_at and now >= report_at[0]:
                 report_at.pop(0)

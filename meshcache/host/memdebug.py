@@ -1,6 +1,7 @@
-"""Memory reports of a running daemon, on SIGUSR1: RSS, live objects by type and (with
-the `trace_frames` config key) the top allocation sites, each as a difference from the previous report,
-so an operator can tell a growing structure from a filled cache.
+"""Memory reports of a running daemon, on SIGUSR1: RSS, glibc's heap, live objects by type and
+(with the `trace_frames` config key) the top allocation sites, each as a difference from the
+previous report, so an operator can tell a growing structure from a filled cache or from the
+allocator keeping freed memory.
 
 Tracing starts at the first report (N frames per traceback), so it costs nothing until asked
 and the sites of later reports are allocations made since, still alive: what grows."""
@@ -95,15 +96,17 @@ class MemoryReporter:
             traced, peak = tracemalloc.get_traced_memory()
             lines.append(f"\n## traced now {traced} bytes, peak {peak}")
             if self._snapshot is not None:
-                lines.append("\n## allocation sites by traceback, change since last report")
+                lines.append("\n## allocation sites by traceback, change since the last report")
                 stats = snap.compare_to(self._snapshot, "traceback")
             else:
-                lines.append("\n## allocation sites by traceback (first report)")
+                lines.append("\n## allocation sites by traceback, made since the last report "
+                             "(tracing started there) and still alive")
                 stats = snap.statistics("traceback")
             for stat in stats[:self.top]:  # headed by the innermost frame: where it was made
                 site = stat.traceback[-1]
                 lines.append(f"\n{site.filename}:{site.lineno}: {str(stat).split(': ', 1)[1]}")
-                lines += [f"    {frame}" for frame in stat.traceback.format()[-16:]]
+                # file:line only: formatting source lines would fill linecache (and the report)
+                lines += [f"    {f.filename}:{f.lineno}" for f in list(stat.traceback)[-16:]]
             self._snapshot = snap
         elif self.trace_frames > 0:
             tracemalloc.start(self.trace_frames)
