@@ -1,15 +1,16 @@
 """Surfaces: a hot object read through the FUSE mount and through the S3 gateway, each against a
 baseline measured in the same run.
 
-FUSE: the first read through a fresh mount (every request through the FUSE handler) and a second
-read (kernel page cache kept: keep_cache), against plain reads of the object's block files.
+FUSE: the first read through a mount (every request through the FUSE handler: the file's pages
+dropped before each round) and a reread (kernel page cache kept: keep_cache), against plain
+reads of the object's block files with the same 1 MiB buffer; rounds alternate, best of each.
 S3: boto3 get_object of the hot object through the gateway (served by `meshcached` with
 s3_listen) against the same boto3 reading the block-assembled file from nginx on 127.0.0.1; and
 a cold gateway read (the gateway fetching from that nginx as its origin) against boto3 reading
 the origin directly.
 
 Last line: {"fuse_first_ratio", "fuse_reread_ratio", "s3_gateway_MBps", "s3_static_MBps",
-"s3_ratio", "s3_cold_ratio", ...}. Targets: fuse_first >= 0.25, fuse_reread >= 0.8, s3 >= 0.8.
+"s3_ratio" (best rounds), "s3_median_ratio", "s3_cold_ratio", ...}. Targets: fuse_first >= 0.25, fuse_reread >= 0.8, s3 >= 0.8.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,15 @@ def free_port() -> int:
 
 def read_paths(paths: list[str]) -> int:
     return read_files(paths, bytearray(CHUNK))
+
+
+def drop_pages(path: str) -> None:
+    """Drop a file's pages from the kernel's page cache, so its next read goes to the mount."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def timed(fn, *args) -> tuple[float, int]:
@@ -178,9 +189,6 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
                 shutil.copyfileobj(f, out, 8 * MiB)
     make_file(os.path.join(www, "cold.bin"), size, 2)
 
-    raw = max(size / timed(read_paths, blocks)[0] for _ in range(rounds)) / MiB
-    log(f"plain reads of the block files: {raw:.0f} MiB/s")
-
     # ---- FUSE ----
     os.makedirs(mnt)
     env = dict(os.environ, MESHCACHE_CACHE_DIR=cache, MESHCACHE_BLOCK_SIZE=str(block),
@@ -194,10 +202,15 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
     assert n == size, (n, size)
     fuse_fresh = size / secs / MiB
     path = os.path.join(mnt, "hot.bin")
-    secs, n = timed(read_paths, [path])
-    assert n == size, (n, size)
-    fuse_first = size / secs / MiB
-    fuse_reread = max(size / timed(read_paths, [path])[0] for _ in range(rounds)) / MiB
+    raw = fuse_first = fuse_reread = 0.0
+    for _ in range(rounds):  # alternating with the baseline (the load moves), best of each
+        raw = max(raw, size / timed(read_paths, blocks)[0] / MiB)
+        drop_pages(path)  # so every request of the first read goes to the FUSE handler
+        secs, n = timed(read_paths, [path])
+        assert n == size, (n, size)
+        fuse_first = max(fuse_first, size / secs / MiB)
+        fuse_reread = max(fuse_reread, size / timed(read_paths, [path])[0] / MiB)
+    log(f"plain reads of the block files: {raw:.0f} MiB/s")
     log(f"FUSE first read {fuse_first:.0f} MiB/s (in a fresh mount process, verifying each "
         f"block once: {fuse_fresh:.0f} MiB/s), reread {fuse_reread:.0f} MiB/s")
     stop(fuse)
@@ -213,15 +226,27 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
                       aws_access_key_id=KEY, aws_secret_access_key=SECRET)
     static = boto3.client("s3", endpoint_url=static_url, region_name="us-east-1",
                           config=BotoConfig(signature_version=UNSIGNED))
-    s3_gw = s3_static = 0.0
-    for _ in range(rounds):  # alternating, best of each
+    # The daemon's first read checks each block file once (BLAKE3; lazy verification, as the
+    # FUSE twin above): timed apart, so the hot rounds measure serving, as nginx's do.
+    secs, n = timed(boto_read, gw, "hot", "hot.bin")
+    assert n == size, (n, size)
+    s3_gw_first = size / secs / MiB
+    gw_rates: list[float] = []
+    static_rates: list[float] = []
+    # Alternating rounds; the best of each and the ratio of medians (steadier on a shared
+    # machine, where one lucky round makes a best).
+    for _ in range(max(rounds, 5)):
         secs, n = timed(boto_read, gw, "hot", "hot.bin")
         assert n == size, (n, size)
-        s3_gw = max(s3_gw, size / secs / MiB)
+        gw_rates.append(size / secs / MiB)
         secs, n = timed(boto_read, static, "bench", "hot.bin")
         assert n == size, (n, size)
-        s3_static = max(s3_static, size / secs / MiB)
-    log(f"boto3 get_object: gateway (hot) {s3_gw:.0f} MiB/s, nginx {s3_static:.0f} MiB/s")
+        static_rates.append(size / secs / MiB)
+    s3_gw, s3_static = max(gw_rates), max(static_rates)
+    s3_median_ratio = statistics.median(gw_rates) / statistics.median(static_rates)
+    log(f"boto3 get_object: gateway (hot) {s3_gw:.0f} MiB/s (the daemon's first read, "
+        f"checking each block: {s3_gw_first:.0f} MiB/s), nginx {s3_static:.0f} MiB/s; "
+        f"medians {statistics.median(gw_rates):.0f} and {statistics.median(static_rates):.0f}")
     secs, n = timed(boto_read, gw, "cold", "cold.bin")
     assert n == size, (n, size)
     cold_gw = size / secs / MiB
@@ -233,6 +258,7 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
             "fuse_first_ratio": fuse_first / raw, "fuse_reread_ratio": fuse_reread / raw,
             "fuse_fresh_process_MBps": fuse_fresh, "fuse_fresh_process_ratio": fuse_fresh / raw,
             "s3_gateway_MBps": s3_gw, "s3_static_MBps": s3_static, "s3_ratio": s3_gw / s3_static,
+            "s3_median_ratio": s3_median_ratio, "s3_gateway_first_MBps": s3_gw_first,
             "s3_cold_gateway_MBps": cold_gw, "s3_cold_direct_MBps": direct,
             "s3_cold_ratio": cold_gw / direct, "fsync": fsync}
 

@@ -53,6 +53,7 @@ def seeds() -> dict[str, list[bytes]]:
             wire.Block(3, d[2], 65536), wire.Miss(4, d[3]),
             wire.GetManifest(5, "s3://b/k", "etag:x", 123456),
             wire.ManifestMsg(6, 65536, (d[0], None, d[1])),
+            wire.GetVersion(10, "s3://b/k"), wire.VersionMsg(11, "etag:x", 123456, 86_399_000),
             wire.Summary(b"node-b", 9, rng.randbytes(100)), wire.Ping(7), wire.Ack(8),
             wire.Error(9, "no"), wire.Leave(b"node-c", 2)]
     f = BloomFilter(1024, 4)

@@ -195,6 +195,8 @@ class Config:
         base = dict(preset="wan", mdns=True, ping_interval=5.0, suspect_timeout=30.0,
                     indirect_checks=3, sync_interval=60.0, request_timeout=60.0,
                     metadata_ttl=60.0, dht_listen="0.0.0.0:7947", dht_record_ttl=3600.0,
+                    # 5 s: replies from a busy 2-core host took up to 2.2 s, and 1 s gave
+                    # up on over half of them (benchmarks/dht_load.py, docs/wan.md)
                     dht_republish=1800.0, dht_rpc_timeout=5.0,
                     # Peers in other zones are reached over paths with a 1500-byte MTU that the
                     # local interface does not show (and QUIC sets don't-fragment): 1452-byte
@@ -222,26 +224,20 @@ class Config:
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> "Config":
         """Load a TOML file (flat keys, or under a [meshcache] table)."""
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path}: {e}") from None
-        if set(data) == {"meshcache"} and isinstance(data["meshcache"], dict):
-            data = data["meshcache"]
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(_read_toml(path), source=str(path))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
-        """MESHCACHE_CONFIG names a TOML file; MESHCACHE_<KEY> variables override its keys."""
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> "Config":
+        """MESHCACHE_CONFIG names a TOML file; MESHCACHE_<KEY> variables override its keys, and
+        `overrides` (command-line options) override both; a `preset` among them starts from that
+        preset's values, keeping only the keys set explicitly."""
         env = os.environ if environ is None else environ
         data: dict[str, Any] = {}
         path = env.get("MESHCACHE_CONFIG")
         if path:
-            cfg = cls.from_toml(path)
-            data = {k: v for k, v in dataclasses.asdict(cfg).items()}
+            cls.from_toml(path)  # its errors name the file
+            data = _read_toml(path)  # only the keys it sets: a preset override keeps them
         known = {f.name for f in dataclasses.fields(cls)}
         for name, value in env.items():
             if not name.startswith("MESHCACHE_") or name in _NOT_KEYS:
@@ -250,6 +246,7 @@ class Config:
             if key not in known:
                 raise ConfigError(f"environment: {name}: unknown configuration key")
             data[key] = _from_env_string(key, value)
+        data.update(overrides or {})
         return cls.from_dict(data, source="environment")
 
     # ---- validation ------------------------------------------------------------------------------
@@ -377,6 +374,20 @@ _PRESETS = ("local", "lan", "wan")
 _NOT_KEYS = ("MESHCACHE_CONFIG", "MESHCACHE_DAEMON")
 _SIZE_KEYS = {"capacity", "block_size", "egress_rate", "ingress_rate", "peer_egress_rate",
               "peer_ingress_rate", "zone_egress_rate", "zone_ingress_rate"}
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The keys of a TOML config file (flat, or under a [meshcache] table)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    if set(data) == {"meshcache"} and isinstance(data["meshcache"], dict):
+        data = data["meshcache"]
+    return data
 
 
 def _field_types() -> dict[str, str]:

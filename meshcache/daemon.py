@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 @click.option("--zone", help="This node's zone (a LAN or datacenter).")
 @click.option("--listen", help="host:port for peers (overrides the config).")
 @click.option("--peer", "peers", multiple=True, help="A static peer host:port (repeatable).")
+@click.option("--dht-listen", help="UDP host:port of this node's DHT endpoint (zones meet "
+              "through it; '' turns it off).")
+@click.option("--dht-bootstrap", multiple=True, help="The DHT host:port of any node in any zone "
+              "to join through (repeatable).")
 @click.option("--credential-file", type=click.Path(dir_okay=False),
               help="File holding the cluster credential (`meshcache secret` makes one).")
 @click.option("--socket", "socket_path", help="Unix socket of the local API (default: "
@@ -48,7 +52,8 @@ if TYPE_CHECKING:
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.version_option(package_name="meshcache", prog_name="meshcached")
 def main(config_path: str | None, preset: str | None, cache_dir: str | None, zone: str | None,
-         listen: str | None, peers: tuple[str, ...], credential_file: str | None,
+         listen: str | None, peers: tuple[str, ...], dht_listen: str | None,
+         dht_bootstrap: tuple[str, ...], credential_file: str | None,
          socket_path: str | None, socket_group: str | None, metrics_listen: str | None,
          verbose: int) -> None:
     """Serve this host's cache: the local API to its processes, peers over QUIC, metrics and a
@@ -57,17 +62,18 @@ def main(config_path: str | None, preset: str | None, cache_dir: str | None, zon
     if config_path:
         env["MESHCACHE_CONFIG"] = config_path
     try:
-        cfg = Config.from_env(env)
-        overrides = cfg.to_dict()
+        overrides: dict[str, object] = {}  # a --preset keeps only what was set explicitly
         for key, value in (("preset", preset), ("cache_dir", cache_dir), ("zone", zone),
                            ("listen", listen), ("cluster_secret_file", credential_file),
                            ("daemon_socket", socket_path), ("socket_group", socket_group),
-                           ("metrics_listen", metrics_listen)):
+                           ("metrics_listen", metrics_listen), ("dht_listen", dht_listen)):
             if value is not None:
                 overrides[key] = value
         if peers:
             overrides["peers"] = list(peers)
-        cfg = Config.from_dict(overrides)
+        if dht_bootstrap:
+            overrides["dht_bootstrap"] = list(dht_bootstrap)
+        cfg = Config.from_env(env, overrides)
     except (ConfigError, ValueError) as e:
         click.echo(f"meshcached: error: {e}", err=True)
         sys.exit(6)

@@ -41,9 +41,13 @@ class StoreServer:
     origin: dict[str, bytes] = field(default_factory=dict)
     origin_reads: list[tuple[str, int]] = field(default_factory=list)
     manifests: dict[bytes, Manifest] = field(default_factory=dict)
+    versions: dict[str, tuple[ObjectVersion, float]] = field(default_factory=dict)
 
     def known_manifest(self, version: ObjectVersion) -> Manifest | None:
         return self.manifests.get(version.key)
+
+    def confirmed_version(self, url: str) -> tuple[ObjectVersion, float] | None:
+        return self.versions.get(url)
 
     async def fetch_request(self, request: BlockRequest) -> Fetched:
         start, end = request.span

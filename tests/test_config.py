@@ -90,3 +90,22 @@ def test_peer_origins_and_liar_expel_after():
         Config.local(peer_origins=["/etc"])
     with pytest.raises(ConfigError, match="liar_expel_after"):
         Config.local(liar_expel_after=0)
+
+
+def test_a_command_line_preset_starts_from_its_values_and_keeps_explicit_keys(tmp_path):
+    """`meshcached --preset wan` with a TOML file and MESHCACHE_* variables: the wan preset's
+    values (its DHT endpoint, WAN datagram size), except the keys the file, the environment or
+    other options set."""
+    from tests.conftest import CLUSTER_SECRET
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('zone = "dc2"\nping_interval = 2.0\n')
+    env = {"MESHCACHE_CONFIG": str(toml), "MESHCACHE_DHT_RPC_TIMEOUT": "3",
+           "MESHCACHE_CLUSTER_SECRET": CLUSTER_SECRET}
+    cfg = Config.from_env(env, {"preset": "wan", "dht_bootstrap": ["10.0.0.5:7947"]})
+    wan = Config.wan(cluster_secret=CLUSTER_SECRET)
+    assert cfg.preset == "wan" and cfg.dht_listen == wan.dht_listen == "0.0.0.0:7947"
+    assert cfg.max_datagram_size == wan.max_datagram_size and cfg.mdns is True
+    assert cfg.zone == "dc2" and cfg.ping_interval == 2.0 and cfg.dht_rpc_timeout == 3.0
+    assert cfg.dht_bootstrap == ["10.0.0.5:7947"]
+    assert Config.from_env(env).preset == "local" and Config.from_env(env).dht_listen == ""

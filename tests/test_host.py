@@ -178,3 +178,43 @@ def test_a_tampered_block_file_is_not_read_by_a_client(short_dir, origin):
             assert origin.bytes_sent == len(data) + SMALL_BLOCK
         finally:
             node.close()
+
+
+def test_sigterm_with_clients_connected_exits_cleanly(short_dir):
+    """SIGTERM while local clients are connected (one idle after a request, one connected and
+    silent): the daemon exits 0 and logs no traceback."""
+    import signal
+    import sys
+    import time
+
+    env = dict(os.environ)
+    env.update(cache_env(short_dir, metrics_listen=""))
+    env.pop("MESHCACHE_DAEMON", None)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "meshcache.daemon", "-v"], env=env,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        client = DaemonClient(os.path.join(short_dir, "meshcached.sock"), timeout=10)
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            ready = json.loads(proc.stdout.readline())
+            assert json.loads(client.call("hello"))["pid"] == proc.pid
+            silent.connect(ready["socket"])
+            for _ in range(100):  # the silent one is accepted by the daemon's loop
+                if json.loads(client.call("stats"))["local_clients"] == 2:
+                    break
+                time.sleep(0.05)
+            assert json.loads(client.call("stats"))["local_clients"] == 2
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(30)
+        finally:
+            client.close()
+            silent.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        err.seek(0)
+        log = err.read()
+    assert code == 0, log
+    assert "Traceback" not in log and "CancelledError" not in log, log
+    assert "shutting down" in log and "stopped" in log  # it did get the signal (-v logs it)

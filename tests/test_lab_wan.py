@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -220,6 +221,52 @@ def test_meshcache_lab_up_and_down_from_the_installed_command(needs_lab: None) -
         gone = json.loads(meshcache("down", prefix, "--json"))
     assert gone["destroyed"] == [prefix]
     assert lab_leftovers(prefix) == []
+
+
+@pytest.mark.timeout(180)
+def test_meshcache_lab_up_zones_mesh_nodes_meet_across_zones(needs_lab: None) -> None:
+    """`meshcache lab up 4 --zones 2 --mesh`: each node gets its zone, a DHT endpoint and a
+    bootstrap address in the other zone, so `meshcache peers` on a host of each zone shows the
+    other zone; `down` removes the lab and its files."""
+    exe = shutil.which("meshcache", path=os.path.dirname(sys.executable))
+
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                              check=True).stdout
+
+    built = json.loads(run(exe, "lab", "up", "4", "--zones", "2", "--mesh", "--no-origin",
+                           "--json"))
+    prefix = built["prefix"]
+    try:
+        nodes = built["nodes"]
+        assert {n["zone"] for n in nodes.values()} == {"a", "b"}
+
+        def peers(host: str, *extra: str) -> str:
+            return run("ip", "netns", "exec", host, exe, "--cache-dir",
+                       nodes[host]["cache_dir"], "peers", *extra)
+
+        def remote(status: dict, zone: str) -> set[str]:
+            return set(status.get("remote_zones") or {}) - {zone}
+
+        began = time.monotonic()
+        deadline = began + 60    # daemons join (retries from 1 s); status written every round
+        while time.monotonic() < deadline:   # the status files `peers` reads, polled cheaply
+            try:
+                seen = {h: remote(json.loads((Path(n["cache_dir"]) / "mesh.json").read_text()),
+                                  n["zone"]) for h, n in nodes.items()}
+            except (OSError, ValueError):
+                seen = {}
+            if seen and all(seen.values()):
+                break
+            time.sleep(0.5)
+        print(f"every node saw the other zone {time.monotonic() - began:.1f} s after `up`")
+        assert all(seen[h] == {"b" if n["zone"] == "a" else "a"} for h, n in nodes.items()), seen
+        for h, other in ((f"{prefix}-a0", "b"), (f"{prefix}-b1", "a")):   # what `peers` shows
+            assert f"remote zones seen: {other} (" in peers(h)
+    finally:
+        gone = json.loads(run(exe, "lab", "down", prefix, "--json"))
+    assert gone["destroyed"] == [prefix]
+    assert lab_leftovers(prefix) == [] and not os.path.exists(built["data_dir"])
 
 
 # --------------------------------------------------------------------------- zones through the DHT

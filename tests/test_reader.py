@@ -32,6 +32,29 @@ def test_cold_then_hot(node, local_object):
     assert st["bytes_from_origin"] == len(data)
 
 
+def test_lease_gives_block_file_spans_of_the_bytes(node, local_object):
+    """lease(n): where the next n bytes lie in block files (fds leased, position moved); the
+    bytes read from those spans are the object's, across block boundaries and at the end."""
+    url, data = local_object()
+    node.prewarm([url])
+    with node.open(url) as f:
+        f.seek(SMALL_BLOCK - 7)
+        spans = f.lease(2 * SMALL_BLOCK + 9)
+        assert spans is not None and [n for *_, n in spans] == [7, SMALL_BLOCK, SMALL_BLOCK, 2]
+        assert b"".join(os.pread(fd, n, off) for _, fd, off, n in spans) == \
+            data[SMALL_BLOCK - 7:3 * SMALL_BLOCK + 2]
+        assert f.tell() == 3 * SMALL_BLOCK + 2
+        for d, fd, _, _ in spans:
+            node.store.close_block(d, fd)
+        f.seek(len(data) - 5)
+        tail = f.lease(100)
+        assert tail is not None and sum(n for *_, n in tail) == 5
+        for d, fd, _, _ in tail:
+            node.store.close_block(d, fd)
+        assert f.lease(100) == []
+    assert f.stats["bytes_from_local"] == 2 * SMALL_BLOCK + 9 + 5
+
+
 def test_random_access_matches_slicing(node, local_object):
     url, data = local_object(size=7 * SMALL_BLOCK + 77, seed=5)
     r = random.Random(9)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import boto3
 import botocore
@@ -252,6 +254,77 @@ def test_origin_failure_before_and_after_the_status_line(cache_config):
             assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
             srv.unrefuse("d/x.bin")
             assert s3.get_object(Bucket="web", Key="x.bin")["Body"].read() == data
+        finally:
+            server.close()
+            node.close()
+
+
+def _raw_get(address: tuple[str, int], path: str, rcvbuf: int) -> socket.socket:
+    """A GET sent on a plain socket with a small receive buffer (the gateway must wait for it)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(30)
+    sock.connect(address)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {address[0]}\r\n\r\n".encode())
+    return sock
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_blocks_go_out_to_slow_and_vanishing_clients(cache_config):
+    """Hot blocks (checked by this process or not yet) and cold ones, sent straight from their
+    block files into the socket: a client reading slowly through a small buffer gets every byte
+    in order; one that hangs up mid-body leaves no descriptor behind and the gateway goes on."""
+    from meshcache.lab.httporigin import OriginServer
+
+    nblocks = 160  # 10 MiB: more than the socket buffers hold, so the gateway must wait
+    data = make_bytes(nblocks * SMALL_BLOCK - 123, 21)
+    with OriginServer() as srv:
+        srv.put("d/x.bin", data)
+        url = srv.url_for("d/x.bin")
+        other = Node(cache_config())  # another process's node stored blocks 0-59
+        v = other.version(url)
+        for i in range(60):
+            other.fetch_sync(v, i)
+        other.close()
+        node = Node(cache_config(metadata_ttl=600.0))
+        for i in range(60, 100):  # stored (so checked) by the gateway's own node
+            node.fetch_sync(node.version(url), i)
+        server = GatewayServer(S3Gateway(node, {"web": Bucket("web", srv.url_for("d/"))}, {},
+                                         anonymous=True))
+        address = server.start("127.0.0.1:0")
+        try:
+            sock = _raw_get(address, "/web/x.bin", 4096)
+            got = bytearray()
+            with sock:
+                while b"\r\n\r\n" not in got:
+                    got += sock.recv(4096)
+                head, _, first = bytes(got).partition(b"\r\n\r\n")
+                body = bytearray(first)
+                while len(body) < len(data):
+                    chunk = sock.recv(4096)
+                    assert chunk, "the gateway cut the body short"
+                    body += chunk
+                    if len(body) % (64 * 4096) < 4096:
+                        time.sleep(0.01)  # let the gateway find the socket full
+            assert head.startswith(b"HTTP/1.1 200") and body == data
+            assert node.stats()["bytes_from_origin"] == 100 * SMALL_BLOCK - 123  # 40 + 60 cold
+
+            s3 = client(f"http://{address[0]}:{address[1]}",
+                        signature_version=botocore.UNSIGNED)
+            assert s3.get_object(Bucket="web", Key="x.bin")["Body"].read() == data  # warm fds
+            before = _open_fds()
+            for _ in range(3):
+                with _raw_get(address, "/web/x.bin", 4096) as sock:
+                    sock.recv(65536)
+            deadline = time.monotonic() + 20
+            while _open_fds() > before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _open_fds() <= before
+            part = s3.get_object(Bucket="web", Key="x.bin", Range="bytes=100000-7500000")
+            assert part["Body"].read() == data[100000:7500001]
         finally:
             server.close()
             node.close()

@@ -51,6 +51,26 @@ def test_policy_serves_the_last_confirmed_version_or_nothing(events, window, ret
             assert "http://o:1" in p.outage_message(v.url, down, now)
 
 
+@given(st.floats(0, 1000), st.floats(0, 1000), st.floats(0.1, 500), st.floats(0, 1000))
+def test_a_version_heard_from_the_zone_counts_from_its_confirmation(local_at, heard_at, window,
+                                                                    later):
+    """A zone member's report is kept as if the origin confirmed it then, unless this node knows
+    a later confirmation; it is served and passed on (with its age) within the same window, and
+    it ends no outage."""
+    url = "http://o:1/a"
+    mine, theirs = ObjectVersion(url, "etag:1", 10), ObjectVersion(url, "etag:2", 10)
+    p = OutagePolicy(window, 5)
+    p.confirmed(mine, local_at)
+    p.failed(url, "refused", local_at)
+    p.heard(theirs, heard_at)
+    now = max(local_at, heard_at) + later
+    kept, at = (theirs, heard_at) if heard_at > local_at else (mine, local_at)
+    fresh_enough = now - at <= window
+    assert p.stale(url, now) == (kept if fresh_enough else None)
+    assert p.last_confirmed(url, now) == ((kept, now - at) if fresh_enough else None)
+    assert p.down(url, local_at + 1) is not None  # still down: only the origin ends it
+
+
 def test_outages_are_per_origin():
     p = OutagePolicy(60, 5)
     p.failed("http://a:1/x", "refused", 0)

@@ -59,6 +59,20 @@ def test_damaged_block_is_detected_and_removed(tmp_path, damage):
     assert not path.exists() and d not in s.digests() and s.corrupt_blocks == 1
 
 
+def test_verified_says_which_blocks_open_without_hashing(tmp_path):
+    """A block this process stored or checked is `verified`; one another process stored is not
+    until opened (checked) once; a removed one is not."""
+    data = make_bytes(5000, 5)
+    d = BlockStore(tmp_path, 1 << 20).put(data)
+    s = BlockStore(tmp_path, 1 << 20)  # another process's view: not checked yet
+    assert not s.verified(d)
+    assert s.read_block(d) == data
+    assert s.verified(d)
+    s.remove(d)
+    assert not s.verified(d)
+    assert s.verified(s.put(data))
+
+
 def test_tampering_while_running_is_detected(tmp_path):
     s = BlockStore(tmp_path, 1 << 20)
     d = s.put(make_bytes(5000, 4))

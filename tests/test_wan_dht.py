@@ -249,19 +249,27 @@ def test_announcer_batches_republishes_and_drops_evicted_blocks() -> None:
     assert sorted(k for part in split for k in part) == sorted(keys)  # each key exactly once
 
 
-def test_maintain_joins_once_the_bootstrap_node_appears() -> None:
+def test_a_node_started_before_its_bootstrap_joins_within_seconds_of_it() -> None:
+    """Maintenance at the real 30 s interval: the join retries back off from 1 s, so a node
+    whose bootstrap comes up 3 s after it has joined a few seconds later (not at 30 s)."""
     async def run() -> None:
         net = MemoryNetwork()
         a = Dht(b"a", "za", ("10.0.0.1", 7946), SECRET, rpc_timeout=0.2)
         b = Dht(b"b", "zb", ("10.0.0.2", 7946), SECRET, rpc_timeout=0.2)
         b.attach(net, ("10.0.0.2", 4000))
-        task = asyncio.get_running_loop().create_task(b.maintain([("10.0.0.1", 4000)], 0.1))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(b.maintain([("10.0.0.1", 4000)], 30.0))
         try:
-            await asyncio.sleep(0.5)
-            assert b.contacts() == 0
-            a.attach(net, ("10.0.0.1", 4000))  # starts later
-            await asyncio.sleep(0.6)
+            await asyncio.sleep(3.0)
+            assert b.contacts() == 0 and b.stats["rpc_ping"] >= 2  # kept trying meanwhile
+            a.attach(net, ("10.0.0.1", 4000))
+            up = loop.time()
+            while not (b.contacts() and a.contacts()) and loop.time() - up < 10:
+                await asyncio.sleep(0.05)
+            joined = loop.time() - up
+            print(f"joined {joined:.2f} s after the bootstrap node came up")
             assert b.contacts() == 1 and a.contacts() == 1
+            assert joined < 6.0  # the next retry is due within 4 s of 3 s (1+2, then 4)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -45,6 +45,9 @@ class Host:
     def known_manifest(self, version: ObjectVersion) -> Manifest | None:
         return self.manifests.get(version.key)
 
+    def confirmed_version(self, url: str) -> tuple[ObjectVersion, float] | None:
+        return None  # no origin behind this stand-in
+
 
 async def _zone_node(tmp: str, zone: str, bootstrap: list | None = None,
                      secret: str = SECRET) -> tuple[Host, PeerService, Dht]:

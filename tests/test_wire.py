@@ -31,6 +31,8 @@ messages = st.one_of(
     st.builds(wire.Block, uints, digests, uints),
     st.builds(wire.Miss, uints, st.one_of(digests, st.just(b""))),
     st.builds(wire.GetManifest, uints, texts, texts, uints),
+    st.builds(wire.GetVersion, uints, texts),
+    st.builds(wire.VersionMsg, uints, texts, uints, uints),
     st.builds(wire.ManifestMsg, uints, uints,
               st.lists(st.one_of(st.none(), digests), max_size=20).map(tuple)),
     st.builds(wire.Summary, node_ids, uints, st.binary(max_size=200)),
@@ -141,6 +143,13 @@ def envelope(*items) -> bytes:
     (envelope(1, wire.TYPE_OF[wire.Hello], b"n", 4, b"", 1, "z", 70000), "not a port"),
     (envelope(1, wire.TYPE_OF[wire.ManifestMsg], 1, 4, [b"x"]), "32-byte digest"),
     (envelope(1, wire.TYPE_OF[wire.SummaryDelta], b"n", 5, 5, b""), "after"),
+    (envelope(1, wire.TYPE_OF[wire.GetVersion], 1), "expected 2..2 fields"),
+    (envelope(1, wire.TYPE_OF[wire.GetVersion], 1, "u" * (wire.MAX_URL + 1)), "url"),
+    (envelope(1, wire.TYPE_OF[wire.GetVersion], 1, b"url"), "url"),
+    (envelope(1, wire.TYPE_OF[wire.VersionMsg], 1, "t" * (wire.MAX_TOKEN + 1), 5, 0), "token"),
+    (envelope(1, wire.TYPE_OF[wire.VersionMsg], 1, "t", 5, -1), "negative"),
+    (envelope(1, wire.TYPE_OF[wire.VersionMsg], 1, "t", 5, "0"), "age_ms"),
+    (envelope(1, wire.TYPE_OF[wire.VersionMsg], 1, "t", 5), "expected 4..4 fields"),
     (cbor2.dumps({"v": 1}), "maps"),
     (cbor2.dumps(cbor2.CBORTag(1, [1, 10, 1])), "tags"),
     (bytes([0x9F, 0x01, 0x0A, 0x01, 0xFF]), "indefinite"),
@@ -231,3 +240,23 @@ def test_decode_items_is_bounded_and_unchecked():
         wire.decode_items(cbor2.dumps([b"x" * 600]), max_size=512)
     with pytest.raises(WireError, match="array"):
         wire.decode_items(cbor2.dumps(b"x"))
+
+
+fields_any = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**64),
+                       st.text(max_size=9000), st.binary(max_size=64))
+
+
+@given(st.sampled_from([wire.GetVersion, wire.VersionMsg]),
+       st.lists(fields_any, max_size=6))
+def test_version_messages_decode_only_within_their_bounds(cls, values):
+    """GET_VERSION / VERSION: whatever the fields, a decoded message is within every cap."""
+    try:
+        msg = wire.decode(envelope(1, wire.TYPE_OF[cls], *values))
+    except WireError:
+        return
+    assert type(msg) is cls and 0 <= msg.request_id < 2**63
+    if cls is wire.GetVersion:
+        assert type(msg.url) is str and len(msg.url) <= wire.MAX_URL
+    else:
+        assert type(msg.token) is str and len(msg.token) <= wire.MAX_TOKEN
+        assert all(type(x) is int and 0 <= x < 2**63 for x in (msg.size, msg.age_ms))

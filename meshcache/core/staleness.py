@@ -5,6 +5,9 @@ object"), a node may keep serving the last version it confirmed, for `stale_if_e
 after that confirmation (as HTTP's stale-if-error, RFC 5861). After one failure an origin is
 treated as down for `retry_after` seconds: stats are not sent (no pile of timeouts); reads of
 what the node knows are served stale, the rest fail at once with the origin's last error.
+A node that knows no version of a URL asks its zone (read/zoneversion.py): a member answers with
+the version its origin last confirmed and how long ago (`last_confirmed`), and the asker keeps it
+as if confirmed then (`heard`), so it is served under the same window and passed on unaged.
 Pure: callers pass `now` (monotonic seconds).
 """
 
@@ -53,11 +56,29 @@ class OutagePolicy:
 
     def confirmed(self, version: ObjectVersion, now: float) -> None:
         """The origin answered a stat with `version`: it is up and this is the URL's version."""
-        self._confirmed[version.url] = (version, now)
+        self._keep(version, now)
+        self._outages.pop(origin_of(version.url), None)
+
+    def _keep(self, version: ObjectVersion, confirmed_at: float) -> None:
+        self._confirmed[version.url] = (version, confirmed_at)
         self._confirmed.move_to_end(version.url)
         if len(self._confirmed) > MAX_REMEMBERED:  # the least recently confirmed go first
             self._confirmed.popitem(last=False)
-        self._outages.pop(origin_of(version.url), None)
+
+    def heard(self, version: ObjectVersion, confirmed_at: float) -> None:
+        """A zone member reports the origin confirmed `version` at `confirmed_at` (its age taken
+        from now): kept unless this node knows a later confirmation. Ends no outage."""
+        old = self._confirmed.get(version.url)
+        if old is None or old[1] < confirmed_at:
+            self._keep(version, confirmed_at)
+
+    def last_confirmed(self, url: str, now: float) -> tuple[ObjectVersion, float] | None:
+        """(version, seconds since the origin confirmed it) while it may still be served stale;
+        what this node tells a zone member that asks (None: nothing to tell)."""
+        entry = self._confirmed.get(url)
+        if entry is None or not may_serve_stale(entry[1], now, self.stale_if_error):
+            return None
+        return entry[0], now - entry[1]
 
     def forget(self, url: str) -> None:
         """The origin said the object is gone: nothing of it may be served stale."""
@@ -80,13 +101,13 @@ class OutagePolicy:
 
     def stale(self, url: str, now: float) -> ObjectVersion | None:
         """The version to serve while the URL's origin fails, or None (then the read fails)."""
-        entry = self._confirmed.get(url)
-        if entry is None or not may_serve_stale(entry[1], now, self.stale_if_error):
-            return None
-        return entry[0]
+        known = self.last_confirmed(url, now)
+        return None if known is None else known[0]
 
-    def outage_message(self, url: str, outage: Outage, now: float) -> str:
-        """The error of a read that cannot be served: names the origin and how long it is down."""
+    def outage_message(self, url: str, outage: Outage, now: float, asked: int = 0) -> str:
+        """The error of a read that cannot be served: names the origin and how long it is down
+        (and how many zone members were asked for a version in vain)."""
+        where = f" here or by the {asked} zone member{'s' * (asked != 1)} asked" if asked else ""
         return (f"{url}: the origin {outage.origin} is unreachable (failing for "
-                f"{now - outage.since:.0f} s: {outage.error}) and no copy of this object is known "
-                f"to be current (stale_if_error = {self.stale_if_error:g} s)")
+                f"{now - outage.since:.0f} s: {outage.error}) and no copy of this object is known"
+                f"{where} to be current (stale_if_error = {self.stale_if_error:g} s)")

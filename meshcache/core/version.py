@@ -35,6 +35,12 @@ class ObjectVersion:
         return self.token[4:] if self.token.startswith("vid:") else None
 
 
+def url_key(url: str) -> bytes:
+    """32 bytes naming a URL whatever its version: which zone member is asked first for the
+    URL's last known version (rendezvous)."""
+    return blake3.blake3(f"url\0{url}".encode()).digest()
+
+
 def token_from_info(info: Mapping[str, Any]) -> str:
     """The version token of an fsspec `info()` result: ETag-like fields first, else mtime+size."""
     vid = info.get("VersionId")

@@ -36,7 +36,8 @@ from meshcache.core.membership import Ack, Gossip, Leave, Ping, PingReq, State, 
 
 __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "MAX_DEPTH", "DIGEST_SIZE", "NO_DIGEST", "WireError",
-    "Hello", "GetBlock", "Block", "Miss", "GetManifest", "ManifestMsg", "Summary",
+    "Hello", "GetBlock", "Block", "Miss", "GetManifest", "ManifestMsg", "GetVersion",
+    "VersionMsg", "Summary",
     "SummaryDelta", "Ping", "Ack", "Error", "Leave", "PingReq", "Sync", "Gossip", "Update",
     "State", "Message", "TYPE_OF", "encode", "decode", "decode_value", "decode_items",
     "ERR_BAD_REQUEST", "ERR_BLOCK_SIZE", "ERR_AUTH", "ERR_TOO_LARGE", "ERR_NOT_FOUND",
@@ -241,6 +242,37 @@ class ManifestMsg:
 
 
 @dataclass(frozen=True)
+class GetVersion:
+    """GET_VERSION: ask a zone member for the version of `url` its origin last confirmed to it
+    (sent while the origin fails and the asker knows no version of the URL)."""
+
+    request_id: int
+    url: str
+
+    def __post_init__(self) -> None:
+        _uint("request_id", self.request_id)
+        _text("url", self.url, MAX_URL)
+
+
+@dataclass(frozen=True)
+class VersionMsg:
+    """VERSION: the answer to GET_VERSION: the version's token and size (with the URL, its key)
+    and how long ago, in milliseconds, the origin last confirmed it. MISS when none is known
+    within the answering node's stale_if_error."""
+
+    request_id: int
+    token: str
+    size: int
+    age_ms: int
+
+    def __post_init__(self) -> None:
+        _uint("request_id", self.request_id)
+        _text("token", self.token, MAX_TOKEN)
+        _uint("size", self.size)
+        _uint("age_ms", self.age_ms)
+
+
+@dataclass(frozen=True)
 class Summary:
     """SUMMARY: a node's whole Bloom summary (`BloomFilter.encode()`) at one generation."""
 
@@ -285,8 +317,8 @@ class Error:
         _text("text", self.text, MAX_TEXT)
 
 
-Message = Union[Hello, GetBlock, Block, Miss, GetManifest, ManifestMsg, Summary, SummaryDelta,
-                Ping, Ack, Error, Leave, PingReq, Sync, Gossip]
+Message = Union[Hello, GetBlock, Block, Miss, GetManifest, ManifestMsg, GetVersion, VersionMsg,
+                Summary, SummaryDelta, Ping, Ack, Error, Leave, PingReq, Sync, Gossip]
 
 
 def _swim(cls: type, *checks: Callable[[str, object], object]
@@ -329,7 +361,8 @@ _SWIM_CHECKS: dict[type, Callable[[list[object]], list[object]]] = {
     Gossip: _swim(Gossip, _rows)}
 TYPE_OF: dict[type, int] = {Hello: 1, GetBlock: 3, Block: 4, Miss: 5, GetManifest: 6,
                              ManifestMsg: 7, Summary: 8, SummaryDelta: 9, Ping: 10, Ack: 11,
-                             Error: 12, Leave: 13, PingReq: 14, Sync: 15, Gossip: 16}
+                             Error: 12, Leave: 13, PingReq: 14, Sync: 15, Gossip: 16,
+                             GetVersion: 17, VersionMsg: 18}
 _TYPES: dict[int, type] = {t: c for c, t in TYPE_OF.items()}
 _FIELDS: dict[type, tuple[str, ...]] = {c: tuple(f.name for f in fields(c))
                                         for c in _TYPES.values()}

@@ -138,6 +138,10 @@ class LocalApi:
                 pass
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # close() cancels the connections of a stopping daemon: end this one quietly (the
+            # stream server logs a handler that ends cancelled with a traceback)
+            log.debug("local client pid %d: closed by shutdown", cred.pid)
         finally:
             self.clients -= 1
             writer.close()

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 PORT = 7946
+DHT_PORT = 7947  # UDP, the wan preset's
 
 
 def _need_root() -> None:
@@ -31,7 +32,9 @@ def lab() -> None:
 
 def _start_mesh(made: Any, zones: dict[str, list[Any]], serve: str | None) -> dict[str, Any]:
     """A meshcached on every host (peers: the hosts of its zone; one fresh credential), and an
-    HTTP origin serving `serve` on the origin host; files under the lab's data directory."""
+    HTTP origin serving `serve` on the origin host; files under the lab's data directory. With
+    several zones the nodes run the wan preset and its DHT (`dht_args`), so zones find each
+    other."""
     import os
     import subprocess
     import time
@@ -49,16 +52,17 @@ def _start_mesh(made: Any, zones: dict[str, list[Any]], serve: str | None) -> di
     for zone, hosts in zones.items():
         for h in hosts:
             cache = base / h.name
-            args = ["-m", "meshcache.daemon", "--preset", "lan", "--zone", zone or "default",
+            args = ["-m", "meshcache.daemon", "--zone", zone or "default",
                     "--listen", f"{h.address}:{PORT}", "--credential-file", str(secret),
-                    "--cache-dir", str(cache)]
+                    "--cache-dir", str(cache), *dht_args(zones, zone, h.address)]
             for o in hosts:
                 if o is not h:
                     args += ["--peer", f"{o.address}:{PORT}"]
             with open(base / f"{h.name}.log", "wb") as out:
                 procs.append(h.python(args, stdout=out, stderr=subprocess.STDOUT))
             started["nodes"][h.name] = {"address": f"{h.address}:{PORT}", "cache_dir": str(cache),
-                                        "log": str(base / f"{h.name}.log")}
+                                        "log": str(base / f"{h.name}.log"),
+                                        "zone": zone or "default"}
     if serve:
         with open(base / "origin.log", "wb") as out:
             made.origin.python(["-m", "meshcache.lab.httporigin", "--dir",
@@ -74,6 +78,19 @@ def _start_mesh(made: Any, zones: dict[str, list[Any]], serve: str | None) -> di
     return started
 
 
+def dht_args(zones: dict[str, list[Any]], zone: str, address: str) -> list[str]:
+    """meshcached options of a host at `address` in `zone`: with one zone the lan preset; with
+    several the wan preset (datagrams that fit the WAN path), the DHT on the host's address and,
+    to join through, the first host of the next zone (each zone's bootstrap lies in another, so
+    every zone joins the one DHT; nodes retry while that host is still starting)."""
+    if len(zones) < 2:
+        return ["--preset", "lan"]
+    names = list(zones)
+    other = zones[names[(names.index(zone) + 1) % len(names)]][0]
+    return ["--preset", "wan", "--dht-listen", f"{address}:{DHT_PORT}",
+            "--dht-bootstrap", f"{other.address}:{DHT_PORT}"]
+
+
 @lab.command()
 @click.argument("n", type=click.IntRange(1, 250))
 @click.option("--zones", type=click.IntRange(1, 8), default=1, show_default=True,
@@ -82,7 +99,8 @@ def _start_mesh(made: Any, zones: dict[str, list[Any]], serve: str | None) -> di
 @click.option("--origin/--no-origin", default=True, show_default=True,
               help="Add a host for an origin (an HTTP server, an object store).")
 @click.option("--mesh", is_flag=True,
-              help="Start a meshcached on every host (the hosts of a zone are its peers).")
+              help="Start a meshcached on every host (the hosts of a zone are its peers; "
+                   "with --zones, zones meet through the DHT).")
 @click.option("--serve", type=click.Path(exists=True, file_okay=False),
               help="Serve this directory over HTTP from the origin host (port 8080).")
 @click.option("--wan-delay", type=float, default=20.0, show_default=True,
@@ -143,6 +161,9 @@ def up(n: int, zones: int, origin: bool, mesh: bool, serve: str | None, wan_dela
                    " read through one:")
         click.echo(f"  ip netns exec {h.name} meshcache --cache-dir {cache} get {url} -o /tmp/x")
         click.echo(f"  ip netns exec {h.name} meshcache --cache-dir {cache} stats")
+        if zones > 1:
+            click.echo(f"the zones meet through the DHT (UDP port {DHT_PORT}); remote zones seen:")
+            click.echo(f"  ip netns exec {h.name} meshcache --cache-dir {cache} peers")
     else:
         peers = " ".join(f"--peer {o.address}:{PORT}" for o in first[1:])
         click.echo("\nfor example, on each host of a zone (with the same credential everywhere):")

@@ -158,6 +158,9 @@ class PeerService:
             if isinstance(msg, wire.GetManifest):
                 await self._serve_manifest(stream, msg)
                 return
+            if isinstance(msg, wire.GetVersion):
+                await stream.send_frame(self._version_answer(msg))
+                return
             await stream.send_frame(self._answer(msg, peer_id, stream.peer.address))
         finally:
             await stream.finish()
@@ -256,6 +259,16 @@ class PeerService:
             return
         await stream.send_frame(wire.encode(wire.ManifestMsg(
             msg.request_id, m.block_size, list(m.digests))))
+
+    def _version_answer(self, msg: wire.GetVersion) -> bytes:
+        """VERSION: the version of the URL this node's origin last confirmed, within this node's
+        stale_if_error (MISS otherwise). Answered from memory; nothing is fetched."""
+        known = self.server.confirmed_version(msg.url)
+        if known is None:
+            return wire.encode(wire.Miss(msg.request_id, b""))
+        version, age = known
+        return wire.encode(wire.VersionMsg(msg.request_id, version.token, version.size,
+                                           int(max(0.0, age) * 1000)))
 
     # ---- penalties -----------------------------------------------------------------------------
 
@@ -411,6 +424,15 @@ class PeerService:
         except ManifestError:
             self._punish(peer, conn, "sent a manifest that does not fit the version")
             return None
+
+    async def get_version(self, peer: Address, url: str,
+                          timeout: float | None = None) -> tuple[ObjectVersion, float] | None:
+        """(version, seconds since the origin confirmed it to `peer`) of `url`, or None when the
+        peer knows none within its stale_if_error. A claim, not a proof: see docs/security.md."""
+        reply = await self.request(peer, wire.GetVersion(next(self._ids), url), timeout=timeout)
+        if not isinstance(reply, wire.VersionMsg):
+            return None
+        return ObjectVersion(url, reply.token, reply.size), reply.age_ms / 1000
 
     async def request(self, peer: Address, msg: wire.Message, max_reply: int = MAX_REQUEST_FRAME,
                       timeout: float | None = None) -> wire.Message:

@@ -45,6 +45,10 @@ class BlockServer(Protocol):
 
     def known_manifest(self, version: ObjectVersion) -> Manifest | None: ...
 
+    def confirmed_version(self, url: str) -> tuple[ObjectVersion, float] | None:
+        """(version, seconds since the origin confirmed it) while it may be served stale."""
+        ...
+
     async def fetch_request(self, request: BlockRequest) -> Fetched | None: ...
 
 

@@ -37,6 +37,7 @@ from meshcache.read.rungs.local import LocalSource
 from meshcache.read.rungs.origin import OriginSource
 from meshcache.read.singleflight import SingleFlight
 from meshcache.read.streamfill import StreamFill
+from meshcache.read.zoneversion import ZoneVersion, ask_zone
 from meshcache.read.store import BlockCorrupt, BlockStore, StoreError, raise_fd_limit
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ log = logging.getLogger("meshcache.read.node")
 
 STAT_KEYS = ("bytes_from_local", "bytes_from_peers", "bytes_from_origin", "origin_requests",
              "block_hits", "block_misses", "origin_errors", "store_errors", "corrupt_blocks",
-             "evicted_blocks", "version_changes", "bad_hints", "owner_failures", "stale_stats")
+             "evicted_blocks", "version_changes", "bad_hints", "owner_failures", "stale_stats",
+             "zone_versions")
 ORIGIN_RETRY_AFTER = 5.0  # seconds a failed origin is not asked again (reads fail or go stale)
 
 __all__ = ["Node", "FetchResult", "BlockRequest"]
@@ -84,6 +86,7 @@ class Node:
     def _reset_async_state(self) -> None:
         self._origin: Origin | None = None
         self._flights: SingleFlight[FetchResult | None] = SingleFlight()
+        self._zone_asks: SingleFlight[tuple[ZoneVersion | None, int]] = SingleFlight()
         self._gate: Gate | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._sources: list[Source] | None = None
@@ -294,13 +297,39 @@ class Node:
                 self._outages.confirmed(v, time.monotonic())
                 return v, True
         stale = self._outages.stale(url, now)
+        asked_zone = 0
         if stale is None:
-            raise OriginError(self._outages.outage_message(url, outage, now))
+            stale, asked_zone = await self._zone_version(url)
+            now = time.monotonic()
+        if stale is None:
+            raise OriginError(self._outages.outage_message(url, outage, now, asked_zone))
         self.count(stale_stats=1)
         log.log(logging.WARNING if asked else logging.DEBUG,  # once per retry_after
                 "%s: origin %s failing (%s); serving the last known version %s",
                 url, outage.origin, outage.error, stale.token)
         return stale, False
+
+    async def _zone_version(self, url: str) -> tuple[ObjectVersion | None, int]:
+        """(the version a zone member's origin last confirmed, kept under this node's
+        stale_if_error, or None; how many members were asked). Concurrent reads share one ask."""
+        if self.mesh is None or self.peers is None or self.config.stale_if_error <= 0:
+            return None, 0
+        mesh, peers = self.mesh, self.peers
+        answer, asked = await self._zone_asks.do(
+            url, lambda: ask_zone(mesh, peers, url, self.block_size, clock=time.monotonic))
+        if answer is None:
+            return None, asked
+        self._outages.heard(answer.version, answer.confirmed_at)
+        v = self._outages.stale(url, time.monotonic())
+        if v is None:  # confirmed too long ago for this node's window
+            return None, asked
+        if answer.manifest is not None and answer.manifest.version == v:
+            self.catalog.merge(v, answer.manifest)
+        self.count(zone_versions=1)
+        log.warning("%s: origin failing and no version known here; zone member %s says the "
+                    "origin confirmed %s %.0f s ago", url, answer.member.address, v.token,
+                    time.monotonic() - answer.confirmed_at)
+        return v, asked
 
     def _origin_failed(self, url: str, error: str) -> None:
         self._outages.failed(url, error, time.monotonic())
@@ -316,6 +345,11 @@ class Node:
     def known_manifest(self, version: ObjectVersion) -> Manifest | None:
         """The manifest of a version if this node has one (memory or store); never creates."""
         return self.catalog.known_manifest(version)
+
+    def confirmed_version(self, url: str) -> tuple[ObjectVersion, float] | None:
+        """(version, seconds since the origin confirmed it) of `url` while it may be served
+        stale: what a zone member asking for the URL's last known version is told."""
+        return self._outages.last_confirmed(url, time.monotonic())
 
     def flush(self) -> None:
         """Write every manifest that gained digests since the last flush."""

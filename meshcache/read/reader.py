@@ -182,6 +182,44 @@ class Reader(io.RawIOBase):
 
     read1 = read
 
+    def lease(self, size: int) -> list[tuple[bytes, int, int, int]] | None:
+        """Where the next `size` bytes (fewer at the end) lie in block files, for callers that
+        hand the kernel a descriptor instead of bytes (the FUSE mount splices them): a list of
+        (digest, fd, offset, n), each fd leased from the store (the caller releases each with
+        `store.close_block(digest, fd)`), and the position moved past them. None, position
+        unchanged, when some of those bytes are not in a block file (held in memory, or the
+        file just went away): read them with `readinto`, which also handles a lost block."""
+        with self._lock:
+            self._check_open()
+            start, want = self._pos, min(size, self.size - self._pos)
+            spans: list[tuple[bytes, int, int, int]] = []
+            sources: list[tuple[str, int]] = []
+            store = self._node.store
+            done = False
+            try:
+                while want > 0:
+                    off = self._at_block()
+                    if self._fd is None or self._digest is None:
+                        return None
+                    n = min(want, self._cur_len - off)
+                    try:
+                        fd, _ = store.open_block(self._digest)
+                    except (FileNotFoundError, BlockCorrupt):
+                        return None
+                    spans.append((self._digest, fd, off, n))
+                    sources.append((self._cur_source, n))
+                    self._pos += n
+                    want -= n
+                done = True
+            finally:
+                if not done:
+                    for d, fd, _, _ in spans:
+                        store.close_block(d, fd)
+                    self._pos = start
+            for source, n in sources:
+                self._pending[source] += n
+            return spans
+
     def readall(self) -> bytes:
         return self.read(-1)
 

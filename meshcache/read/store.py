@@ -327,6 +327,13 @@ class BlockStore:
                     os.close(fd)
             self._fds.clear()
 
+    def verified(self, d: bytes) -> bool:
+        """True when this process has checked block `d` since it was last stored or replaced:
+        `open_block` of it then costs no hashing (unless the file changed on disk meanwhile),
+        so an event loop may call it inline."""
+        with self._lock:
+            return d in self._verified
+
     def close_block(self, d: bytes, fd: int) -> None:
         """Release the lease `open_block` took (the descriptor may stay cached)."""
         with self._lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 from collections import Counter, OrderedDict
 from typing import Any, Callable, Iterable, Sequence
@@ -25,6 +26,7 @@ from kademlia.crawling import SpiderCrawl
 from kademlia.node import Node
 from rpcudp.protocol import RPCProtocol
 
+from meshcache.core.backoff import Backoff
 from meshcache.core.wire import MAX_ADDR, MAX_ID, MAX_ZONE, WireError, decode_value
 from meshcache.wan.kad import (CountingNodeCrawl, FastNodeHeap, FixedKademliaProtocol,
                                HopCounting)
@@ -475,9 +477,13 @@ class Dht:
                                     ttl)
         return ok
 
-    async def maintain(self, bootstrap: Sequence[Address], interval: float) -> None:
-        """Run until cancelled: join through `bootstrap` whenever no contact is known (a node may
-        start before any other), refresh stale buckets, drop expired records."""
+    async def maintain(self, bootstrap: Sequence[Address], interval: float,
+                       retry: Backoff | None = None) -> None:
+        """Run until cancelled: while no contact is known (a node may start before the node it
+        joins through), join through `bootstrap`, retrying after 1, 2, 4 ... s up to `interval`;
+        once joined, refresh stale buckets and drop expired records every `interval` s."""
+        retry = retry or Backoff(first=min(1.0, interval), cap=interval, jitter=0.25)
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 if not self.contacts() and bootstrap:
@@ -486,7 +492,14 @@ class Dht:
                     await self.refresh()
             except Exception as e:  # best effort: the next round tries again
                 log.warning("DHT maintenance: %s", e)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._next_round(retry, interval, loop.time()))
+
+    def _next_round(self, retry: Backoff, interval: float, now: float) -> float:
+        """Seconds to the next maintenance round: `interval` once joined, else the backoff's."""
+        if self.contacts():
+            retry.succeeded(now)
+            return interval
+        return retry.failed(now, random.random()) - now
 
     async def refresh(self) -> None:
         """Look up a random id in each bucket not touched for an hour; drop expired records."""

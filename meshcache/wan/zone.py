@@ -17,7 +17,7 @@ from meshcache.wan.rung import PeerClient, RemoteZoneSource
 
 log = logging.getLogger("meshcache.wan.zone")
 
-MAINTAIN_EVERY = 30.0  # seconds between DHT joins (while alone) and bucket refreshes
+MAINTAIN_EVERY = 30.0  # seconds between bucket refreshes; the cap of join retries while alone
 
 
 class WanSide:
