@@ -7,16 +7,20 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MiB = 1 << 20
 
 
-def parse(description: str) -> argparse.Namespace:
+def parse(description: str,
+          extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """--quick, and the scenario's own options (`extra` adds them)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a short version (minutes, not hours)")
+    if extra is not None:
+        extra(p)
     return p.parse_args()
 
 
@@ -31,11 +35,12 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def rss(pid: int | str = "self") -> int:
-    """Resident set size of a process in bytes (Linux /proc)."""
+def rss(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """Resident set size of a process in bytes (Linux /proc); field RssAnon: its anonymous
+    memory alone (heap), RssFile: mapped files (libraries)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 

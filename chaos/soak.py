@@ -2,14 +2,23 @@
 read new and old objects through it (blocks it serves from its store, blocks it fetches from the
 origin as their owner, manifests, misses), objects change at the origin, its store evicts, and
 garbage datagrams arrive. Its RSS growth after warm-up (target <= 5%) and its open descriptors
-(flat) are sampled every few seconds."""
+(flat) are sampled every few seconds.
+
+While tracing a cause: --seconds shortens it, --trace-dir takes memory reports of the
+daemon (SIGUSR1; MESHCACHE_TRACE_FRAMES, default 25 here, 0: no tracing) at the end of warm-up,
+at mid-run and at the end, kept in that directory; --series prints every sample to stderr.
+The daemon inherits the environment, so allocator experiments (MALLOC_ARENA_MAX=2,
+GLIBC_TUNABLES=...) go in front of the command."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,9 +32,31 @@ from meshcache.mesh.auth import new_secret
 BLOCK = 64 * 1024
 
 
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seconds", type=int, help="length of the run (default 600; --quick: 60)")
+    p.add_argument("--trace-dir", help="trace allocations in the daemon; memory reports here")
+    p.add_argument("--series", action="store_true", help="print each sample to stderr")
+
+
+def report(daemon: subprocess.Popen, cache_dir: str, into: str) -> None:
+    """Ask the daemon for a memory report (SIGUSR1) and move it into `into`."""
+    before = set(os.listdir(cache_dir))
+    daemon.send_signal(signal.SIGUSR1)
+    for _ in range(600):
+        new = [f for f in set(os.listdir(cache_dir)) - before if f.startswith("memdebug-")]
+        if new:
+            time.sleep(0.5)  # written in one go, but let it finish
+            shutil.move(os.path.join(cache_dir, new[0]), os.path.join(into, new[0]))
+            log(f"memory report: {os.path.join(into, new[0])}")
+            return
+        time.sleep(0.1)
+    log("no memory report from the daemon")
+
+
 def main() -> None:
-    args = parse(__doc__)
-    seconds = 60 if args.quick else 600
+    args = parse(__doc__, options)
+    seconds = args.seconds or (60 if args.quick else 600)
+    warmup = seconds * 0.2
     root = tempfile.mkdtemp(prefix="meshcache-chaos-soak-")
     secret = new_secret()
     origin = OriginServer()
@@ -34,6 +65,9 @@ def main() -> None:
                MESHCACHE_BLOCK_SIZE=str(BLOCK), MESHCACHE_LISTEN="127.0.0.1:0",
                MESHCACHE_CAPACITY=str(8 << 20), MESHCACHE_FSYNC="0", MESHCACHE_MDNS="0",
                MESHCACHE_LOG_LEVEL="ERROR")
+    if args.trace_dir:
+        os.makedirs(args.trace_dir, exist_ok=True)
+        env.setdefault("MESHCACHE_TRACE_FRAMES", "25")  # 0: object counts only
     daemon = None
     samples: list[tuple[float, int, int]] = []
     reads = wrong = 0
@@ -45,6 +79,7 @@ def main() -> None:
         objects: dict[str, bytes] = {}
         t0 = time.monotonic()
         last_sample = 0.0
+        report_at = [warmup, (warmup + seconds) / 2] if args.trace_dir else []
         i = 0
         while time.monotonic() - t0 < seconds:
             i += 1
@@ -66,8 +101,18 @@ def main() -> None:
             if now - last_sample >= 3:
                 last_sample = now
                 samples.append((now, rss(daemon.pid), open_fds(daemon.pid)))
+                if args.series:
+                    log(f"t={now:.0f}s rss={samples[-1][1] / MiB:.1f}MB "
+                        f"anon={rss(daemon.pid, 'RssAnon') / MiB:.1f}MB "
+                        f"file={rss(daemon.pid, 'RssFile') / MiB:.1f}MB fds={samples[-1][2]} "
+                        f"reads={reads}")
+            if report_at and now >= report_at[0]:
+                report_at.pop(0)
+                report(daemon, f"{root}/d", args.trace_dir)
         junk.close()
-        warm = [s for s in samples if s[0] >= seconds * 0.2]
+        if args.trace_dir:
+            report(daemon, f"{root}/d", args.trace_dir)
+        warm = [s for s in samples if s[0] >= warmup]
         base_rss = warm[0][1]
         end_rss = max(s[1] for s in warm[-3:])
         fds = [s[2] for s in warm]

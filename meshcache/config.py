@@ -190,6 +190,11 @@ class Config:
     # files written since. 0: only at close.
     index_snapshot_interval: float = 300.0
 
+    # --- memory reports (meshcache/host/memdebug.py) ---
+    # Frames per traceback when the daemon's first memory report (SIGUSR1) starts tracing
+    # allocations (tracemalloc); 0: reports count objects by type only, no tracing cost.
+    trace_frames: int = 0
+
     # ---- presets ---------------------------------------------------------------------------------
 
     @classmethod
@@ -293,6 +298,8 @@ class Config:
             if "://" not in prefix:
                 raise ConfigError(f"peer_origins: {prefix!r} is not a URL prefix "
                                   "(scheme://host/path...)")
+        if not 0 <= self.trace_frames <= 100:
+            raise ConfigError(f"trace_frames: must be 0..100, got {self.trace_frames}")
         if self.liar_expel_after < 1:
             raise ConfigError(f"liar_expel_after: must be at least 1, got {self.liar_expel_after}")
 

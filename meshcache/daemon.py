@@ -3,7 +3,8 @@
 It runs one Node from the Config (MESHCACHE_CONFIG TOML and MESHCACHE_* environment, or --config),
 serves the local API on a Unix socket (the library's processes read through it), listens for peers
 over QUIC, serves metrics and a status page over HTTP, prints one JSON line (node id, addresses,
-socket) once ready, and shuts down cleanly on SIGTERM or SIGINT.
+socket) once ready, and shuts down cleanly on SIGTERM or SIGINT. SIGUSR1 writes a memory report
+into the cache directory (meshcache.host.memdebug).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 import click
 
 from meshcache.config import Config, ConfigError
+from meshcache.host.memdebug import MemoryReporter
 from meshcache.host.server import LocalApi
 from meshcache.read.node import Node
 from meshcache.read.store import StoreError
@@ -125,6 +127,13 @@ def main(config_path: str | None, preset: str | None, cache_dir: str | None, zon
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    reports = MemoryReporter(cfg.cache_dir, cfg.trace_frames)
+    report_asked = [False]  # a plain flag: the handler must not take a lock the loop may hold
+
+    def on_report(_signum: int, _frame: object) -> None:
+        report_asked[0] = True
+
+    signal.signal(signal.SIGUSR1, on_report)
     members = len(node.mesh.live()) if node.mesh is not None else 0
     ready = {"node_id": node.peers.node_id.hex() if node.peers is not None else None,
              "address": f"{address[0]}:{address[1]}" if address else None,
@@ -138,7 +147,9 @@ def main(config_path: str | None, preset: str | None, cache_dir: str | None, zon
                 "%s, metrics %s", cfg.zone, ready["address"], members, cfg.cache_dir,
                 cfg.capacity >> 20, api.path, ready["metrics"] or "off")
     while not stop.wait(1.0):
-        pass
+        if report_asked[0]:
+            report_asked[0] = False
+            log.warning("memory report (SIGUSR1): %s", reports.report())
     _stop(api, status)
     if gateway is not None:
         gateway.close()

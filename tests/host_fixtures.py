@@ -70,7 +70,7 @@ def cache_env(cache_dir: str, daemon: str = "off", **extra: str) -> dict[str, st
 @contextlib.contextmanager
 def running_daemon(cache_dir: str, **extra: str) -> Iterator[dict[str, object]]:
     """A `meshcached` subprocess on `cache_dir` (small blocks, peers on loopback, metrics on a
-    free port); yields its ready line plus "log_file" (its stderr). Stopped with SIGTERM (SIGKILL if it hangs)."""
+    free port); yields its ready line plus "log_file" (its stderr) and "pid". Stopped with SIGTERM (SIGKILL if it hangs)."""
     env = dict(os.environ)
     env.update(cache_env(cache_dir, **{"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
                                        **extra}))
@@ -87,6 +87,7 @@ def running_daemon(cache_dir: str, **extra: str) -> Iterator[dict[str, object]]:
             raise RuntimeError(f"meshcached did not start: {log.read()}")
         ready = json.loads(line)
         ready["log_file"] = log.name
+        ready["pid"] = proc.pid
         yield ready
     finally:
         proc.terminate()

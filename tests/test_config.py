@@ -31,6 +31,7 @@ def test_toml_and_env(tmp_path):
     ({"fsync": "yes"}, "fsync"),
     ({"preset": "moon"}, "preset"),
     ({"peers": "a:1"}, "peers"),
+    ({"trace_frames": -1}, "trace_frames"),
 ])
 def test_bad_values_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key):

@@ -174,3 +174,21 @@ def test_collector_names_zones_states_and_waits():
     assert samples[("meshcache_members", (("state", "alive"),))] == 0
     assert samples[("meshcache_summary_bytes", (("whose", "peers"),))] == 10
     assert samples[("meshcache_rate_limit_wait_seconds_total", (("direction", "egress"),))] == 0.5
+
+
+def test_reading_table_stays_bounded():
+    """A daemon reading ever new URLs keeps at most MAX_READING of them for the status page,
+    and none not asked for READING_WINDOW seconds."""
+    from collections import OrderedDict
+
+    from meshcache.host.status import MAX_READING, READING_WINDOW, note_reading
+
+    table: OrderedDict[str, tuple[float, int]] = OrderedDict()
+    for i in range(20 * MAX_READING):
+        note_reading(table, f"s3://b/shard-{i}", now=i * 0.001)
+        note_reading(table, "s3://b/hot", now=i * 0.001)
+    assert len(table) == MAX_READING
+    assert table["s3://b/hot"][1] == 20 * MAX_READING  # the one read throughout, every request
+    note_reading(table, "s3://b/late", now=1000.0)
+    assert list(table) == ["s3://b/late"]  # the others were not asked for READING_WINDOW
+    assert 1000.0 - 20 * MAX_READING * 0.001 >= READING_WINDOW

@@ -79,3 +79,22 @@ def test_changed_body_is_refused(rangeless, cache_config):
             node.fetch_sync(v, 2)
     finally:
         node.close()
+
+
+def test_version_locks_do_not_pile_up(rangeless, cache_config):
+    """Each range-less version read takes a lock for one read at a time; once read, its lock
+    goes (a daemon reads ever new versions)."""
+    base, root, gets = rangeless
+    objects = {f"v{i}.bin": make_bytes(2 * SMALL_BLOCK + i, i) for i in range(30)}
+    for name, data in objects.items():
+        (root / name).write_bytes(data)
+    node = Node(cache_config(readahead=4, origin_concurrency=4))
+    try:
+        for name, data in objects.items():
+            assert node.cat(f"{base}/{name}") == data
+            assert gets[f"/{name}"] == 1
+        fill = next(r for r in node.sources() if r.name == "origin").streamfill
+        assert fill is not None and fill.ranges_ok[base] is False
+        assert fill.versions_locked == 0
+    finally:
+        node.close()

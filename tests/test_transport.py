@@ -72,7 +72,7 @@ class Pair:
 
     async def __aenter__(self) -> "Pair":
         if self.kind == "memory":
-            net = MemoryNetwork()
+            net = self.net = MemoryNetwork()
             self.server = MemoryTransport(self.config, network=net,
                                           authenticate=self.authenticate)
             self.client = MemoryTransport(self.config, network=net,
@@ -92,6 +92,17 @@ class Pair:
     async def __aexit__(self, *exc: Any) -> None:
         await self.client.close()
         await self.server.close()
+
+    async def another_server(self, name: str) -> tuple[Any, Any]:
+        """One more listening transport that the client can reach: (transport, address)."""
+        if self.kind == "memory":
+            t = MemoryTransport(self.config, network=self.net, authenticate=self.authenticate)
+            return t, await t.listen(name, self.handler)
+        from meshcache.transport.quic import QuicTransport
+
+        t = QuicTransport(self.config, authenticate=self.authenticate,
+                          engine=self.kind.split("-", 1)[1])
+        return t, await t.listen(("127.0.0.1", 0), self.handler)
 
 
 async def echo(stream: Any) -> None:
@@ -128,6 +139,35 @@ def test_round_trip_frames(kind: str) -> None:
             await s.recv_eof()
             await s.aclose()
             assert s.peer.address is not None
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_closed_connections_leave_the_pool(kind: str) -> None:
+    """Peers come and go on new addresses: a connection to one that went away is not kept
+    (each kept one held its QUIC state for the life of the process)."""
+
+    async def main() -> None:
+        async with Pair(kind, echo) as p:
+            for i in range(12):
+                server, addr = await p.another_server(f"peer{i}")
+                try:
+                    conn = await p.client.connect(addr)
+                    s = await conn.open_stream()
+                    await s.send_frame(b"x" * i)
+                    assert await s.recv_frame() == b"x" * i
+                    await s.aclose()
+                    assert p.client.pooled == 1
+                finally:
+                    await server.close()  # the peer goes away
+                await asyncio.wait_for(conn.wait_closed(), 10)
+                for _ in range(200):
+                    if p.client.pooled == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                assert p.client.pooled == 0
+            assert p.client.connections == []
 
     run(main())
 

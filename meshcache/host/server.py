@@ -16,14 +16,14 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any, Callable
 
 from meshcache.core.version import ObjectVersion
 from meshcache.host.frames import (MAX_REQUEST, FrameError, encode_frame, parse_request,
                                    read_frame)
 from meshcache.host.policy import PeerCred, may_read, peer_cred
-from meshcache.host.status import HISTORY_EVERY, History, status_of
+from meshcache.host.status import HISTORY_EVERY, History, note_reading, status_of
 from meshcache.read.loop import LoopThread
 from meshcache.read.node import Node
 from meshcache.read.origin import ObjectChanged, normalize_url
@@ -52,7 +52,8 @@ class LocalApi:
         self.refused_frames = 0
         self.connections = 0
         self.clients = 0  # connected now
-        self.reading: dict[str, tuple[float, int]] = {}  # url -> (last block request, count)
+        # url -> (last block request, count), least recently asked first (bounded)
+        self.reading: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self.history = History()
         self._loop = LoopThread("meshcache-host")
         self._server: asyncio.base_events.Server | None = None
@@ -198,8 +199,7 @@ class LocalApi:
             index, raw = _args(args[3:], 2)
             if type(index) is not int or not 0 <= index < node.manifest(v).blocks:
                 raise ApiError(f"block index {index!r} out of range")
-            last = self.reading.get(v.url, (0.0, 0))
-            self.reading[v.url] = (time.time(), last[1] + 1)
+            note_reading(self.reading, v.url, time.time())
             res = await asyncio.wrap_future(node.submit_fetch(v, index, opts(raw)))
             if res.data is not None:
                 return [res.digest, res.source, 0, 0, 0, res.data]

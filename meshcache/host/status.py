@@ -8,20 +8,34 @@ import json
 import os
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 HISTORY_EVERY = 5.0  # seconds between samples of the byte counters
 HISTORY_SAMPLES = 120  # ten minutes
 READING_WINDOW = 60.0  # an object is "being read" when a block of it was asked this recently
+MAX_READING = 1024  # objects kept in that table (the least recently asked go first)
 MESH_STATUS_FILE = "mesh.json"  # written by the mesh each round (meshcache.mesh.mesh)
 
 
 class ApiView(Protocol):
     """What the status needs of the local API server."""
 
-    reading: dict[str, tuple[float, int]]
+    @property
+    def reading(self) -> Mapping[str, tuple[float, int]]: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+
+def note_reading(table: "collections.OrderedDict[str, tuple[float, int]]", url: str,
+                 now: float) -> None:
+    """Count a block request of `url` at `now` in the table of objects being read (url -> (last
+    request, requests)); objects not asked for READING_WINDOW, or past MAX_READING, are dropped
+    so a daemon reading ever new URLs keeps a bounded table."""
+    _, count = table.pop(url, (now, 0))
+    table[url] = (now, count + 1)
+    while table and (len(table) > MAX_READING or
+                     now - next(iter(table.values()))[0] >= READING_WINDOW):
+        table.popitem(last=False)
 
 
 class History:

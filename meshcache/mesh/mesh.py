@@ -148,7 +148,7 @@ class Mesh:
         self._timer_at: float | None = None
         self._refused = _Bounded(MAX_REMEMBERED)  # nodes refused at HELLO (logged once)
         self._discovered = _Bounded(MAX_REMEMBERED)  # mDNS addresses greeted until they answer
-        self._refused_by: set[Address] = set()  # peers whose auth refused us (logged once)
+        self._refused_by = _Bounded(MAX_REMEMBERED)  # addresses whose auth refused us (logged once)
         self._pending: dict[bytes, Member] = {}  # answered HELLO, but membership holds it gone
         self._pinging: dict[Hashable, asyncio.Task[Any]] = {}  # greetings and summary sends
         self._sending: set[asyncio.Task[Any]] = set()  # membership messages in flight
@@ -560,7 +560,7 @@ class Mesh:
         except Exception as e:  # unreachable, timed out or misbehaved: greeted again later
             self.peers.count_error()
             if isinstance(e, AuthenticationError) and address not in self._refused_by:
-                self._refused_by.add(address)  # once per address: it is retried every round
+                self._refused_by.add(address, self.clock.now())  # it is retried every round
                 log.warning("peer %s refused this node: %s (is the cluster credential the "
                             "same on both?)", _addr(address), e)
             else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Mapping, Protocol
 from urllib.parse import urlsplit
 
@@ -46,7 +47,9 @@ class StreamFill:
     def __init__(self, node: Admitting) -> None:
         self.node = node
         self.ranges_ok: dict[str, bool] = {}  # scheme://host -> answered a ranged GET with 206
-        self._locks: dict[Any, asyncio.Lock] = {}  # per range-less version
+        # per range-less version being read: its lock and how many hold or wait for it (the
+        # entry goes with the last, so versions read once do not pile up)
+        self._locks: dict[bytes, tuple[asyncio.Lock, list[int]]] = {}
         self._learning: dict[str, asyncio.Event] = {}  # host -> its first read's status line
 
     async def read(self, origin: Origin, request: BlockRequest, rung: Source) -> bytes | Stored:
@@ -70,12 +73,29 @@ class StreamFill:
             return await origin.read(version, start, end, options, whole)
         # Range-less (or still unknown): one read at a time per version; a whole body fills
         # every block, and the others then find theirs stored.
-        async with self._locks.setdefault(version.key, asyncio.Lock()):
+        async with self._version_lock(version.key):
             d = self.node.has_block(version, request.index)
             if d is not None:
                 return Stored(d)
             self.node.count(origin_requests=1)
             return await origin.read(version, start, end, options, whole)
+
+    @property
+    def versions_locked(self) -> int:
+        """Versions whose one-read-at-a-time lock is held or awaited now."""
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def _version_lock(self, key: bytes) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
 
     async def _teach(self, origin: Origin, request: BlockRequest, host: str,
                      whole: WholeBody) -> bytes:
@@ -95,7 +115,7 @@ class StreamFill:
         try:
             # Held for the whole read: if the host ignores Range, the waiters of this version
             # find their blocks stored by this read's fill instead of sending GETs of their own.
-            async with self._locks.setdefault(version.key, asyncio.Lock()):
+            async with self._version_lock(version.key):
                 self.node.count(origin_requests=1)
                 return await origin.read(version, start, end, dict(request.options), whole,
                                          on_status)

@@ -704,6 +704,11 @@ class Transport(abc.ABC):
     def connections(self) -> list[Connection]:
         return [c for c in self._connections if not c.is_closed]
 
+    @property
+    def pooled(self) -> int:
+        """Connections kept for reuse (one per peer address this node opened one to)."""
+        return len(self._pool)
+
     # ---- for implementations ----------------------------------------------------------------------
 
     def _pool_key(self, addr: Any) -> Any:
@@ -726,9 +731,19 @@ class Transport(abc.ABC):
         except BaseException:
             self._connections.discard(conn)
             raise
-        self._pool[self._pool_key(addr)] = conn
-        self._spawn(self._serve_streams(conn))
+        key = self._pool_key(addr)
+        self._pool[key] = conn
+        self._spawn(self._serve_pooled(key, conn))
         return conn
+
+    async def _serve_pooled(self, key: Any, conn: Connection) -> None:
+        """Serve a connection we opened; once it closes, drop it from the pool (peers come and
+        go on new addresses: a closed connection kept there would be kept forever)."""
+        try:
+            await self._serve_streams(conn)
+        finally:
+            if self._pool.get(key) is conn:
+                del self._pool[key]
 
     def _accepted(self, conn: Connection) -> None:
         """A peer connected to us (handshake done): authenticate, then serve its streams."""

@@ -1,0 +1,58 @@
+"""Memory reports: SIGUSR1 makes a running daemon write one into its cache directory; with
+trace_frames the first starts tracing and the next names the allocation sites that grew."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+import tracemalloc
+
+from meshcache.host.memdebug import MemoryReporter
+from tests.host_fixtures import running_daemon
+
+
+def _wait_for(path: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            time.sleep(0.2)  # written in one go; let it be closed
+            with open(path) as f:
+                return f.read()
+        time.sleep(0.1)
+    raise AssertionError(f"no memory report at {path}")
+
+
+def test_sigusr1_writes_reports_and_the_daemon_keeps_serving(tmp_path):
+    with running_daemon(str(tmp_path / "c"), trace_frames="8") as ready:
+        pid = int(ready["pid"])  # type: ignore[call-overload]
+        os.kill(pid, signal.SIGUSR1)
+        first = _wait_for(str(tmp_path / "c" / f"memdebug-{pid}-1.txt"))
+        assert "rss_bytes " in first and "live objects by type" in first
+        assert "allocations traced from now on, 8 frames" in first
+        os.kill(pid, signal.SIGUSR1)
+        second = _wait_for(str(tmp_path / "c" / f"memdebug-{pid}-2.txt"))
+        assert "allocation sites by traceback, made since the last report" in second
+        os.kill(pid, 0)  # still running
+        with open(str(ready["log_file"])) as f:
+            assert f"memdebug-{pid}-2.txt" in f.read()
+
+
+def test_a_growing_structure_tops_the_report():
+    kept: list[list[int]] = []
+    with tempfile.TemporaryDirectory() as d:
+        reporter = MemoryReporter(d, trace_frames=4)
+        try:
+            reporter.report()
+            kept.extend([0] * 120 for _ in range(3000))  # ~3 MB of lists that stays
+            text = open(reporter.report()).read()
+        finally:
+            tracemalloc.stop()
+    sites = text.split("allocation sites by traceback, made since the last report", 1)[1]
+    top = next(line for line in sites.splitlines()[1:] if line.strip())
+    assert top.startswith(f"{__file__}:"), top
+    assert int(top.split("size=", 1)[1].split(" KiB", 1)[0]) >= 2500, top
+    counts = text.split("live objects by type", 1)[1].splitlines()
+    assert any(line.split()[-1] == "list" and int(line.split()[1]) >= 3000
+               for line in counts[1:10] if line.strip()), counts[:10]
