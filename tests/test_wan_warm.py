@@ -1,0 +1,72 @@
+"""A zone warmed by one reader serves every block to other zones, in process on 127.0.0.1 with
+real QUIC and DHT sockets: the blocks the reader got from its zone's owners are all found in
+the DHT, so another zone reads none of them from the origin."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from meshcache import Config, Node
+from meshcache.lab.httporigin import OriginServer
+
+from tests.conftest import CLUSTER_SECRET, SMALL_BLOCK, make_bytes
+
+
+@pytest.fixture
+def origin():
+    with OriginServer() as srv:
+        yield srv
+
+
+def _node(tmp_path, name, zone, peers=(), bootstrap=()):
+    cfg = Config.local(cache_dir=str(tmp_path / name), block_size=SMALL_BLOCK, fsync=False,
+                       cluster_secret=CLUSTER_SECRET, listen="127.0.0.1:0", zone=zone,
+                       ping_interval=0.2, suspect_timeout=2.0, request_timeout=3.0,
+                       readahead=4, peers=list(peers), peer_origins=["http://127.0.0.1"],
+                       dht_listen="127.0.0.1:0", dht_bootstrap=list(bootstrap),
+                       dht_rpc_timeout=1.0)
+    node = Node(cfg)
+    node.start_peers()
+    return node
+
+
+def _wait(cond, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_zone_warmed_by_one_reader_serves_other_zones_every_block(tmp_path, origin):
+    data = make_bytes(16 * SMALL_BLOCK + 3, 93)
+    origin.put("model.bin", data)
+    url = origin.url_for("model.bin")
+    a1 = _node(tmp_path, "a1", "a")
+    boot = ["%s:%d" % a1.wan.dht.address]
+    first = ["%s:%d" % a1.peers.address]
+    a2 = _node(tmp_path, "a2", "a", peers=first, bootstrap=boot)
+    a3 = _node(tmp_path, "a3", "a", peers=first, bootstrap=boot)
+    b = _node(tmp_path, "b", "b", bootstrap=boot)
+    nodes = [a1, a2, a3, b]
+    try:
+        _wait(lambda: all(len(n.mesh.members) == 2 for n in (a1, a2, a3)))
+        assert a1.cat(url) == data  # the one reader of zone a; the owners fetch the rest
+        owners = [n for n in (a1, a2, a3) if n.stats().get("bytes_from_origin", 0)]
+        assert len(owners) >= 2  # the blocks were spread over zone a's owners
+        for n in (a1, a2, a3):
+            n.run(n.wan.announcer.announce_pending())  # what the announcers send every 2 s
+        before = len(origin.spans("model.bin"))
+        assert b.cat(url) == data
+        assert b.stats().get("bytes_from_origin", 0) == 0
+        assert len(origin.spans("model.bin")) == before
+        sb = b.stats()
+        assert sb.get("bytes_from_zone:a", 0) == len(data)
+        # the owners' manifests each name only their blocks: one lookup merged them all, and
+        # no other block of the version needed one
+        assert sb["manifest_lookups"] == 1
+        assert 2 <= sb["manifests_asked"] <= 3
+    finally:
+        for n in nodes:
+            n.close()
