@@ -1,5 +1,6 @@
 """Zones joined through the DHT, on 127.0.0.1 with real QUIC and DHT sockets: a block crosses
-into a zone once, through its owner, and a zone without providers reads its own origin."""
+into a zone once, through its owner; a zone warmed by one reader (its blocks spread over its
+owners) serves another zone every block; a zone without providers reads its own origin."""
 
 from __future__ import annotations
 
@@ -59,6 +60,39 @@ def test_a_block_crosses_into_a_zone_once_through_its_owner(tmp_path, origin):
         assert crossed == len(data)  # each block crossed into zone b once, by its owner
         assert a.stats().get("bytes_to_zone:b", 0) == len(data)
         assert "b" in a.wan.dht.zones_seen() and "a" in b1.wan.dht.zones_seen()
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def test_a_zone_warmed_by_one_reader_serves_other_zones_every_block(tmp_path, origin):
+    data = make_bytes(16 * SMALL_BLOCK + 3, 93)
+    origin.put("model.bin", data)
+    url = origin.url_for("model.bin")
+    a1 = _node(tmp_path, "a1", "a")
+    boot = ["%s:%d" % a1.wan.dht.address]
+    first = ["%s:%d" % a1.peers.address]
+    a2 = _node(tmp_path, "a2", "a", peers=first, bootstrap=boot)
+    a3 = _node(tmp_path, "a3", "a", peers=first, bootstrap=boot)
+    b = _node(tmp_path, "b", "b", bootstrap=boot)
+    nodes = [a1, a2, a3, b]
+    try:
+        _wait(lambda: all(len(n.mesh.members) == 2 for n in (a1, a2, a3)))
+        assert a1.cat(url) == data  # the one reader of zone a; the owners fetch the rest
+        owners = [n for n in (a1, a2, a3) if n.stats().get("bytes_from_origin", 0)]
+        assert len(owners) >= 2  # the blocks were spread over zone a's owners
+        for n in (a1, a2, a3):
+            n.run(n.wan.announcer.announce_pending())  # what the announcers send every 2 s
+        before = len(origin.spans("model.bin"))
+        assert b.cat(url) == data
+        assert b.stats().get("bytes_from_origin", 0) == 0
+        assert len(origin.spans("model.bin")) == before
+        sb = b.stats()
+        assert sb.get("bytes_from_zone:a", 0) == len(data)
+        # the owners' manifests each name only their blocks: one lookup merged them all, and
+        # no other block of the version needed one
+        assert sb["manifest_lookups"] == 1
+        assert 2 <= sb["manifests_asked"] <= 3
     finally:
         for n in nodes:
             n.close()
