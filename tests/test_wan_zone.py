@@ -1,5 +1,6 @@
 """Zones joined through the DHT, on 127.0.0.1 with real QUIC and DHT sockets: a block crosses
-into a zone once, through its owner, and a zone without providers reads its own origin."""
+into a zone once, through its owner; a zone warmed by one reader (its blocks spread over its
+owners) serves another zone every block; a zone without providers reads its own origin."""
 
 from __future__ import annotations
 
@@ -59,6 +60,46 @@ def test_a_block_crosses_into_a_zone_once_through_its_owner(tmp_path, origin):
         assert crossed == len(data)  # each block crossed into zone b once, by its owner
         assert a.stats().get("bytes_to_zone:b", 0) == len(data)
         assert "b" in a.wan.dht.zones_seen() and "a" in b1.wan.dht.zones_seen()
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def test_a_zone_warmed_by_one_reader_serves_other_zones_every_block(tmp_path, origin):
+    """Zone a's one reader gets most blocks from their zone owners, so each owner's manifest
+    names only its share; zones b and c (two nodes each) join after the warm-up (their DHT tables hold none of
+    zone a's records) and read at once: every block's digest and providers are found, none is
+    read from the origin, and each reader looked the version's manifests up about once."""
+    data = make_bytes(40 * SMALL_BLOCK + 3, 93)
+    origin.put("model.bin", data)
+    url = origin.url_for("model.bin")
+    a1 = _node(tmp_path, "a1", "a")
+    boot = ["%s:%d" % a1.wan.dht.address]
+    first = ["%s:%d" % a1.peers.address]
+    nodes = [a1] + [_node(tmp_path, n, "a", peers=first, bootstrap=boot) for n in ("a2", "a3")]
+    try:
+        _wait(lambda: all(len(n.mesh.members) == 2 for n in nodes))
+        assert a1.cat(url) == data  # the one reader of zone a; the owners fetch the rest
+        assert sum(1 for n in nodes if n.stats().get("bytes_from_origin", 0)) >= 2
+        for n in nodes:
+            n.run(n.wan.announcer.announce_pending())  # what the announcers send every 2 s
+        readers = []
+        for z in ("b", "c"):  # two nodes each: the zone owners fetch for their zone
+            z1 = _node(tmp_path, z + "1", z, bootstrap=boot)
+            z2 = _node(tmp_path, z + "2", z, peers=["%s:%d" % z1.peers.address], bootstrap=boot)
+            readers += [z1, z2]
+        nodes += readers
+        _wait(lambda: all(len(n.mesh.members) == 1 for n in readers))
+        before = len(origin.spans("model.bin"))
+        out = read_at_once(readers, url)
+        assert all(out[n] == data for n in readers)
+        assert sum(n.stats().get("bytes_from_origin", 0) for n in readers) == 0
+        assert len(origin.spans("model.bin")) == before
+        for z in (readers[:2], readers[2:]):  # each zone took the object once, from a zone
+            assert sum(v for n in z for k, v in n.stats().items()
+                       if k.startswith("bytes_from_zone:")) == len(data)
+        for n in readers:  # owners looked the version's manifests up about once, not per block
+            assert n.stats().get("manifest_lookups", 0) <= 2
     finally:
         for n in nodes:
             n.close()

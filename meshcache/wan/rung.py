@@ -106,6 +106,7 @@ class RemoteZoneSource:
         # digests from other zones' manifests (hints: the bytes are verified against them)
         self._manifests: OrderedDict[bytes, list[bytes | None]] = OrderedDict()
         self._no_holder: OrderedDict[bytes, float] = OrderedDict()  # version -> until
+        self._digesting: dict[bytes, asyncio.Task[None]] = {}  # version -> manifest lookup
 
     def stats(self) -> dict[str, int]:
         """bytes_from_zone:<zone>, bytes_to_zone:<zone> and the striping counters."""
@@ -266,12 +267,14 @@ class RemoteZoneSource:
 
     async def _digest(self, request: BlockRequest) -> bytes | None:
         """The block's digest from the manifests providers in other zones announced. A zone
-        owner's manifest may name only the blocks it brought in, so the digests of the
-        manifests fetched are merged and kept for the last few versions (the blocks of a
-        version being pulled need a few GET_MANIFESTs, not one each). The holders found first
-        are asked first; then every holder's record (a lookup that stops at the first records
-        may see only zones still pulling); a version no other zone holds is not looked up
-        again for NO_HOLDER_FOR seconds (its blocks go on to the origin)."""
+        owner's manifest may name only the blocks it brought in (a zone warmed by one reader
+        spreads a version over its owners), so one lookup per version (shared by the blocks that
+        need it at once) asks providers until their merged digests name every block, and the
+        merge is kept for the last few versions: the other blocks of the version need no lookup
+        (each would be another chance for a busy DHT to fail and send the block to the origin).
+        Holders found first are asked first; then every holder's record (a lookup that stops
+        at the first records may see only zones still pulling); a version no other zone holds
+        is not looked up again for NO_HOLDER_FOR seconds (its blocks go on to the origin)."""
         version, index = request.version, request.index
         kept = self._manifests.get(version.key)
         if kept is not None and kept[index] is not None:
@@ -279,33 +282,49 @@ class RemoteZoneSource:
         loop = asyncio.get_running_loop()
         if self._no_holder.get(version.key, 0.0) > loop.time():
             return None
-        asked: set[bytes] = set()
-        for fresh in (False, True):
-            for rec in self.order(await self.dht.find(manifest_key(version.key), fresh=fresh)):
-                if len(asked) >= MAX_MANIFESTS_ASKED:
-                    break
-                if rec.node_id in asked or self.peers.penalized(rec.address):
-                    continue
-                asked.add(rec.node_id)
-                digest = await self._ask_manifest(rec, request)
-                if digest is not None:
-                    return digest
+        task = self._digesting.get(version.key)
+        if task is None:
+            task = self._digesting[version.key] = self._spawn(
+                self._merge_manifests(version, request.block_size))
+            task.add_done_callback(lambda _: self._digesting.pop(version.key, None))
+        await asyncio.wait({task})  # (a cancelled reader leaves the shared lookup running)
+        kept = self._manifests.get(version.key)
+        if kept is not None and index < len(kept) and kept[index] is not None:
+            return kept[index]
         self._no_holder[version.key] = loop.time() + NO_HOLDER_FOR
         self._no_holder.move_to_end(version.key)
         while len(self._no_holder) > MAX_VERSIONS:
             self._no_holder.popitem(last=False)
         return None
 
-    async def _ask_manifest(self, rec: ProviderRecord, request: BlockRequest) -> bytes | None:
-        """Block `request.index`'s digest from `rec`'s manifest, merged into those kept."""
-        version = request.version
+    async def _merge_manifests(self, version: ObjectVersion, block_size: int) -> None:
+        """Ask the version's manifest providers (at most MAX_MANIFESTS_ASKED) one at a time
+        until the merged digests name every block."""
+        self.counts["manifest_lookups"] += 1
+        asked: set[bytes] = set()
+        for fresh in (False, True):
+            for rec in self.order(await self.dht.find(manifest_key(version.key), fresh=fresh)):
+                if len(asked) >= MAX_MANIFESTS_ASKED:
+                    return
+                if rec.node_id in asked or self.peers.penalized(rec.address):
+                    continue
+                asked.add(rec.node_id)
+                await self._ask_manifest(rec, version, block_size)
+                kept = self._manifests.get(version.key)
+                if kept is not None and all(d is not None for d in kept):
+                    return
+
+    async def _ask_manifest(self, rec: ProviderRecord, version: ObjectVersion,
+                            block_size: int) -> None:
+        """`rec`'s manifest of the version, merged into the digests kept."""
         try:
-            m = await self.peers.get_manifest(rec.address, version, request.block_size)
+            m = await self.peers.get_manifest(rec.address, version, block_size)
         except Exception as e:
             self.peers.failed(rec.address, e)
-            return None
+            return
         if m is None:
-            return None
+            return
+        self.counts["manifests_asked"] += 1
         kept = self._manifests.get(version.key) or [None] * len(m.digests)
         if len(kept) == len(m.digests):  # (a manifest that does not fit is not merged)
             self._manifests[version.key] = [k if k is not None else d
@@ -313,4 +332,3 @@ class RemoteZoneSource:
             self._manifests.move_to_end(version.key)
             while len(self._manifests) > MAX_MANIFESTS:
                 self._manifests.popitem(last=False)
-        return m.digests[request.index]
