@@ -3,13 +3,15 @@ baseline measured in the same run.
 
 FUSE: the first read through a mount (every request through the FUSE handler: the file's pages
 dropped before each round) and a reread (kernel page cache kept: keep_cache), against plain
-reads of the object's block files with the same 1 MiB buffer; rounds alternate, best of each.
+reads of the object's block files with the same page-aligned 1 MiB buffer; rounds alternate,
+best of each.
 S3: boto3 get_object of the hot object through the gateway (served by `meshcached` with
 s3_listen) against the same boto3 reading the block-assembled file from nginx on 127.0.0.1; and
 a cold gateway read (the gateway fetching from that nginx as its origin) against boto3 reading
 the origin directly.
 
 Last line: {"fuse_first_ratio", "fuse_reread_ratio", "s3_gateway_MBps", "s3_static_MBps",
+"fuse_reread_warm_ratio" (a second reread: pages already active),
 "s3_ratio" (best rounds), "s3_median_ratio", "s3_cold_ratio", ...}. Targets: fuse_first >= 0.25, fuse_reread >= 0.8, s3 >= 0.8.
 """
 
@@ -29,7 +31,8 @@ import time
 from meshcache.mesh.auth import new_secret
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import GiB, MiB, Timer, emit, log, make_file, parse, read_files  # noqa: E402
+from _common import (GiB, MiB, Timer, aligned_buffer, emit, log, make_file, parse,  # noqa: E402
+                     read_files)
 
 import boto3  # noqa: E402
 from botocore import UNSIGNED  # noqa: E402
@@ -39,6 +42,9 @@ from meshcache import Config, Node  # noqa: E402
 
 KEY, SECRET = "BENCHKEY", "bench-secret"
 CHUNK = 1 * MiB
+# One page-aligned buffer for every timed read: a fresh bytearray per read landed at a page
+# offset that glibc chooses, and offsets 1-31 make the kernel's copy ~5x slower on this CPU.
+BUF = aligned_buffer(CHUNK)
 
 
 def free_port() -> int:
@@ -48,7 +54,7 @@ def free_port() -> int:
 
 
 def read_paths(paths: list[str]) -> int:
-    return read_files(paths, bytearray(CHUNK))
+    return read_files(paths, BUF)
 
 
 def drop_pages(path: str) -> None:
@@ -202,7 +208,7 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
     assert n == size, (n, size)
     fuse_fresh = size / secs / MiB
     path = os.path.join(mnt, "hot.bin")
-    raw = fuse_first = fuse_reread = 0.0
+    raw = fuse_first = fuse_reread = fuse_warm = 0.0
     for _ in range(rounds):  # alternating with the baseline (the load moves), best of each
         raw = max(raw, size / timed(read_paths, blocks)[0] / MiB)
         drop_pages(path)  # so every request of the first read goes to the FUSE handler
@@ -210,9 +216,13 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
         assert n == size, (n, size)
         fuse_first = max(fuse_first, size / secs / MiB)
         fuse_reread = max(fuse_reread, size / timed(read_paths, [path])[0] / MiB)
+        # A second reread: the pages are now on the active LRU list, as the baseline's are (the
+        # first reread after a fill also pays the kernel's activation of every 4 KiB page).
+        fuse_warm = max(fuse_warm, size / timed(read_paths, [path])[0] / MiB)
     log(f"plain reads of the block files: {raw:.0f} MiB/s")
     log(f"FUSE first read {fuse_first:.0f} MiB/s (in a fresh mount process, verifying each "
-        f"block once: {fuse_fresh:.0f} MiB/s), reread {fuse_reread:.0f} MiB/s")
+        f"block once: {fuse_fresh:.0f} MiB/s), reread {fuse_reread:.0f} MiB/s, "
+        f"second reread {fuse_warm:.0f} MiB/s")
     stop(fuse)
 
     # ---- S3 gateway vs nginx ----
@@ -256,6 +266,7 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
     return {"size_MiB": size // MiB, "block_MiB": block // MiB, "raw_block_files_MBps": raw,
             "fuse_first_MBps": fuse_first, "fuse_reread_MBps": fuse_reread,
             "fuse_first_ratio": fuse_first / raw, "fuse_reread_ratio": fuse_reread / raw,
+            "fuse_reread_warm_MBps": fuse_warm, "fuse_reread_warm_ratio": fuse_warm / raw,
             "fuse_fresh_process_MBps": fuse_fresh, "fuse_fresh_process_ratio": fuse_fresh / raw,
             "s3_gateway_MBps": s3_gw, "s3_static_MBps": s3_static, "s3_ratio": s3_gw / s3_static,
             "s3_median_ratio": s3_median_ratio, "s3_gateway_first_MBps": s3_gw_first,
