@@ -563,14 +563,10 @@ class _ProtocolMixin:
         streams fail, readers move on to the next rung) rather than hanging."""
         peer = self.conn.peer.address if self.conn is not None else None
         log.warning("QUIC engine failed on the connection to %r (%s); closing it", peer, error)
-        self._ended(f"{ERR_SHUTDOWN:#x} QUIC engine failed: {error}")
+        self._terminated(_EngineFailure(ERR_SHUTDOWN, f"QUIC engine failed: {error}"))
         self._drop()
 
     def _terminated(self, event: Any) -> None:
-        self._ended(f"{event.error_code:#x} {event.reason_phrase}")
-
-    def _ended(self, why: str) -> None:
-        """The connection is over: fail its waiters and streams, close a socket of our own."""
         self._not_pending()
         for fut, _ in list(self._drain_waiters.values()):
             if not fut.done():
@@ -581,9 +577,18 @@ class _ProtocolMixin:
             self._handshake_timer = None
         if self.conn is not None:
             self.conn._mark_closed(ConnectionClosed(
-                f"connection to {self.conn.peer.address!r} closed ({why})"))
+                f"connection to {self.conn.peer.address!r} closed "
+                f"({event.error_code:#x} {event.reason_phrase})"))
         if self._udp_owned and self._transport is not None:
             self._transport.close()
+
+
+class _EngineFailure:
+    """What `_terminated` reads from a ConnectionTerminated event, for an engine failure."""
+
+    def __init__(self, error_code: int, reason_phrase: str) -> None:
+        self.error_code = error_code
+        self.reason_phrase = reason_phrase
 
 
 class _ServerMixin:
