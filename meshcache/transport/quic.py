@@ -61,9 +61,6 @@ from meshcache.transport.identity import create_identity, load_or_create_identit
 
 log = logging.getLogger("meshcache.transport.quic")
 
-# Seconds an engine may keep failing to build packets before its connection is ended.
-ENGINE_FAILURE_GRACE = 1.0
-
 EXPORTER_LABEL = b"EXPORTER-meshcache-channel-binding"
 SERVER_NAME = "meshcache"
 
@@ -341,7 +338,6 @@ class _ProtocolMixin:
         self._udp_owned = False  # client: the UDP transport is ours to close
         self._sendmany: Any = None
         self._pending = False  # counted in owner's unadmitted connections
-        self._engine_failing_since: float | None = None
         if not is_client and owner.engine.client_certificates:
             # ask the client for its certificate (mutual TLS, not CA-verified): instance-level
             # hook on aioquic's lazily created TLS context
@@ -377,22 +373,11 @@ class _ProtocolMixin:
         """Send what the engine has to send (batched with GSO where the socket has it), then
         re-arm the engine's timer."""
         loop = self._loop
-        now = loop.time()
         try:
-            datagrams = self._quic.datagrams_to_send(now=now)
+            datagrams = self._quic.datagrams_to_send(now=loop.time())
         except Exception as e:  # e.g. qh3's "packet builder capacity exhausted"
-            # qh3 raises this when it may not send yet (during a handshake at the
-            # anti-amplification limit) and recovers on a later call; only an engine that
-            # keeps failing ends the connection.
-            if self._engine_failing_since is None:
-                self._engine_failing_since = now
-            if now - self._engine_failing_since >= ENGINE_FAILURE_GRACE:
-                self._engine_failed(e)
-                return
-            log.debug("QUIC engine could not build packets (%s); retrying", e)
-            datagrams = []
-        else:
-            self._engine_failing_since = None
+            self._engine_failed(e)
+            return
         if datagrams:
             batching.send(self._transport, self._sendmany, datagrams)
         timer_at = self._quic.get_timer()
@@ -559,8 +544,9 @@ class _ProtocolMixin:
             self.owner._accepted(self.conn)
 
     def _engine_failed(self, error: Exception) -> None:
-        """The QUIC engine kept raising while building packets: the connection ends here (its
-        streams fail, readers move on to the next rung) rather than hanging."""
+        """The QUIC engine raised while building packets: its state can no longer be trusted,
+        so the connection ends here (its streams fail, readers move on to the next rung) rather
+        than the error escaping into the event loop and the connection hanging."""
         peer = self.conn.peer.address if self.conn is not None else None
         log.warning("QUIC engine failed on the connection to %r (%s); closing it", peer, error)
         self._terminated(_EngineFailure(ERR_SHUTDOWN, f"QUIC engine failed: {error}"))
