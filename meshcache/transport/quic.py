@@ -44,7 +44,6 @@ from meshcache.transport.base import (
     ALPN,
     ERR_AUTH,
     ERR_NONE,
-    ERR_SHUTDOWN,
     Connection,
     ConnectionClosed,
     PeerInfo,
@@ -373,11 +372,7 @@ class _ProtocolMixin:
         """Send what the engine has to send (batched with GSO where the socket has it), then
         re-arm the engine's timer."""
         loop = self._loop
-        try:
-            datagrams = self._quic.datagrams_to_send(now=loop.time())
-        except Exception as e:  # e.g. qh3's "packet builder capacity exhausted"
-            self._engine_failed(e)
-            return
+        datagrams = self._quic.datagrams_to_send(now=loop.time())
         if datagrams:
             batching.send(self._transport, self._sendmany, datagrams)
         timer_at = self._quic.get_timer()
@@ -543,15 +538,6 @@ class _ProtocolMixin:
         if not self.is_client:
             self.owner._accepted(self.conn)
 
-    def _engine_failed(self, error: Exception) -> None:
-        """The QUIC engine raised while building packets: its state can no longer be trusted,
-        so the connection ends here (its streams fail, readers move on to the next rung) rather
-        than the error escaping into the event loop and the connection hanging."""
-        peer = self.conn.peer.address if self.conn is not None else None
-        log.warning("QUIC engine failed on the connection to %r (%s); closing it", peer, error)
-        self._terminated(_EngineFailure(ERR_SHUTDOWN, f"QUIC engine failed: {error}"))
-        self._drop()
-
     def _terminated(self, event: Any) -> None:
         self._not_pending()
         for fut, _ in list(self._drain_waiters.values()):
@@ -567,14 +553,6 @@ class _ProtocolMixin:
                 f"({event.error_code:#x} {event.reason_phrase})"))
         if self._udp_owned and self._transport is not None:
             self._transport.close()
-
-
-class _EngineFailure:
-    """What `_terminated` reads from a ConnectionTerminated event, for an engine failure."""
-
-    def __init__(self, error_code: int, reason_phrase: str) -> None:
-        self.error_code = error_code
-        self.reason_phrase = reason_phrase
 
 
 class _ServerMixin:
