@@ -11,9 +11,12 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import re
+import sys
+import tempfile
 import time
 import tracemalloc
-from collections import Counter
+from collections import Counter, deque
 
 
 def rss_bytes() -> int:
@@ -59,6 +62,125 @@ def malloc_lines() -> list[str]:
     return lines
 
 
+def arena_lines() -> list[str]:
+    """glibc's heap arena by arena (`malloc_info`): each thread that allocates gets an arena of
+    its own (the node's loop thread does most of the work in one), so this tells which grows,
+    and whether by bytes in use or by free bytes kept (fragmentation)."""
+    libc = _libc()
+    if libc is None:
+        return []
+    try:
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        with tempfile.NamedTemporaryFile("r", suffix=".xml") as tmp:
+            fp = libc.fopen(tmp.name.encode(), b"w")
+            if not fp:
+                return []
+            libc.malloc_info(0, fp)
+            libc.fclose(fp)
+            xml = tmp.read()
+    except (OSError, AttributeError):
+        return []
+    lines = []
+    for nr, body in re.findall(r'<heap nr="(\d+)">(.*?)</heap>', xml, re.S):
+        got = {t: int(v) for t, v in re.findall(r'<total type="(fast|rest)" count="\d+" '
+                                                 r'size="(\d+)"/>', body)}
+        system = re.search(r'<system type="current" size="(\d+)"/>', body)
+        if system is None:
+            continue
+        free = got.get("fast", 0) + got.get("rest", 0)
+        lines.append(f"malloc_arena {nr}: system {int(system.group(1))} in_use "
+                     f"{int(system.group(1)) - free} free {free}")
+    return lines
+
+
+def pymalloc_lines() -> list[str]:
+    """Python's small-object allocator (`sys._debugmallocstats`, which writes to fd 2): its
+    1 MiB arenas are mapped outside glibc's heap, so glibc's figures do not count them."""
+    keep = ("# arenas allocated total", "# arenas reclaimed", "# arenas highwater mark",
+            "# arenas allocated current", "# bytes in allocated blocks",
+            "# bytes in available blocks", "# unused pools")
+    try:
+        with tempfile.TemporaryFile("w+") as tmp:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            try:
+                os.dup2(tmp.fileno(), 2)
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            tmp.seek(0)
+            text = tmp.read()
+    except (OSError, AttributeError):
+        return []
+    out = []
+    for line in text.splitlines():
+        if line.startswith(keep):
+            name, _, value = line.rpartition("=")
+            out.append(f"pymalloc {name.strip('# ').strip()}: {value.strip().replace(',', '')}")
+    return out
+
+
+def mapping_lines(top: int = 8) -> list[str]:
+    """Threads, and the resident bytes of the process's memory mappings (/proc/self/smaps):
+    the heap, the largest anonymous ones (glibc's thread arenas at 64 MiB-aligned addresses,
+    Python's arenas, thread stacks) and all file-backed ones together."""
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+        with open("/proc/self/smaps") as f:
+            text = f.read()
+    except OSError:
+        return []
+    rows: list[tuple[int, str, int]] = []  # (rss, name, size)
+    name, size = "", 0
+    for line in text.splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            start, end = (int(x, 16) for x in head[0].split("-"))
+            name, size = (head[5] if len(head) > 5 else f"anon@{start:#x}"), end - start
+        elif head and head[0] == "Rss:":
+            rows.append((int(head[1]) * 1024, name, size))
+    files = sum(r for r, n, _ in rows if n.startswith("/"))
+    lines = [f"threads {threads}", f"rss_file_mappings_bytes {files}"]
+    anon = sorted((r for r in rows if not r[1].startswith("/")), reverse=True)
+    lines += [f"rss_mapping {n} {r} (size {s})" for r, n, s in anon[:top]]
+    return lines
+
+
+def _owner(container: object) -> str:
+    """Where a container lives, for a report: the module and name or the type of the object
+    that holds it (not its attribute: asking an object for its __dict__ would make one)."""
+    other = "?"
+    refs = gc.get_referrers(container)
+    for ref in sorted(refs, key=lambda r: not isinstance(r, dict)):  # namespaces first
+        if isinstance(ref, dict):
+            key = next((k for k, v in ref.items() if v is container), None)
+            if key is None:
+                continue
+            if isinstance(ref.get("__name__"), str) and ref.get(key) is container:
+                return f"{ref['__name__']}.{key}"  # a module's (or class's) namespace
+            other = f"a dict's [{key!r}]"
+        elif other == "?" and type(ref).__qualname__ not in ("frame", "list", "tuple", "cell"):
+            other = f"held by a {type(ref).__qualname__}"
+    return other
+
+
+def _largest(top: int) -> list[tuple[int, int, object]]:
+    """The `top` largest dicts, sets, lists and deques alive, also those the garbage collector
+    does not track (a dict of strings and numbers) that a tracked object holds:
+    (length, id, container)."""
+    seen: dict[int, tuple[int, int, object]] = {}
+    kinds = (dict, set, list, deque)
+    for o in gc.get_objects():
+        for c in (o, *gc.get_referents(o)):
+            if isinstance(c, kinds) and id(c) not in seen:
+                seen[id(c)] = (len(c), id(c), c)
+    return sorted(seen.values(), key=lambda x: -x[0])[:top]
+
+
 def _types() -> Counter[str]:
     return Counter(type(o).__qualname__ for o in gc.get_objects())
 
@@ -73,6 +195,7 @@ class MemoryReporter:
         self.top = top
         self.count = 0
         self._types: Counter[str] | None = None
+        self._sizes: dict[int, int] = {}  # id -> length of the largest containers last time
         self._snapshot: tracemalloc.Snapshot | None = None
 
     def report(self) -> str:
@@ -81,7 +204,8 @@ class MemoryReporter:
         self.count += 1
         lines = [f"# meshcache memory report {self.count}, pid {os.getpid()}, "
                  f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-                 f"rss_bytes {rss_bytes()}", *malloc_lines()]
+                 f"rss_bytes {rss_bytes()}", *mapping_lines(), *arena_lines(),
+                 *pymalloc_lines(), *malloc_lines()]
         types = _types()
         lines.append(f"\n## live objects by type (count, change since report {self.count - 1})")
         delta = types.copy()
@@ -90,6 +214,15 @@ class MemoryReporter:
         order = sorted(types, key=lambda t: (-abs(delta[t]), -types[t]))
         lines += [f"{types[t]:>10} {delta[t]:>+9} {t}" for t in order[:self.top]]
         self._types = types
+        lines.append("\n## largest containers (length, change since the last report, where)")
+        sizes = {}
+        for n, ident, c in _largest(self.top // 2):
+            sizes[ident] = n
+            was = self._sizes.get(ident)
+            lines.append(f"{n:>10} {'' if was is None else f'{n - was:+d}':>9} "
+                         f"{type(c).__qualname__} {_owner(c)}")
+            del c
+        self._sizes = sizes
         if tracemalloc.is_tracing():
             snap = tracemalloc.take_snapshot().filter_traces(
                 [tracemalloc.Filter(False, tracemalloc.__file__)])
