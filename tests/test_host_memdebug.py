@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import threading
 import time
 import tracemalloc
 
-from meshcache.host.memdebug import MemoryReporter
+from meshcache.host.memdebug import MemoryReporter, rss_bytes, trim_heap
 from tests.host_fixtures import running_daemon
 
 
@@ -56,3 +57,47 @@ def test_a_growing_structure_tops_the_report():
     counts = text.split("live objects by type", 1)[1].splitlines()
     assert any(line.split()[-1] == "list" and int(line.split()[1]) >= 3000
                for line in counts[1:10] if line.strip()), counts[:10]
+
+
+class _Table:
+    """Holds a growing table, as a long-lived object in the daemon would."""
+
+    def __init__(self) -> None:
+        self.rows = {i: str(i) for i in range(20000)}  # untracked by gc: ints and strs only
+
+
+def test_a_growing_table_tops_the_largest_containers_with_its_holder():
+    holder = _Table()
+    with tempfile.TemporaryDirectory() as d:
+        reporter = MemoryReporter(d)
+        reporter.report()
+        holder.rows.update({i: "x" for i in range(20000, 20500)})
+        text = open(reporter.report()).read()
+    top = text.split("## largest containers", 1)[1].splitlines()[1]
+    assert top.split() == ["20500", "+500", "dict", "held", "by", "a", "_Table"], top
+    # the process's memory, by where it lives
+    for key in ("threads ", "rss_mapping ", "malloc_arena 0: system ",
+                "pymalloc arenas allocated current: ", "pymalloc bytes in allocated blocks: ",
+                "pymalloc blocks of "):
+        assert f"\n{key}" in text, key
+    blocks = int(text.split("pymalloc bytes in allocated blocks: ", 1)[1].split()[0])
+    assert blocks > 1_000_000  # this test process alone holds more than that in small objects
+
+
+def test_trim_heap_gives_back_what_a_thread_freed():
+    """What a thread frees stays in its glibc arena (RSS) until trimmed: the daemon trims
+    every malloc_trim_interval seconds."""
+    kept: list[bytes] = []
+
+    def work() -> None:
+        bufs = [bytes(4000) + bytes([i % 256]) for i in range(8000)]  # ~32 MB in its arena
+        kept.append(bufs[-1])  # pins the arena's top: freeing the rest cannot shrink it
+        del bufs
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    before = rss_bytes()
+    given = trim_heap()
+    assert given >= 16 << 20, (given, before)
+    assert rss_bytes() <= before - (16 << 20)

@@ -47,6 +47,17 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def trim_heap() -> int:
+    """Hand the free pages of every glibc arena back to the system (malloc_trim(0)); returns
+    the bytes of RSS that gave back (0 where glibc is not the allocator)."""
+    libc = _libc()
+    if libc is None:
+        return 0
+    before = rss_bytes()
+    libc.malloc_trim(0)
+    return max(0, before - rss_bytes())
+
+
 def malloc_lines() -> list[str]:
     """glibc's heap (every arena): bytes in use and bytes free but kept, then RSS after
     malloc_trim(0) hands the free pages back. Free-but-kept bytes that trim returns are the
@@ -57,8 +68,10 @@ def malloc_lines() -> list[str]:
     m = libc.mallinfo2()
     lines = [f"malloc_heap_bytes {m.arena + m.hblkhd} (mmapped {m.hblkhd})",
              f"malloc_in_use_bytes {m.uordblks + m.hblkhd}", f"malloc_free_bytes {m.fordblks}"]
+    start = time.perf_counter()
     libc.malloc_trim(0)
-    lines.append(f"rss_bytes_after_malloc_trim {rss_bytes()}")
+    took = time.perf_counter() - start
+    lines += [f"rss_bytes_after_malloc_trim {rss_bytes()}", f"malloc_trim_seconds {took:.4f}"]
     return lines
 
 
@@ -96,9 +109,10 @@ def arena_lines() -> list[str]:
     return lines
 
 
-def pymalloc_lines() -> list[str]:
-    """Python's small-object allocator (`sys._debugmallocstats`, which writes to fd 2): its
-    1 MiB arenas are mapped outside glibc's heap, so glibc's figures do not count them."""
+def pymalloc_stats() -> tuple[list[str], dict[int, int]]:
+    """Python's small-object allocator (`sys._debugmallocstats`, which writes to fd 2): summary
+    lines, and blocks in use by block size. Its 1 MiB arenas are mapped outside glibc's heap,
+    so glibc's figures do not count them."""
     keep = ("# arenas allocated total", "# arenas reclaimed", "# arenas highwater mark",
             "# arenas allocated current", "# bytes in allocated blocks",
             "# bytes in available blocks", "# unused pools")
@@ -115,13 +129,16 @@ def pymalloc_lines() -> list[str]:
             tmp.seek(0)
             text = tmp.read()
     except (OSError, AttributeError):
-        return []
-    out = []
+        return [], {}
+    lines, blocks = [], {}
     for line in text.splitlines():
         if line.startswith(keep):
             name, _, value = line.rpartition("=")
-            out.append(f"pymalloc {name.strip('# ').strip()}: {value.strip().replace(',', '')}")
-    return out
+            lines.append(f"pymalloc {name.strip('# ').strip()}: {value.strip().replace(',', '')}")
+        elif re.match(r"^\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+$", line):
+            _, size, _, used, _ = (int(x) for x in line.split())
+            blocks[size] = used
+    return lines, blocks
 
 
 def mapping_lines(top: int = 8) -> list[str]:
@@ -195,7 +212,8 @@ class MemoryReporter:
         self.top = top
         self.count = 0
         self._types: Counter[str] | None = None
-        self._sizes: dict[int, int] = {}  # id -> length of the largest containers last time
+        self._sizes: dict[int, int] = {}
+        self._blocks: dict[int, int] = {}  # pymalloc blocks in use by size, last time  # id -> length of the largest containers last time
         self._snapshot: tracemalloc.Snapshot | None = None
 
     def report(self) -> str:
@@ -204,8 +222,15 @@ class MemoryReporter:
         self.count += 1
         lines = [f"# meshcache memory report {self.count}, pid {os.getpid()}, "
                  f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-                 f"rss_bytes {rss_bytes()}", *mapping_lines(), *arena_lines(),
-                 *pymalloc_lines(), *malloc_lines()]
+                 f"rss_bytes {rss_bytes()}", *mapping_lines(), *arena_lines()]
+        small, blocks = pymalloc_stats()
+        lines += small
+        if self._blocks:  # the size classes that changed most since the last report
+            change = {size: n - self._blocks.get(size, 0) for size, n in blocks.items()}
+            lines += [f"pymalloc blocks of {size} bytes: {blocks[size]} ({change[size]:+d})"
+                      for size in sorted(change, key=lambda k: -abs(change[k]))[:5]]
+        self._blocks = blocks
+        lines += malloc_lines()
         types = _types()
         lines.append(f"\n## live objects by type (count, change since report {self.count - 1})")
         delta = types.copy()
