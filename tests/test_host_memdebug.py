@@ -26,7 +26,8 @@ def _wait_for(path: str, timeout: float = 30.0) -> str:
 
 
 def test_sigusr1_writes_reports_and_the_daemon_keeps_serving(tmp_path):
-    with running_daemon(str(tmp_path / "c"), trace_frames="8") as ready:
+    with running_daemon(str(tmp_path / "c"), trace_frames="8", malloc_trim_interval="1",
+                        log_level="INFO") as ready:
         pid = int(ready["pid"])  # type: ignore[call-overload]
         os.kill(pid, signal.SIGUSR1)
         first = _wait_for(str(tmp_path / "c" / f"memdebug-{pid}-1.txt"))
@@ -37,7 +38,9 @@ def test_sigusr1_writes_reports_and_the_daemon_keeps_serving(tmp_path):
         assert "allocation sites by traceback, made since the last report" in second
         os.kill(pid, 0)  # still running
         with open(str(ready["log_file"])) as f:
-            assert f"memdebug-{pid}-2.txt" in f.read()
+            log = f.read()
+        assert f"memdebug-{pid}-2.txt" in log
+        assert "heap trimmed: " in log  # every malloc_trim_interval seconds
 
 
 def test_a_growing_structure_tops_the_report():
