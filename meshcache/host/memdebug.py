@@ -1,7 +1,9 @@
-"""Memory reports of a running daemon, on SIGUSR1: RSS, glibc's heap, live objects by type and
-(with the `trace_frames` config key) the top allocation sites, each as a difference from the
-previous report, so an operator can tell a growing structure from a filled cache or from the
-allocator keeping freed memory.
+"""Memory reports of a running daemon, on SIGUSR1: RSS by mapping, glibc's heap arena by arena,
+Python's small-object allocator, live objects by type, the largest containers and (with the
+`trace_frames` config key) the top allocation sites, each as a difference from the previous
+report, so an operator can tell a growing structure from a filled cache or from the allocator
+keeping freed memory. `trim_heap` hands glibc's free pages back (the daemon calls it
+periodically, `malloc_trim_interval`).
 
 Tracing starts at the first report (N frames per traceback), so it costs nothing until asked
 and the sites of later reports are allocations made since, still alive: what grows."""
