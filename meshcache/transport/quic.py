@@ -62,7 +62,7 @@ log = logging.getLogger("meshcache.transport.quic")
 
 # An engine that raises while building packets (qh3's "packet builder capacity exhausted", at its
 # anti-amplification limit during a handshake) is asked again this soon (s): it may have no timer
-# due for long. One that keeps failing for ENGINE_FAILURE_GRACE (s) ends its connection.
+# due for long. An open connection whose engine keeps failing for ENGINE_FAILURE_GRACE (s) ends.
 ENGINE_RETRY_DELAY = 0.005
 ENGINE_FAILURE_GRACE = 1.0
 
@@ -327,7 +327,6 @@ class _ProtocolMixin:
     _timer: asyncio.TimerHandle | None
     _timer_at: float | None
     _closed: asyncio.Event
-    _connected_waiter: asyncio.Future[None] | None
     _connection_terminated_handler: Any
 
     def __init__(self, quic: Any, stream_handler: Any = None, *,
@@ -398,24 +397,22 @@ class _ProtocolMixin:
         self._timer_at = timer_at
 
     def _engine_failed(self, error: Exception, now: float) -> None:
-        """The engine raised while building packets: ask it again shortly (qh3 recovers once
-        the peer sends more); only if it keeps failing, end the connection (its streams fail at
-        once) rather than leave it stuck. Never lets the error escape into the event loop."""
-        if self._engine_failing_since is None:
-            self._engine_failing_since = now
-        if now - self._engine_failing_since < ENGINE_FAILURE_GRACE:
-            log.debug("QUIC engine could not build packets (%s); retrying", error)
-            if self._flush_handle is None:
-                self._flush_handle = self._loop.call_later(ENGINE_RETRY_DELAY, self._flush_now)
+        """The engine raised while building packets: ask it again shortly, never letting the
+        error escape into the event loop. An open connection whose engine keeps failing for
+        ENGINE_FAILURE_GRACE ends (its streams fail at once) rather than hang; a handshake
+        keeps trying until its own deadline (connect_timeout): qh3 at its anti-amplification
+        limit fails until the client's next packet, which may be a probe a PTO later."""
+        if self.conn is None or self._engine_failing_since is None:
+            self._engine_failing_since = now  # (a handshake has its own deadline)
+        if now - self._engine_failing_since >= ENGINE_FAILURE_GRACE:
+            log.warning("QUIC engine on the connection to %r failed for %.3g s (%s); closing it",
+                        self.address, ENGINE_FAILURE_GRACE, error)
+            self._ended(f"QUIC engine failed: {error}")
+            self._drop()
             return
-        log.warning("QUIC engine on the connection to %r failed for %.3g s (%s); closing it",
-                    self.address, ENGINE_FAILURE_GRACE, error)
-        waiter = self._connected_waiter
-        if waiter is not None and not waiter.done():  # a client still in its handshake
-            self._connected_waiter = None
-            waiter.set_exception(ConnectionError(f"QUIC engine failed: {error}"))
-        self._ended(f"QUIC engine failed: {error}")
-        self._drop()
+        log.debug("QUIC engine could not build packets (%s); retrying", error)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_later(ENGINE_RETRY_DELAY, self._flush_now)
 
     def _check_drain(self) -> None:
         for stream, (fut, before) in list(self._drain_waiters.items()):
