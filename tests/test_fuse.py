@@ -270,6 +270,21 @@ def test_reread_is_served_by_passthrough(local_tree, tmp_path):
         assert _reads(tmp_path / "mount.log") == first
 
 
+def test_a_file_read_in_parts_by_several_opens_gets_a_view(local_tree, tmp_path):
+    """Two opens each reading half of a file (neither served it whole): every block is cached
+    once they are closed, so the mount builds the view."""
+    root, big = local_tree
+    half = len(big) // 2
+    with mounted(str(root), tmp_path) as mnt:
+        path = mnt / "models" / "m1" / "weights.bin"
+        with open(path, "rb") as a:
+            assert a.read(half) == big[:half]
+        with open(path, "rb") as b:
+            b.seek(half)
+            assert b.read() == big[half:]
+        assert [v.read_bytes() for v in _wait_for_view(tmp_path / "cache")] == [big]
+
+
 def test_a_changed_object_is_not_read_from_its_old_view(local_tree, tmp_path):
     """A view is of one version: after the object changes at the origin (and the metadata TTL
     passes), an open reads the new bytes."""

@@ -321,10 +321,17 @@ class MeshcacheFuse:
         h.maps.clear()
         reader = h.reader
         if reader is not None:
-            if self._passthrough() and h.served >= reader.size:
+            if self._passthrough() and (h.served >= reader.size or self._all_local(reader)):
                 assert self.views is not None
                 self.views.request(self.node, reader.version, h.options)
             reader.close()
+
+    def _all_local(self, reader: Reader) -> bool:
+        """Whether every block of the reader's version is in the store (read whole, perhaps
+        by several open files)."""
+        digests = self.node.manifest(reader.version).digests
+        n = len(digests)
+        return None not in digests and self.node.store.first_missing(digests, 0, n) >= n
 
     def close(self) -> None:
         """Close what is still open (the session has ended)."""
