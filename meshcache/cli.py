@@ -282,7 +282,7 @@ def refresh(obj: _Ctx, url: str, as_json: bool) -> None:
 @click.argument("mountpoint", type=click.Path(file_okay=False, exists=True))
 @click.option("--storage-options", default="{}", metavar="JSON",
               help="fsspec storage options for the origin, as a JSON object.")
-@click.option("--debug", is_flag=True, help="Log every FUSE request (libfuse's -d).")
+@click.option("--debug", is_flag=True, help="Log every FUSE request the kernel sends.")
 @click.pass_obj
 @_run
 def mount(obj: _Ctx, url_prefix: str, mountpoint: str, storage_options: str,

@@ -142,6 +142,9 @@ class Config:
     s3_anonymous: bool = False
     # The region GetBucketLocation reports.
     s3_region: str = "us-east-1"
+    # Bytes of whole-object copies the FUSE mount may keep for passthrough reads (as root, on
+    # kernels with FUSE passthrough), on top of `capacity`; 0 turns passthrough off.
+    fuse_view_bytes: int = 4 * GiB
     # --- transport ---
     # QUIC engine: "auto" (qh3 when installed, else aioquic), "qh3" or "aioquic".
     quic_engine: str = "auto"
@@ -298,7 +301,7 @@ class Config:
                     "suspect_timeout", "indirect_checks", "sync_interval", "origin_retries",
                     "egress_rate", "ingress_rate",
                     "peer_egress_rate", "peer_ingress_rate", "stale_if_error",
-                    "index_snapshot_interval", "malloc_trim_interval"):
+                    "index_snapshot_interval", "fuse_view_bytes", "malloc_trim_interval"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
         for prefix in self.peer_origins:
@@ -412,7 +415,7 @@ _PRESETS = ("local", "lan", "wan")
 # Variables that are not configuration keys: the config file, and which daemon to use
 # (meshcache.host.client: a socket path, or "off").
 _NOT_KEYS = ("MESHCACHE_CONFIG", "MESHCACHE_DAEMON")
-_SIZE_KEYS = {"capacity", "block_size", "egress_rate", "ingress_rate", "peer_egress_rate",
+_SIZE_KEYS = {"capacity", "block_size", "fuse_view_bytes", "egress_rate", "ingress_rate", "peer_egress_rate",
               "peer_ingress_rate", "zone_egress_rate", "zone_ingress_rate"}
 
 

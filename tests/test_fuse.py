@@ -215,7 +215,7 @@ def test_mount_reads_through_the_host_daemon(local_tree, tmp_path):
 
 def test_unaligned_direct_reads_across_blocks(local_tree, tmp_path):
     """O_DIRECT hands the handler each read as asked: unaligned offsets and sizes spanning many
-    blocks (answered with several block-file descriptors spliced by libfuse), and the end."""
+    blocks (answered from several mapped block files in one reply), and the end."""
     import random
 
     root, big = local_tree
@@ -232,26 +232,130 @@ def test_unaligned_direct_reads_across_blocks(local_tree, tmp_path):
             os.close(fd)
 
 
-def test_reread_is_served_by_the_page_cache(local_tree, tmp_path):
-    """A file reopened while its version is unchanged is read from the kernel's page cache:
-    the second read sends the mount no READ request (libfuse's debug log lists each)."""
+def _reads(log_path) -> int:
+    """READ requests the mount has logged (--debug logs each request)."""
+    return open(log_path, errors="replace").read().count(": READ node")
+
+
+def _wait_for_view(cache, timeout: float = 30.0) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        views = [p for p in (cache / "fuse-views").glob("*") if not p.name.endswith(".tmp")]
+        if views:
+            return views
+        time.sleep(0.05)
+    raise AssertionError("no passthrough view was built")
+
+
+def test_reread_is_served_by_passthrough(local_tree, tmp_path):
+    """Once the mount served a file whole, it keeps a view of it and later opens are read by
+    the kernel from that view (FUSE passthrough): no READ request reaches the mount, and
+    read, pread and mmap return the right bytes."""
+    import mmap
+
     root, big = local_tree
-
-    def reads_so_far() -> int:
-        return open(tmp_path / "mount.log", errors="replace").read().count("opcode: READ ")
-
     with mounted(str(root), tmp_path, "--debug") as mnt:
         path = mnt / "models" / "m1" / "weights.bin"
         assert path.read_bytes() == big
-        first = reads_so_far()
+        first = _reads(tmp_path / "mount.log")
+        assert first > 0
+        views = _wait_for_view(tmp_path / "cache")
+        assert [v.read_bytes() for v in views] == [big]
+        assert path.read_bytes() == big
+        with open(path, "rb") as f:
+            assert os.pread(f.fileno(), 1000, 5 * SMALL_BLOCK + 7) == \
+                big[5 * SMALL_BLOCK + 7:5 * SMALL_BLOCK + 1007]
+            with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+                assert m[:] == big
+        assert _reads(tmp_path / "mount.log") == first
+
+
+def test_a_file_read_in_parts_by_several_opens_gets_a_view(local_tree, tmp_path):
+    """Two opens each reading half of a file (neither served it whole): every block is cached
+    once they are closed, so the mount builds the view."""
+    root, big = local_tree
+    half = len(big) // 2
+    with mounted(str(root), tmp_path) as mnt:
+        path = mnt / "models" / "m1" / "weights.bin"
+        with open(path, "rb") as a:
+            assert a.read(half) == big[:half]
+        with open(path, "rb") as b:
+            b.seek(half)
+            assert b.read() == big[half:]
+        assert [v.read_bytes() for v in _wait_for_view(tmp_path / "cache")] == [big]
+
+
+def test_a_changed_object_is_not_read_from_its_old_view(local_tree, tmp_path):
+    """A view is of one version: after the object changes at the origin (and the metadata TTL
+    passes), an open reads the new bytes."""
+    root, big = local_tree
+    target = root / "models" / "m1" / "weights.bin"
+    with mounted(str(root), tmp_path, env={"MESHCACHE_METADATA_TTL": "0.2"}) as mnt:
+        path = mnt / "models" / "m1" / "weights.bin"
+        assert path.read_bytes() == big
+        _wait_for_view(tmp_path / "cache")
+        new = make_bytes(len(big), 99)
+        target.write_bytes(new)
+        os.utime(target, (time.time() + 5, time.time() + 5))
+        time.sleep(0.5)
+        assert path.read_bytes() == new
+
+
+def test_reread_is_served_by_the_page_cache_without_views(local_tree, tmp_path):
+    """With passthrough off (fuse_view_bytes 0), a file reopened while its version is unchanged
+    is read from the kernel's page cache: the second read sends the mount no READ request."""
+    root, big = local_tree
+    with mounted(str(root), tmp_path, "--debug", env={"MESHCACHE_FUSE_VIEW_BYTES": "0"}) as mnt:
+        path = mnt / "models" / "m1" / "weights.bin"
+        assert path.read_bytes() == big
+        first = _reads(tmp_path / "mount.log")
         assert first > 0
         assert path.read_bytes() == big
-        assert reads_so_far() == first
+        assert _reads(tmp_path / "mount.log") == first
+    assert not (tmp_path / "cache" / "fuse-views").exists()
+
+
+def test_mount_through_fusermount(local_tree, tmp_path):
+    """The way a user without root mounts: fusermount3 mounts and hands back /dev/fuse over a
+    socket (here run by root, so the same code path); `fusermount3 -u` ends the session."""
+    from meshcache import Config, Node
+    from meshcache.surfaces.fuse import mount
+
+    root, big = local_tree
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    node = Node(Config.local(cache_dir=str(tmp_path / "cache"), block_size=SMALL_BLOCK,
+                             fsync=False))
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            mount(node, str(root), str(mnt), use_fusermount=True)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            assert not errors and time.monotonic() < deadline, errors
+            time.sleep(0.05)
+        assert (mnt / "models" / "m1" / "weights.bin").read_bytes() == big
+        assert not (tmp_path / "cache" / "fuse-views").exists()  # no passthrough this way
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True, timeout=30)
+        thread.join(20)
+        assert not thread.is_alive() and not errors, errors
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
+        thread.join(20)
+        node.close()
 
 
 def test_store_too_small_serves_from_memory(local_tree, tmp_path):
     """With room for one block, blocks are evicted while read: the mount answers those reads
-    from memory (a buffer handed to libfuse) and the bytes are still right."""
+    from memory and the bytes are still right."""
     root, big = local_tree
     with mounted(str(root), tmp_path, env={"MESHCACHE_CAPACITY": str(SMALL_BLOCK)}) as mnt:
         assert (mnt / "models" / "m1" / "weights.bin").read_bytes() == big

@@ -24,6 +24,7 @@ import pytest
 from meshcache.read.loop import new_event_loop
 from meshcache.transport import (
     AuthenticationError,
+    ConnectionClosed,
     FrameTooLarge,
     MemoryNetwork,
     MemoryTransport,
@@ -168,6 +169,103 @@ def test_closed_connections_leave_the_pool(kind: str) -> None:
                     await asyncio.sleep(0.01)
                 assert p.client.pooled == 0
             assert p.client.connections == []
+
+    run(main())
+
+
+def _failing_engine(patch: Any, target: Any, times: float) -> list[float]:
+    """Make the engine connection (or class) `target` raise while building packets, as qh3 does
+    ("packet builder capacity exhausted"), on its next `times` calls, for as long as the
+    MonkeyPatch `patch` lasts: the one fault injected here, since the real one cannot be
+    triggered on demand. Returns the calls' times."""
+    original = target.datagrams_to_send
+    calls: list[float] = []
+
+    def datagrams_to_send(*args: Any, now: float) -> Any:
+        calls.append(now)
+        if len(calls) <= times:
+            raise RuntimeError("packet builder capacity exhausted")
+        return original(*args, now=now)
+
+    patch.setattr(target, "datagrams_to_send", datagrams_to_send)
+    return calls
+
+
+async def _echo_once(conn: Any, data: bytes) -> None:
+    s = await conn.open_stream()
+    await s.send_frame(data)
+    assert await asyncio.wait_for(s.recv_frame(), 10) == data
+    await s.aclose()
+
+
+def _catch_loop_errors() -> list[dict[str, Any]]:
+    """What the running loop's exception handler gets (an error that escaped into the loop)."""
+    escaped: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: escaped.append(ctx))
+    return escaped
+
+
+@pytest.mark.parametrize("kind", QUIC_KINDS)
+def test_a_passing_engine_failure_is_retried_at_once(kind: str, monkeypatch: Any) -> None:
+    """An engine may raise while building packets and succeed on a later call (qh3 at its
+    anti-amplification limit in a handshake): sending is retried within milliseconds, not at
+    the engine's next timer (none is due for long on an idle connection), the connection goes
+    on and nothing escapes into the event loop."""
+
+    async def main() -> None:
+        escaped = _catch_loop_errors()
+        async with Pair(kind, echo) as p:
+            conn = await p.client.connect(p.addr)
+            await _echo_once(conn, b"before")
+            await asyncio.sleep(0.3)  # acknowledgements exchanged: the connection is idle
+            calls = _failing_engine(monkeypatch, conn._quic, times=2)
+            await _echo_once(conn, b"x" * 1000)
+            assert len(calls) >= 3
+            assert calls[2] - calls[0] < 0.5  # two retries, 5 ms apart
+            assert await p.client.connect(p.addr) is conn
+        assert escaped == []
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", QUIC_KINDS)
+def test_an_engine_that_keeps_failing_ends_the_connection(kind: str, monkeypatch: Any) -> None:
+    """An engine that keeps raising while building packets: a handshake keeps trying until its
+    deadline (connect_timeout), then stops; an open connection ends within about a second, its
+    streams fail with a clear error, and a new connection works. Nothing escapes into the
+    event loop."""
+    from meshcache.transport.quic import ENGINE_FAILURE_GRACE
+
+    bound = ENGINE_FAILURE_GRACE + 2.0
+    config = TransportConfig(max_datagram_size=65000, recv_timeout=bound + 2, send_timeout=5,
+                             connect_timeout=2, auth_timeout=5)
+
+    async def main() -> None:
+        escaped = _catch_loop_errors()
+        async with Pair(kind, echo, config=config) as p:
+            with monkeypatch.context() as m:  # every engine connection (none yet) fails
+                calls = _failing_engine(m, p.client.engine.QuicConnection, times=float("inf"))
+                with pytest.raises(TransportTimeout):
+                    await p.client.connect(p.addr)
+                assert len(calls) > 10  # retried all along
+                tried = len(calls)
+                await asyncio.sleep(0.1)
+                assert len(calls) == tried  # and no longer once the handshake gave up
+
+            conn = await p.client.connect(p.addr)
+            await _echo_once(conn, b"before")
+            s = await conn.open_stream()
+            _failing_engine(monkeypatch, conn._quic, times=float("inf"))
+            started = time.monotonic()
+            await s.send_frame(b"x" * 1000)
+            with pytest.raises(ConnectionClosed, match="QUIC engine failed"):
+                await s.recv_frame()
+            assert time.monotonic() - started < bound
+            await asyncio.wait_for(conn.wait_closed(), 1)
+            again = await p.client.connect(p.addr)
+            assert again is not conn
+            await _echo_once(again, b"after")
+        assert escaped == []
 
     run(main())
 

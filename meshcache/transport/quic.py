@@ -60,6 +60,12 @@ from meshcache.transport.identity import create_identity, load_or_create_identit
 
 log = logging.getLogger("meshcache.transport.quic")
 
+# An engine that raises while building packets (qh3's "packet builder capacity exhausted", at its
+# anti-amplification limit during a handshake) is asked again this soon (s): it may have no timer
+# due for long. An open connection whose engine keeps failing for ENGINE_FAILURE_GRACE (s) ends.
+ENGINE_RETRY_DELAY = 0.005
+ENGINE_FAILURE_GRACE = 1.0
+
 EXPORTER_LABEL = b"EXPORTER-meshcache-channel-binding"
 SERVER_NAME = "meshcache"
 
@@ -337,6 +343,7 @@ class _ProtocolMixin:
         self._udp_owned = False  # client: the UDP transport is ours to close
         self._sendmany: Any = None
         self._pending = False  # counted in owner's unadmitted connections
+        self._engine_failing_since: float | None = None
         if not is_client and owner.engine.client_certificates:
             # ask the client for its certificate (mutual TLS, not CA-verified): instance-level
             # hook on aioquic's lazily created TLS context
@@ -372,7 +379,13 @@ class _ProtocolMixin:
         """Send what the engine has to send (batched with GSO where the socket has it), then
         re-arm the engine's timer."""
         loop = self._loop
-        datagrams = self._quic.datagrams_to_send(now=loop.time())
+        now = loop.time()
+        try:
+            datagrams = self._quic.datagrams_to_send(now=now)
+        except Exception as e:
+            self._engine_failed(e, now)
+            return
+        self._engine_failing_since = None
         if datagrams:
             batching.send(self._transport, self._sendmany, datagrams)
         timer_at = self._quic.get_timer()
@@ -382,6 +395,24 @@ class _ProtocolMixin:
         if self._timer is None and timer_at is not None:
             self._timer = loop.call_at(timer_at, self._handle_timer)  # type: ignore[attr-defined]
         self._timer_at = timer_at
+
+    def _engine_failed(self, error: Exception, now: float) -> None:
+        """The engine raised while building packets: ask it again shortly, never letting the
+        error escape into the event loop. An open connection whose engine keeps failing for
+        ENGINE_FAILURE_GRACE ends (its streams fail at once) rather than hang; a handshake
+        keeps trying until its own deadline (connect_timeout): qh3 at its anti-amplification
+        limit fails until the client's next packet, which may be a probe a PTO later."""
+        if self.conn is None or self._engine_failing_since is None:
+            self._engine_failing_since = now  # (a handshake has its own deadline)
+        if now - self._engine_failing_since >= ENGINE_FAILURE_GRACE:
+            log.warning("QUIC engine on the connection to %r failed for %.3g s (%s); closing it",
+                        self.address, ENGINE_FAILURE_GRACE, error)
+            self._ended(f"QUIC engine failed: {error}")
+            self._drop()
+            return
+        log.debug("QUIC engine could not build packets (%s); retrying", error)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_later(ENGINE_RETRY_DELAY, self._flush_now)
 
     def _check_drain(self) -> None:
         for stream, (fut, before) in list(self._drain_waiters.items()):
@@ -539,6 +570,10 @@ class _ProtocolMixin:
             self.owner._accepted(self.conn)
 
     def _terminated(self, event: Any) -> None:
+        self._ended(f"{event.error_code:#x} {event.reason_phrase}")
+
+    def _ended(self, why: str) -> None:
+        """The connection is over: fail its waiters and streams, close a socket of our own."""
         self._not_pending()
         for fut, _ in list(self._drain_waiters.values()):
             if not fut.done():
@@ -549,8 +584,7 @@ class _ProtocolMixin:
             self._handshake_timer = None
         if self.conn is not None:
             self.conn._mark_closed(ConnectionClosed(
-                f"connection to {self.conn.peer.address!r} closed "
-                f"({event.error_code:#x} {event.reason_phrase})"))
+                f"connection to {self.conn.peer.address!r} closed ({why})"))
         if self._udp_owned and self._transport is not None:
             self._transport.close()
 
