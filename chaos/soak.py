@@ -6,7 +6,9 @@ garbage datagrams arrive. Its RSS growth after warm-up (target <= 5%) and its op
 
 While tracing a cause: --seconds shortens it, --trace-dir takes memory reports of the
 daemon (SIGUSR1; MESHCACHE_TRACE_FRAMES, default 25 here, 0: no tracing) at the end of warm-up,
-at mid-run and at the end, kept in that directory; --series prints every sample to stderr.
+at mid-run and at the end (or every --report-every seconds), kept in that directory; each report
+also trims the heap, so RSS figures of such a run are not comparable with a plain one; --series
+prints every sample to stderr.
 The daemon inherits the environment, so allocator experiments (MALLOC_ARENA_MAX=2,
 GLIBC_TUNABLES=...) go in front of the command."""
 
@@ -35,6 +37,9 @@ BLOCK = 64 * 1024
 def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=int, help="length of the run (default 600; --quick: 60)")
     p.add_argument("--trace-dir", help="trace allocations in the daemon; memory reports here")
+    p.add_argument("--report-every", type=float,
+                   help="with --trace-dir: a report every this many seconds from the end of "
+                        "warm-up, instead of at its end, mid-run and the end")
     p.add_argument("--series", action="store_true", help="print each sample to stderr")
 
 
@@ -80,6 +85,10 @@ def main() -> None:
         t0 = time.monotonic()
         last_sample = 0.0
         report_at = [warmup, (warmup + seconds) / 2] if args.trace_dir else []
+        if args.trace_dir and args.report_every:
+            report_at = [warmup + k * args.report_every
+                         for k in range(int((seconds - warmup) / args.report_every) + 1)
+                         if warmup + k * args.report_every < seconds - 1]
         i = 0
         while time.monotonic() - t0 < seconds:
             i += 1

@@ -159,7 +159,9 @@ def mapping_lines(top: int = 8) -> list[str]:
         head = line.split()
         if head and "-" in head[0] and not head[0].endswith(":"):
             start, end = (int(x, 16) for x in head[0].split("-"))
-            name, size = (head[5] if len(head) > 5 else f"anon@{start:#x}"), end - start
+            arena = " (a glibc thread arena)" if start % (64 << 20) == 0 else ""
+            name = head[5] if len(head) > 5 else f"anon@{start:#x}{arena}"
+            size = end - start
         elif head and head[0] == "Rss:":
             rows.append((int(head[1]) * 1024, name, size))
     files = sum(r for r, n, _ in rows if n.startswith("/"))
