@@ -218,8 +218,8 @@ class MemoryReporter:
         self.top = top
         self.count = 0
         self._types: Counter[str] | None = None
-        self._sizes: dict[int, int] = {}
-        self._blocks: dict[int, int] = {}  # pymalloc blocks in use by size, last time  # id -> length of the largest containers last time
+        self._sizes: dict[int, int] = {}  # id -> length of the largest containers last time
+        self._blocks: dict[int, int] = {}  # pymalloc blocks in use by size, last time
         self._snapshot: tracemalloc.Snapshot | None = None
 
     def report(self) -> str:
