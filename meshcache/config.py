@@ -198,13 +198,6 @@ class Config:
     # allocations (tracemalloc); 0: reports count objects by type only, no tracing cost.
     trace_frames: int = 0
 
-    # --- the daemon's heap ---
-    # Seconds between handing the heap's free pages back to the system (glibc's malloc_trim)
-    # in the daemon: glibc keeps what a thread frees in that thread's arena, and the node's
-    # loop thread frees megabytes of datagrams and blocks a minute (docs/reliability.md,
-    # "Soak"). 0: never (the allocator's own policy).
-    malloc_trim_interval: float = 60.0
-
     # ---- presets ---------------------------------------------------------------------------------
 
     @classmethod
@@ -301,7 +294,7 @@ class Config:
                     "suspect_timeout", "indirect_checks", "sync_interval", "origin_retries",
                     "egress_rate", "ingress_rate",
                     "peer_egress_rate", "peer_ingress_rate", "stale_if_error",
-                    "index_snapshot_interval", "fuse_view_bytes", "malloc_trim_interval"):
+                    "index_snapshot_interval", "fuse_view_bytes"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
         for prefix in self.peer_origins:

@@ -15,13 +15,12 @@ import os
 import signal
 import sys
 import threading
-import time
 from typing import TYPE_CHECKING
 
 import click
 
 from meshcache.config import Config, ConfigError
-from meshcache.host.memdebug import MemoryReporter, trim_heap
+from meshcache.host.memdebug import MemoryReporter
 from meshcache.host.server import LocalApi
 from meshcache.read.node import Node
 from meshcache.read.store import StoreError
@@ -147,14 +146,10 @@ def main(config_path: str | None, preset: str | None, cache_dir: str | None, zon
     log.warning("started: zone %s, peers on %s, %d peer(s) found, cache %s (%d MiB), local API "
                 "%s, metrics %s", cfg.zone, ready["address"], members, cfg.cache_dir,
                 cfg.capacity >> 20, api.path, ready["metrics"] or "off")
-    next_trim = time.monotonic() + cfg.malloc_trim_interval
     while not stop.wait(1.0):
         if report_asked[0]:
             report_asked[0] = False
             log.warning("memory report (SIGUSR1): %s", reports.report())
-        if cfg.malloc_trim_interval and time.monotonic() >= next_trim:
-            log.info("heap trimmed: %d bytes given back", trim_heap())
-            next_trim = time.monotonic() + cfg.malloc_trim_interval
     _stop(api, status)
     if gateway is not None:
         gateway.close()

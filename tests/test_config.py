@@ -32,7 +32,6 @@ def test_toml_and_env(tmp_path):
     ({"preset": "moon"}, "preset"),
     ({"peers": "a:1"}, "peers"),
     ({"trace_frames": -1}, "trace_frames"),
-    ({"malloc_trim_interval": -1}, "malloc_trim_interval"),
 ])
 def test_bad_values_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key):

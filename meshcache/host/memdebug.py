@@ -2,8 +2,7 @@
 Python's small-object allocator, live objects by type, the largest containers and (with the
 `trace_frames` config key) the top allocation sites, each as a difference from the previous
 report, so an operator can tell a growing structure from a filled cache or from the allocator
-keeping freed memory. `trim_heap` hands glibc's free pages back (the daemon calls it
-periodically, `malloc_trim_interval`).
+keeping freed memory.
 
 Tracing starts at the first report (N frames per traceback), so it costs nothing until asked
 and the sites of later reports are allocations made since, still alive: what grows."""
@@ -47,17 +46,6 @@ def _libc() -> ctypes.CDLL | None:
         return libc
     except (OSError, AttributeError):  # not glibc (>= 2.33)
         return None
-
-
-def trim_heap() -> int:
-    """Hand the free pages of every glibc arena back to the system (malloc_trim(0)); returns
-    the bytes of RSS that gave back (0 where glibc is not the allocator)."""
-    libc = _libc()
-    if libc is None:
-        return 0
-    before = rss_bytes()
-    libc.malloc_trim(0)
-    return max(0, before - rss_bytes())
 
 
 def malloc_lines() -> list[str]:
