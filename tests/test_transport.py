@@ -9,6 +9,7 @@ qh3_fix.py; one test uses the 1452-byte default).
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import os
@@ -16,6 +17,7 @@ import random
 import socket
 import stat
 import time
+import weakref
 from typing import Any, Awaitable, Callable
 
 import blake3
@@ -641,3 +643,45 @@ def test_aioquic_send_buffer_patch_keeps_semantics() -> None:
         for a, d in received.items():
             out[a:a + len(d)] = d
         assert out == sent
+
+
+@pytest.mark.parametrize("kind", QUIC_KINDS)  # the in-memory pair links its two ends (tests only)
+def test_a_closed_connection_is_freed_without_the_cycle_collector(kind: str) -> None:
+    """Readers come and go: each connection to one, once closed and let go, must be freed by
+    reference counting. In a cycle (connection <-> its protocol, or a kept error raised again
+    with a traceback whose frames hold the connection), it waited for a full garbage
+    collection with all it held, and the daemon's memory grew with every reader."""
+    gone: list[tuple[str, weakref.ref[Any]]] = []
+
+    async def main() -> None:
+        async with Pair(kind, echo) as p:
+            for i in range(3):
+                server, addr = await p.another_server(f"peer{i}")
+                conn = await p.client.connect(addr)
+                s = await conn.open_stream()
+                await s.send_frame(b"x" * 70000)
+                assert await s.recv_frame() == b"x" * 70000
+                await s.aclose()
+                gone.extend([("client's connection", weakref.ref(conn)), ("stream", weakref.ref(s))])
+                gone.extend(("server's connection", weakref.ref(c)) for c in server.connections)
+                await server.close()  # the peer goes away
+                await asyncio.wait_for(conn.wait_closed(), 10)
+                for _ in range(2):  # the kept error, raised to each later caller
+                    with pytest.raises(ConnectionClosed):
+                        await conn.open_stream()
+                del conn, s
+                for _ in range(100):
+                    if p.client.pooled == 0:
+                        break
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # the engines' last timers
+
+    gc.collect()
+    gc.disable()
+    try:
+        run(main())
+        alive = [name for name, ref in gone if ref() is not None]
+    finally:
+        gc.enable()
+    assert len(gone) >= 9 and alive == [], alive
+

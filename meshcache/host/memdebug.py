@@ -192,6 +192,34 @@ def _largest(top: int) -> list[tuple[int, int, object]]:
     return sorted(sized.values(), key=lambda x: -x[0])[:top]
 
 
+def _in_use() -> int:
+    libc = _libc()
+    if libc is None:
+        return 0
+    m = libc.mallinfo2()
+    return int(m.uordblks + m.hblkhd)
+
+
+def garbage_lines(top: int) -> list[str]:
+    """Collect the garbage cycles now (every generation) and say what they were: objects that
+    only the cycle collector frees stay until a collection of their generation, and those that
+    lived long enough to reach the oldest can wait for minutes, holding the memory they own."""
+    before = _in_use()
+    flags = gc.get_debug()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # keep them in gc.garbage, to count them by type
+    try:
+        found = gc.collect()
+        kinds = Counter(type(o).__qualname__ for o in gc.garbage)
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(flags)
+    gc.collect()  # now free them
+    lines = [f"gc_garbage_objects {found} (in cycles, collected now; heap in use "
+             f"{before} bytes before, {_in_use()} after)"]
+    lines += [f"gc_garbage {n} {kind}" for kind, n in kinds.most_common(top)]
+    return lines
+
+
 def _types() -> Counter[str]:
     return Counter(type(o).__qualname__ for o in gc.get_objects())
 
@@ -212,11 +240,11 @@ class MemoryReporter:
 
     def report(self) -> str:
         """Write the next report; return its path."""
-        gc.collect()
         self.count += 1
         lines = [f"# meshcache memory report {self.count}, pid {os.getpid()}, "
                  f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-                 f"rss_bytes {rss_bytes()}", *mapping_lines(), *arena_lines()]
+                 f"rss_bytes {rss_bytes()}", *garbage_lines(self.top), *mapping_lines(),
+                 *arena_lines()]
         small, blocks = pymalloc_stats()
         lines += small
         if self._blocks:  # the size classes that changed most since the last report

@@ -34,6 +34,7 @@ import abc
 import asyncio
 import collections
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -74,6 +75,14 @@ class TransportTimeout(TransportError, TimeoutError):
 
 class FrameTooLarge(TransportError):
     """A frame header announced more than the allowed size; nothing of the body was buffered."""
+
+
+def stored(exc: BaseException) -> BaseException:
+    """What to raise for an error a stream or connection keeps (raised again to every later
+    caller): a copy. Raised itself, the kept error would take a traceback whose frames hold that
+    stream or connection: a cycle that only a full garbage collection frees, minutes later,
+    with all the connection holds."""
+    return copy.copy(exc)
 
 
 class StreamReset(TransportError):
@@ -277,7 +286,7 @@ class Stream(abc.ABC):
     async def _wait(self, timeout: float | None) -> None:
         """Wait for more bytes, EOF or an error, at most `timeout` seconds."""
         if self._error is not None:
-            raise self._error
+            raise stored(self._error)
         fut = self._loop.create_future()
         self._waiter = fut
         handle = None
@@ -294,7 +303,7 @@ class Stream(abc.ABC):
             if handle is not None:
                 handle.cancel()
         if self._error is not None and not self._buffered:
-            raise self._error
+            raise stored(self._error)
 
     def _timeout(self, timeout: float | None) -> float | None:
         return self.config.recv_timeout if timeout is None else (timeout if timeout > 0 else None)
@@ -308,7 +317,7 @@ class Stream(abc.ABC):
         t = self._timeout(timeout)
         while self._buffered < n:
             if self._error is not None:
-                raise self._error
+                raise stored(self._error)
             if self._eof:
                 raise IncompleteRead(self._take(self._buffered), n)
             await self._wait(t)
@@ -319,7 +328,7 @@ class Stream(abc.ABC):
         t = self._timeout(timeout)
         while not self._buffered:
             if self._error is not None:
-                raise self._error
+                raise stored(self._error)
             if self._eof:
                 return b""
             await self._wait(t)
@@ -359,7 +368,7 @@ class Stream(abc.ABC):
             if self._buffered:
                 raise TransportError(f"unexpected {self._buffered} bytes before end of stream")
             if self._error is not None:
-                raise self._error
+                raise stored(self._error)
             await self._wait(t)
         if self._buffered:
             raise TransportError(f"unexpected {self._buffered} bytes before end of stream")
@@ -401,7 +410,7 @@ class Stream(abc.ABC):
 
     def _check_send(self) -> None:
         if self._send_error is not None:
-            raise self._send_error
+            raise stored(self._send_error)
         if self._fin_sent:
             raise TransportError("stream already finished")
 
@@ -584,7 +593,7 @@ class Connection(abc.ABC):
         """The next stream the peer opened. For authenticators; after authentication the
         transport hands incoming streams to the handler instead."""
         if self._closed_exc is not None and self._incoming.empty():
-            raise self._closed_exc
+            raise stored(self._closed_exc)
         t = self.config.recv_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(t if t and t > 0 else None):
@@ -595,7 +604,7 @@ class Connection(abc.ABC):
         if s is None:
             self._incoming.put_nowait(None)  # keep the end marker for other takers
             assert self._closed_exc is not None
-            raise self._closed_exc
+            raise stored(self._closed_exc)
         return s
 
     @abc.abstractmethod

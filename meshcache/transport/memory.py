@@ -24,6 +24,7 @@ from meshcache.transport.base import (
     TransportConfig,
     TransportError,
     ERR_NONE,
+    stored,
 )
 
 _ids = itertools.count(1)
@@ -56,7 +57,7 @@ class MemoryStream(Stream):
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
         if self._send_error is not None:
-            raise self._send_error
+            raise stored(self._send_error)
         other = self.other
         assert other is not None
         if self.connection.is_closed:
@@ -102,7 +103,7 @@ class MemoryConnection(Connection):
 
     async def open_stream(self) -> Stream:
         if self._closed_exc is not None:
-            raise self._closed_exc
+            raise stored(self._closed_exc)
         other = self.other
         assert other is not None
         sid = self._next_id

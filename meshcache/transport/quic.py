@@ -55,6 +55,7 @@ from meshcache.transport.base import (
     TransportError,
     TransportTimeout,
     parse_address,
+    stored,
 )
 from meshcache.transport.identity import create_identity, load_or_create_identity, node_id_of_certificate
 
@@ -136,10 +137,10 @@ class QuicStream(Stream):
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
         if self._send_error is not None:
-            raise self._send_error
+            raise stored(self._send_error)
         conn = self.connection
         if conn._closed_exc is not None:
-            raise conn._closed_exc
+            raise stored(conn._closed_exc)
         try:
             conn._quic.send_stream_data(self.stream_id, data)
         except Exception as e:  # e.g. qh3's QuicConnectionError once the connection closed
@@ -165,7 +166,7 @@ class QuicStream(Stream):
             if n <= low:
                 return
             if self._send_error is not None:
-                raise self._send_error
+                raise stored(self._send_error)
             fut = self._loop.create_future()
             proto._drain_waiters[self] = (fut, n)
             handle = self._loop.call_later(timeout, _expire_send, fut) if timeout else None
@@ -183,7 +184,7 @@ class QuicStream(Stream):
     async def _write_eof(self) -> None:
         conn = self.connection
         if conn._closed_exc is not None:
-            raise conn._closed_exc
+            raise stored(conn._closed_exc)
         try:
             conn._quic.send_stream_data(self.stream_id, b"", end_stream=True)
         except Exception as e:  # e.g. qh3's QuicConnectionError once the connection closed
@@ -237,7 +238,7 @@ class QuicPeerConnection(Connection):
 
     async def open_stream(self) -> Stream:
         if self._closed_exc is not None:
-            raise self._closed_exc
+            raise stored(self._closed_exc)
         sid = self._quic.get_next_available_stream_id()
         # the engine allocates the id when the stream is first used; reserve it now
         self._engine.reserve_stream(self._quic, sid)
@@ -267,6 +268,14 @@ class QuicPeerConnection(Connection):
 
     def _admitted(self) -> None:
         self._protocol._admitted()
+
+    def _mark_closed(self, exc: ConnectionClosed) -> None:
+        super()._mark_closed(exc)
+        # The protocol lives on for the engine's closing exchange; without its link back, this
+        # connection (with its engine, TLS and packet state) is freed by reference counting as
+        # soon as nobody holds it, not by a full garbage collection minutes later.
+        if self._protocol.conn is self:
+            self._protocol.conn = None
 
     # ---- events ----------------------------------------------------------------------------------
 
