@@ -198,6 +198,12 @@ class Config:
     # allocations (tracemalloc); 0: reports count objects by type only, no tracing cost.
     trace_frames: int = 0
 
+    # --- the daemon's garbage collection ---
+    # Seconds between full garbage collections in the daemon (0: Python's own schedule). The
+    # QUIC engines keep each connection in a reference cycle, so a closed connection's memory
+    # (engine state, buffers) is freed only by a collection; docs/reliability.md, "Soak".
+    gc_interval: float = 0.0
+
     # ---- presets ---------------------------------------------------------------------------------
 
     @classmethod
@@ -294,7 +300,7 @@ class Config:
                     "suspect_timeout", "indirect_checks", "sync_interval", "origin_retries",
                     "egress_rate", "ingress_rate",
                     "peer_egress_rate", "peer_ingress_rate", "stale_if_error",
-                    "index_snapshot_interval", "fuse_view_bytes"):
+                    "index_snapshot_interval", "fuse_view_bytes", "gc_interval"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)}")
         for prefix in self.peer_origins:

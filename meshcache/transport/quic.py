@@ -214,6 +214,10 @@ class QuicStream(Stream):
         self.connection._protocol._drain_waiters.pop(self, None)
 
 
+def _ignore(*_args: Any) -> None:
+    pass
+
+
 def _expire_send(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_exception(TransportTimeout())
@@ -497,6 +501,7 @@ class _ProtocolMixin:
             self._flush_handle = None
         self._not_pending()
         self._connection_terminated_handler()
+        self._unhook()
         self._closed.set()
 
     def _not_pending(self) -> None:
@@ -580,6 +585,14 @@ class _ProtocolMixin:
 
     def _terminated(self, event: Any) -> None:
         self._ended(f"{event.error_code:#x} {event.reason_phrase}")
+        self._unhook()  # the engine told the server (its handler ran before this event)
+
+    def _unhook(self) -> None:
+        """After the server has forgotten this connection: drop the callbacks it gave us, each
+        bound to this protocol (a cycle that only a full garbage collection would free)."""
+        self._connection_id_issued_handler = _ignore
+        self._connection_id_retired_handler = _ignore
+        self._connection_terminated_handler = _ignore
 
     def _ended(self, why: str) -> None:
         """The connection is over: fail its waiters and streams, close a socket of our own."""
