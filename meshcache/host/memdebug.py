@@ -215,7 +215,8 @@ def garbage_lines(top: int) -> list[str]:
         gc.set_debug(flags)
     gc.collect()  # now free them
     lines = [f"gc_garbage_objects {found} (in cycles, collected now; heap in use "
-             f"{before} bytes before, {_in_use()} after)"]
+             f"{before} bytes before, {_in_use()} after)",
+             f"gc_frozen_objects {gc.get_freeze_count()} (made at start, never collected)"]
     lines += [f"gc_garbage {n} {kind}" for kind, n in kinds.most_common(top)]
     return lines
 
