@@ -31,6 +31,8 @@ def test_sigusr1_writes_reports_and_the_daemon_keeps_serving(tmp_path):
         first = _wait_for(str(tmp_path / "c" / f"memdebug-{pid}-1.txt"))
         assert "rss_bytes " in first and "live objects by type" in first
         assert "allocations traced from now on, 8 frames" in first
+        # what the daemon made to start is out of the collector's sight (cheap full collections)
+        assert int(first.split("gc_frozen_objects ", 1)[1].split()[0]) > 10_000
         os.kill(pid, signal.SIGUSR1)
         second = _wait_for(str(tmp_path / "c" / f"memdebug-{pid}-2.txt"))
         assert "allocation sites by traceback, made since the last report" in second
