@@ -199,10 +199,12 @@ class Config:
     trace_frames: int = 0
 
     # --- the daemon's garbage collection ---
-    # Seconds between full garbage collections in the daemon (0: Python's own schedule). The
-    # QUIC engines keep each connection in a reference cycle, so a closed connection's memory
-    # (engine state, buffers) is freed only by a collection; docs/reliability.md, "Soak".
-    gc_interval: float = 0.0
+    # Seconds between full garbage collections in the daemon (0: Python's own schedule, which
+    # ran one every few minutes). Both QUIC engines keep each connection in a reference cycle,
+    # so a closed connection's engine state and buffers are freed only by a collection
+    # (docs/reliability.md, "Soak"); one takes milliseconds (the daemon freezes what it made
+    # to start).
+    gc_interval: float = 10.0
 
     # ---- presets ---------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ def test_toml_and_env(tmp_path):
     ({"preset": "moon"}, "preset"),
     ({"peers": "a:1"}, "peers"),
     ({"trace_frames": -1}, "trace_frames"),
+    ({"gc_interval": -1}, "gc_interval"),
 ])
 def test_bad_values_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key):

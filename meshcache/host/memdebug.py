@@ -207,6 +207,7 @@ def garbage_lines(top: int) -> list[str]:
     before = _in_use()
     flags = gc.get_debug()
     gc.set_debug(gc.DEBUG_SAVEALL)  # keep them in gc.garbage, to count them by type
+    start = time.perf_counter()
     try:
         found = gc.collect()
         kinds = Counter(type(o).__qualname__ for o in gc.garbage)
@@ -214,8 +215,9 @@ def garbage_lines(top: int) -> list[str]:
         gc.garbage.clear()
         gc.set_debug(flags)
     gc.collect()  # now free them
-    lines = [f"gc_garbage_objects {found} (in cycles, collected now; heap in use "
-             f"{before} bytes before, {_in_use()} after)",
+    took = time.perf_counter() - start
+    lines = [f"gc_garbage_objects {found} (in cycles, collected now in {took:.3f} s; heap in "
+             f"use {before} bytes before, {_in_use()} after)",
              f"gc_frozen_objects {gc.get_freeze_count()} (made at start, never collected)"]
     lines += [f"gc_garbage {n} {kind}" for kind, n in kinds.most_common(top)]
     return lines
