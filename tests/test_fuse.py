@@ -135,6 +135,32 @@ def test_umount_ends_the_process(local_tree, tmp_path):
             stop_mount(proc, mnt)
 
 
+def test_sigterm_with_a_file_held_open_still_ends_the_mount(local_tree, tmp_path):
+    """A reader holding a file open does not keep the mount process alive after SIGTERM: the
+    mount is detached, the session aborted, and the held file reads fail instead of hanging."""
+    root, big = local_tree
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with open(tmp_path / "mount.log", "w") as log:
+        proc = start_mount(str(root), mnt, tmp_path / "cache", log)
+        try:
+            held = open(mnt / "models" / "m1" / "weights.bin", "rb", buffering=0)
+            try:
+                assert held.read(100) == big[:100]
+                t0 = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(20) == 0
+                assert time.monotonic() - t0 < 10
+                assert not os.path.ismount(mnt)
+                with pytest.raises(OSError):
+                    held.read(100)
+            finally:
+                with contextlib.suppress(OSError):  # ENOTCONN: the session is gone
+                    held.close()
+        finally:
+            stop_mount(proc, mnt)
+
+
 @pytest.fixture
 def failing_http(tmp_path):
     """An HTTP origin that lists and answers HEAD but fails every GET of a file with 500."""
