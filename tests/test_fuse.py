@@ -296,6 +296,36 @@ def test_reread_is_served_by_passthrough(local_tree, tmp_path):
         assert _reads(tmp_path / "mount.log") == first
 
 
+def test_cache_du_counts_views_and_evict_removes_them(local_tree, tmp_path):
+    """`meshcache cache du` reports the views' bytes; `cache evict URL` removes the URL's view
+    with its blocks (and `--all` every view)."""
+    import json
+
+    root, big = local_tree
+    cache = tmp_path / "cache"
+
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, "-c", "from meshcache.cli import main; main()",
+                               "--cache-dir", str(cache), *args], capture_output=True,
+                              text=True, check=True, timeout=60,
+                              env=dict(os.environ, MESHCACHE_BLOCK_SIZE=str(SMALL_BLOCK),
+                                       MESHCACHE_DAEMON="off")).stdout
+
+    with mounted(str(root), tmp_path) as mnt:
+        assert (mnt / "models" / "m1" / "weights.bin").read_bytes() == big
+        assert (mnt / "readme.txt").read_bytes() == b"hello mount\n"
+        _wait_for_view(cache)
+        deadline = time.monotonic() + 30
+        while len(list((cache / "fuse-views").glob("*"))) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert json.loads(cli("cache", "du", "--json"))["fuse_view_bytes"] == len(big) + 12
+    cli("cache", "evict", f"file://{root}/models/m1/weights.bin")
+    assert json.loads(cli("cache", "du", "--json"))["fuse_view_bytes"] == 12
+    cli("cache", "evict", "--all")
+    assert json.loads(cli("cache", "du", "--json"))["fuse_view_bytes"] == 0
+
+
 def test_a_file_read_in_parts_by_several_opens_gets_a_view(local_tree, tmp_path):
     """Two opens each reading half of a file (neither served it whole): every block is cached
     once they are closed, so the mount builds the view."""
