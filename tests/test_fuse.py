@@ -415,3 +415,21 @@ def test_store_too_small_serves_from_memory(local_tree, tmp_path):
     root, big = local_tree
     with mounted(str(root), tmp_path, env={"MESHCACHE_CAPACITY": str(SMALL_BLOCK)}) as mnt:
         assert (mnt / "models" / "m1" / "weights.bin").read_bytes() == big
+
+
+def test_views_left_by_a_crashed_build_are_removed_others_kept(tmp_path):
+    """A temp view of a process that is gone is removed when a mount starts; one of a live
+    process (another mount building it) is left alone."""
+    from meshcache.surfaces.fuseviews import Views
+
+    root = tmp_path / "views"
+    root.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (root / f"{'ab' * 32}.{dead.pid}.1.tmp").write_bytes(b"half")
+    (root / f"{'cd' * 32}.{os.getpid()}.1.tmp").write_bytes(b"building")
+    views = Views(str(root), 1 << 20, fsync=False)
+    try:
+        assert sorted(p.name for p in root.iterdir()) == [f"{'cd' * 32}.{os.getpid()}.1.tmp"]
+    finally:
+        views.close()

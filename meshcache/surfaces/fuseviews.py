@@ -85,7 +85,7 @@ class Views:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="meshcache-fuse-view")
         os.makedirs(root, exist_ok=True)
         for name in os.listdir(root):
-            if name.endswith(_TMP):  # a build a crash interrupted
+            if name.endswith(_TMP) and not _alive(name):  # a build a crash interrupted
                 try:
                     os.unlink(os.path.join(root, name))
                 except FileNotFoundError:
@@ -193,6 +193,18 @@ class Views:
             except FileNotFoundError:
                 pass
             used -= size
+
+
+def _alive(tmp_name: str) -> bool:
+    """Whether the process building temp file `tmp_name` (<key>.<pid>.<thread>.tmp) runs."""
+    try:
+        pid = int(tmp_name.split(".")[1])
+        os.kill(pid, 0)
+    except (IndexError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_all(fd: int, data: bytes) -> None:
