@@ -110,7 +110,6 @@ class Device:
         self.mountpoint = mountpoint
         self.negotiated = Negotiated()
         self.conn = 0  # the connection's id (the mount's st_dev minor), set by mount
-        self.closed = False
 
     def backing_open(self, fd: int) -> int:
         """Register `fd` as a backing file; returns its backing id (FOPEN_PASSTHROUGH)."""
@@ -225,13 +224,14 @@ class Session:
         try:
             for t in self._threads:
                 t.start()
-            while not self._ended():
-                self._threads[0].join(0.2)
+            while alive := [t for t in self._threads if t.is_alive()]:
+                alive[0].join(0.2)
                 if self._stopped_at and time.monotonic() - self._stopped_at > STOP_GRACE:
-                    # Files still open on the detached mount keep the session alive; with the
-                    # connection's abort file out of reach (no fusectl), leave the threads
-                    # blocked on /dev/fuse to the process's exit, which ends the session.
+                    # Files still open on the detached mount keep the session alive: abort it
+                    # (needs fusectl mounted), else leave the threads blocked on /dev/fuse to
+                    # the process's exit, which ends the session.
                     abort(self.dev)
+                    alive[0].join(1.0)
                     if not self._ended():
                         log.warning("%s: files still open there; leaving the session to end "
                                     "with this process", self.dev.mountpoint)
@@ -240,7 +240,6 @@ class Session:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
             if self._ended():
-                self.dev.closed = True
                 os.close(self.dev.fd)
 
     def stop(self) -> None:
