@@ -444,14 +444,19 @@ def cache_ls(obj: _Ctx, as_json: bool) -> None:
 @click.pass_obj
 @_run
 def cache_du(obj: _Ctx, as_json: bool) -> None:
-    """Bytes the cache holds against its capacity."""
+    """Bytes the cache holds against its capacity (and the FUSE mount's passthrough views)."""
+    from meshcache.surfaces.fuseviews import view_bytes
+
     st = obj.node.stats()
+    views = view_bytes(obj.config.cache_dir)
     if as_json:
         click.echo(json.dumps({"cache_dir": obj.config.cache_dir, "bytes": st["store_bytes"],
-                               "blocks": st["store_blocks"], "capacity": st["capacity"]}))
+                               "blocks": st["store_blocks"], "capacity": st["capacity"],
+                               "fuse_view_bytes": views}))
         return
     click.echo(f"{_human(st['store_bytes'])} in {st['store_blocks']} blocks of "
-               f"{_human(st['capacity'])} capacity ({obj.config.cache_dir})")
+               f"{_human(st['capacity'])} capacity ({obj.config.cache_dir})"
+               + (f"; FUSE passthrough views {_human(views)}" if views else ""))
 
 
 @cache.command("pin")
@@ -490,17 +495,28 @@ def cache_unpin(obj: _Ctx, urls: tuple[str, ...]) -> None:
 @click.pass_obj
 @_run
 def cache_evict(obj: _Ctx, urls: tuple[str, ...], evict_all: bool) -> None:
-    """Remove URLs' blocks from the cache (or every unpinned block with --all)."""
+    """Remove URLs' blocks from the cache (or every unpinned block with --all), and the FUSE
+    mount's passthrough views of them."""
+    from meshcache.core.version import ObjectVersion
+    from meshcache.read.origin import normalize_url
+    from meshcache.surfaces.fuseviews import remove_views
+
     if not urls and not evict_all:
         raise click.UsageError("give URLs to evict, or --all")
+    objects = obj.node.cached_objects()
     if urls:
-        from meshcache.read.origin import normalize_url
-
-        pinned = {o["url"] for o in obj.node.cached_objects() if o["pinned"]}
+        pinned = {o["url"] for o in objects if o["pinned"]}
         for url in urls:
             if normalize_url(url) in pinned:
                 _fail(EXIT_REFUSED, f"{url} is pinned; unpin it first")
     freed = obj.node.evict(None) if evict_all else sum(obj.node.evict(u) for u in urls)
+    every = [ObjectVersion(o["url"], o["version"], o["size"]) for o in objects]
+    if evict_all:
+        pinned = [v for v, o in zip(every, objects) if o["pinned"]]
+        freed += remove_views(obj.config.cache_dir, None, keep=pinned)
+    else:
+        wanted = {normalize_url(u) for u in urls}
+        freed += remove_views(obj.config.cache_dir, [v for v in every if v.url in wanted])
     click.echo(f"freed {_human(freed)}", err=True)
 
 

@@ -135,6 +135,32 @@ def test_umount_ends_the_process(local_tree, tmp_path):
             stop_mount(proc, mnt)
 
 
+def test_sigterm_with_a_file_held_open_still_ends_the_mount(local_tree, tmp_path):
+    """A reader holding a file open does not keep the mount process alive after SIGTERM: the
+    mount is detached, the session aborted, and the held file reads fail instead of hanging."""
+    root, big = local_tree
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with open(tmp_path / "mount.log", "w") as log:
+        proc = start_mount(str(root), mnt, tmp_path / "cache", log)
+        try:
+            held = open(mnt / "models" / "m1" / "weights.bin", "rb", buffering=0)
+            try:
+                assert held.read(100) == big[:100]
+                t0 = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(20) == 0
+                assert time.monotonic() - t0 < 10
+                assert not os.path.ismount(mnt)
+                with pytest.raises(OSError):
+                    held.read(100)
+            finally:
+                with contextlib.suppress(OSError):  # ENOTCONN: the session is gone
+                    held.close()
+        finally:
+            stop_mount(proc, mnt)
+
+
 @pytest.fixture
 def failing_http(tmp_path):
     """An HTTP origin that lists and answers HEAD but fails every GET of a file with 500."""
@@ -270,6 +296,36 @@ def test_reread_is_served_by_passthrough(local_tree, tmp_path):
         assert _reads(tmp_path / "mount.log") == first
 
 
+def test_cache_du_counts_views_and_evict_removes_them(local_tree, tmp_path):
+    """`meshcache cache du` reports the views' bytes; `cache evict URL` removes the URL's view
+    with its blocks (and `--all` every view)."""
+    import json
+
+    root, big = local_tree
+    cache = tmp_path / "cache"
+
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, "-c", "from meshcache.cli import main; main()",
+                               "--cache-dir", str(cache), *args], capture_output=True,
+                              text=True, check=True, timeout=60,
+                              env=dict(os.environ, MESHCACHE_BLOCK_SIZE=str(SMALL_BLOCK),
+                                       MESHCACHE_DAEMON="off")).stdout
+
+    with mounted(str(root), tmp_path) as mnt:
+        assert (mnt / "models" / "m1" / "weights.bin").read_bytes() == big
+        assert (mnt / "readme.txt").read_bytes() == b"hello mount\n"
+        _wait_for_view(cache)
+        deadline = time.monotonic() + 30
+        while len(list((cache / "fuse-views").glob("*"))) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert json.loads(cli("cache", "du", "--json"))["fuse_view_bytes"] == len(big) + 12
+    cli("cache", "evict", f"file://{root}/models/m1/weights.bin")
+    assert json.loads(cli("cache", "du", "--json"))["fuse_view_bytes"] == 12
+    cli("cache", "evict", "--all")
+    assert json.loads(cli("cache", "du", "--json"))["fuse_view_bytes"] == 0
+
+
 def test_a_file_read_in_parts_by_several_opens_gets_a_view(local_tree, tmp_path):
     """Two opens each reading half of a file (neither served it whole): every block is cached
     once they are closed, so the mount builds the view."""
@@ -359,3 +415,21 @@ def test_store_too_small_serves_from_memory(local_tree, tmp_path):
     root, big = local_tree
     with mounted(str(root), tmp_path, env={"MESHCACHE_CAPACITY": str(SMALL_BLOCK)}) as mnt:
         assert (mnt / "models" / "m1" / "weights.bin").read_bytes() == big
+
+
+def test_views_left_by_a_crashed_build_are_removed_others_kept(tmp_path):
+    """A temp view of a process that is gone is removed when a mount starts; one of a live
+    process (another mount building it) is left alone."""
+    from meshcache.surfaces.fuseviews import Views
+
+    root = tmp_path / "views"
+    root.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (root / f"{'ab' * 32}.{dead.pid}.1.tmp").write_bytes(b"half")
+    (root / f"{'cd' * 32}.{os.getpid()}.1.tmp").write_bytes(b"building")
+    views = Views(str(root), 1 << 20, fsync=False)
+    try:
+        assert sorted(p.name for p in root.iterdir()) == [f"{'cd' * 32}.{os.getpid()}.1.tmp"]
+    finally:
+        views.close()

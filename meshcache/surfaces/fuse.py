@@ -36,7 +36,7 @@ from meshcache.read.reader import Reader, ReaderBackend
 from meshcache.read.store import StoreError
 from meshcache.surfaces import fusedev
 from meshcache.surfaces.fusedev import FuseError, Opened
-from meshcache.surfaces.fuseviews import Views
+from meshcache.surfaces.fuseviews import Views, views_dir
 from meshcache.surfaces.listing import Listing
 
 log = logging.getLogger("meshcache.surfaces.fuse")
@@ -350,7 +350,7 @@ def mount(node: ReaderBackend, prefix: str, mountpoint: str,
     root = os.geteuid() == 0 and not use_fusermount
     views = None
     if root and cfg.fuse_view_bytes > 0:
-        views = Views(os.path.join(cfg.cache_dir, "fuse-views"), cfg.fuse_view_bytes,
+        views = Views(views_dir(cfg.cache_dir), cfg.fuse_view_bytes,
                       fsync=cfg.fsync)
     dev = fusedev.mount(mountpoint, max_read=MAX_READ, use_fusermount=use_fusermount)
     fs = MeshcacheFuse(node, prefix, options, device=dev, views=views)

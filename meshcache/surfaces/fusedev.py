@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -29,6 +30,7 @@ log = logging.getLogger("meshcache.surfaces.fusedev")
 Buffers = Sequence["bytes | memoryview"]
 _REQUEST_BUFFER = 136 * 1024  # >= the kernel's minimum (8 KiB + max_write); names are <= 1 KiB
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MNT_DETACH = 1, 2, 4, 2
+STOP_GRACE = 2.0  # seconds an unmount waits for files still open on the mount
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
@@ -108,7 +110,6 @@ class Device:
         self.mountpoint = mountpoint
         self.negotiated = Negotiated()
         self.conn = 0  # the connection's id (the mount's st_dev minor), set by mount
-        self.closed = False
 
     def backing_open(self, fd: int) -> int:
         """Register `fd` as a backing file; returns its backing id (FOPEN_PASSTHROUGH)."""
@@ -211,6 +212,7 @@ class Session:
         self._dirs: dict[int, list[tuple[int, str, int]]] = {}
         self._dir_fh = iter(range(1, 1 << 62))
         self._lock = threading.Lock()
+        self._stopped_at = 0.0
 
     def run(self) -> None:
         """Serve until unmounted; SIGTERM / SIGINT unmount when called in the main thread."""
@@ -222,21 +224,29 @@ class Session:
         try:
             for t in self._threads:
                 t.start()
-            for t in self._threads:
-                while t.is_alive():
-                    t.join(0.5)
+            while alive := [t for t in self._threads if t.is_alive()]:
+                alive[0].join(0.2)
+                if self._stopped_at and time.monotonic() - self._stopped_at > STOP_GRACE:
+                    # Files still open on the detached mount keep the session alive: abort it
+                    # (needs fusectl mounted), else leave the threads blocked on /dev/fuse to
+                    # the process's exit, which ends the session.
+                    abort(self.dev)
+                    alive[0].join(1.0)
+                    if not self._ended():
+                        log.warning("%s: files still open there; leaving the session to end "
+                                    "with this process", self.dev.mountpoint)
+                        return
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
-            self.dev.closed = True
-            os.close(self.dev.fd)
+            if self._ended():
+                os.close(self.dev.fd)
 
     def stop(self) -> None:
-        """Unmount; if files are still open there, abort the connection a moment later."""
-        unmount(self.dev)
-        timer = threading.Timer(2.0, lambda: None if self._ended() else abort(self.dev))
-        timer.daemon = True
-        timer.start()
+        """Unmount (lazily: files open there keep working until `run` gives up on them)."""
+        if not self._stopped_at:
+            self._stopped_at = time.monotonic()
+            unmount(self.dev)
 
     def _ended(self) -> bool:
         return not any(t.is_alive() for t in self._threads)

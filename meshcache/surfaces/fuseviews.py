@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from meshcache.core.digest import digest as compute_digest
 from meshcache.core.digest import to_hex
@@ -25,6 +25,52 @@ from meshcache.read.reader import Reader, ReaderBackend
 log = logging.getLogger("meshcache.surfaces.fuseviews")
 
 _TMP = ".tmp"
+
+
+def views_dir(cache_dir: str) -> str:
+    """Where a cache directory's views live."""
+    return os.path.join(cache_dir, "fuse-views")
+
+
+def _views(root: str) -> list[tuple[float, int, str]]:
+    """(mtime, size, name) of each finished view under `root`."""
+    out = []
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if name.endswith(_TMP):
+            continue
+        try:
+            st = os.stat(os.path.join(root, name))
+        except FileNotFoundError:
+            continue
+        out.append((st.st_mtime, st.st_size, name))
+    return out
+
+
+def view_bytes(cache_dir: str) -> int:
+    """Bytes the views of `cache_dir` take."""
+    return sum(size for _, size, _ in _views(views_dir(cache_dir)))
+
+
+def remove_views(cache_dir: str, versions: list[ObjectVersion] | None = None,
+                 keep: Sequence[ObjectVersion] = ()) -> int:
+    """Remove the views of `versions` (None: every view but those of `keep`); returns the bytes
+    freed. Files open on a mount keep reading a removed view until they are closed."""
+    root = views_dir(cache_dir)
+    names = None if versions is None else {to_hex(v.key) for v in versions}
+    kept = {to_hex(v.key) for v in keep}
+    freed = 0
+    for _, size, name in _views(root):
+        if (names is None or name in names) and name not in kept:
+            try:
+                os.unlink(os.path.join(root, name))
+                freed += size
+            except FileNotFoundError:
+                pass
+    return freed
 
 
 class Views:
@@ -39,7 +85,7 @@ class Views:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="meshcache-fuse-view")
         os.makedirs(root, exist_ok=True)
         for name in os.listdir(root):
-            if name.endswith(_TMP):  # a build a crash interrupted
+            if name.endswith(_TMP) and not _alive(name):  # a build a crash interrupted
                 try:
                     os.unlink(os.path.join(root, name))
                 except FileNotFoundError:
@@ -137,15 +183,7 @@ class Views:
 
     def _make_room(self, need: int) -> None:
         """Remove the least recently used views until `need` more bytes fit the budget."""
-        views = []
-        for name in os.listdir(self.root):
-            if name.endswith(_TMP):
-                continue
-            try:
-                st = os.stat(os.path.join(self.root, name))
-            except FileNotFoundError:
-                continue
-            views.append((st.st_mtime, st.st_size, name))
+        views = _views(self.root)
         used = sum(size for _, size, _ in views)
         for _, size, name in sorted(views):
             if used + need <= self.budget:
@@ -155,6 +193,18 @@ class Views:
             except FileNotFoundError:
                 pass
             used -= size
+
+
+def _alive(tmp_name: str) -> bool:
+    """Whether the process building temp file `tmp_name` (<key>.<pid>.<thread>.tmp) runs."""
+    try:
+        pid = int(tmp_name.split(".")[1])
+        os.kill(pid, 0)
+    except (IndexError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_all(fd: int, data: bytes) -> None:
