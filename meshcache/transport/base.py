@@ -82,7 +82,10 @@ def stored(exc: BaseException) -> BaseException:
     caller): a copy. Raised itself, the kept error would take a traceback whose frames hold that
     stream or connection: a cycle that only a full garbage collection frees, minutes later,
     with all the connection holds."""
-    return copy.copy(exc)
+    try:
+        return copy.copy(exc)
+    except Exception:  # an error type that cannot be made again from its args
+        return exc.with_traceback(None)
 
 
 class StreamReset(TransportError):
