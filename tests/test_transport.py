@@ -695,3 +695,15 @@ def test_a_closed_connection_is_freed_without_the_cycle_collector(kind: str) -> 
     assert len(gone) >= 9 and alive == [], alive
     assert engines >= 6 and engines_after == 0, (engines, engines_after)
 
+
+
+def test_a_kept_error_is_raised_as_a_copy_without_a_traceback() -> None:
+    from meshcache.transport.base import stored
+
+    kept = StreamReset("stream 4 reset by peer", 7)
+    for _ in range(2):
+        with pytest.raises(StreamReset) as raised:
+            raise stored(kept)
+        assert raised.value is not kept and raised.value.code == 7
+        assert str(raised.value) == "stream 4 reset by peer"
+    assert kept.__traceback__ is None  # nothing of the raising frames stays with the kept one
