@@ -433,3 +433,36 @@ def test_views_left_by_a_crashed_build_are_removed_others_kept(tmp_path):
         assert sorted(p.name for p in root.iterdir()) == [f"{'cd' * 32}.{os.getpid()}.1.tmp"]
     finally:
         views.close()
+
+
+def test_window_answers_exactly_the_bytes_it_holds():
+    """A read answered from the leased window is the right slice of the file, and a read that
+    runs past what the window holds is not answered from it."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from meshcache.surfaces.fuse import _from_window
+
+    data = make_bytes(10_000, 4)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.integers(1, 3000), min_size=1, max_size=6), st.integers(0, 12_000),
+           st.integers(0, 12_000), st.integers(0, 3000))
+    def check(cuts, start, offset, size):
+        start = min(start, len(data) - 1)
+        window, pos = [], start
+        for n in cuts:
+            end = min(pos + n, len(data))
+            if end <= pos:
+                break
+            window.append((pos, end, memoryview(data)[pos:end]))
+            pos = end
+        got = _from_window(window, offset, size)
+        if size == 0:
+            assert got == []
+        elif start <= offset and offset + size <= pos:
+            assert b"".join(got) == data[offset:offset + size]
+        else:
+            assert got is None
+
+    check()

@@ -58,8 +58,11 @@ class _Handle:
     reader: Reader | None
     options: Mapping[str, Any]
     lock: threading.Lock = field(default_factory=threading.Lock)
+    block_size: int = 1
     served: int = 0
     maps: OrderedDict[bytes, mmap.mmap] = field(default_factory=OrderedDict)
+    # Leased bytes still to serve: (start, end, their bytes in a mapped block file).
+    window: list[tuple[int, int, memoryview]] = field(default_factory=list)
 
 
 @dataclass
@@ -219,7 +222,8 @@ class MeshcacheFuse:
             raise FuseError(errno.EIO) from None
         fh = next(self._next_fh)
         with self._lock:
-            self._handles[fh] = _Handle(ino, reader, self.options)
+            self._handles[fh] = _Handle(ino, reader, self.options,
+                                        block_size=self.node.manifest(reader.version).block_size)
             self._open.setdefault(ino, _InodeOpen()).count += 1
             same = self._opened.get(rel) == reader.version.key
             self._opened[rel] = reader.version.key
@@ -270,32 +274,47 @@ class MeshcacheFuse:
         reader = h.reader
         try:
             with h.lock:
-                if reader.tell() != offset:
-                    reader.seek(offset)
-                spans = reader.lease(size)
-                if spans is None:
-                    buf = self._buffer()
-                    n = reader.readinto(buf[:size])
-                    h.served += n
-                    return [buf[:n]]
-                out: list[bytes | memoryview] = []
-                store = self.node.store
-                for d, fd, off, n in spans:
-                    try:
-                        mm = h.maps.get(d)
-                        if mm is None:
-                            mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-                            h.maps[d] = mm
-                            if len(h.maps) > _MAPS_PER_FILE:
-                                h.maps.popitem(last=False)  # unmapped once no reply uses it
-                    finally:
-                        store.close_block(d, fd)
-                    out.append(memoryview(mm)[off:off + n])
-                    h.served += n
+                out = _from_window(h.window, offset, min(size, reader.size - offset))
+                if out is None:
+                    out = self._lease_window(h, reader, offset, size)
+                h.served += sum(len(b) for b in out)
                 return out
         except (OriginError, StoreError) as e:
             log.error("read %s bytes %d-%d: %s", reader.url, offset, offset + size, e)
             raise FuseError(errno.EIO) from None
+
+    def _lease_window(self, h: _Handle, reader: Reader, offset: int,
+                      size: int) -> list[bytes | memoryview]:
+        """Lease the blocks under [offset, offset + size) to the end of the last one and keep
+        them mapped as the handle's window (the next requests of a sequential read are answered
+        from it without the reader); bytes not in a block file are read into a buffer."""
+        bs = h.block_size
+        end = min(reader.size, ((offset + size - 1) // bs + 1) * bs) if size > 0 else offset
+        if reader.tell() != offset:
+            reader.seek(offset)
+        h.window = []
+        spans = reader.lease(end - offset) if end > offset else []
+        if spans is None:
+            buf = self._buffer()
+            n = reader.readinto(buf[:size])
+            return [buf[:n]]
+        store = self.node.store
+        pos = offset
+        for d, fd, off, n in spans:
+            try:
+                mm = h.maps.get(d)
+                if mm is None:
+                    mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+                    h.maps[d] = mm
+                    if len(h.maps) > _MAPS_PER_FILE:
+                        h.maps.popitem(last=False)  # unmapped once no reply uses it
+            finally:
+                store.close_block(d, fd)
+            h.window.append((pos, pos + n, memoryview(mm)[off:off + n]))
+            pos += n
+        out = _from_window(h.window, offset, min(size, reader.size - offset))
+        assert out is not None
+        return out
 
     def _buffer(self) -> memoryview:
         """This thread's reply buffer for bytes not in a block file."""
@@ -318,6 +337,7 @@ class MeshcacheFuse:
                     backing = state.backing_id
         if backing and self.device is not None:
             self.device.backing_close(backing)
+        h.window.clear()
         h.maps.clear()
         reader = h.reader
         if reader is not None:
@@ -339,6 +359,26 @@ class MeshcacheFuse:
             handles = list(self._handles)
         for fh in handles:
             self.release(fh)
+
+
+def _from_window(window: list[tuple[int, int, memoryview]], offset: int,
+                 size: int) -> list[bytes | memoryview] | None:
+    """The bytes [offset, offset + size) from a window, or None when it lacks some of them."""
+    if size <= 0:
+        return []
+    out: list[bytes | memoryview] = []
+    pos, end = offset, offset + size
+    for start, stop, data in window:
+        if stop <= pos:
+            continue
+        if start > pos:
+            return None
+        take = min(stop, end) - pos
+        out.append(data[pos - start:pos - start + take])
+        pos += take
+        if pos >= end:
+            return out
+    return None
 
 
 def mount(node: ReaderBackend, prefix: str, mountpoint: str,
