@@ -248,7 +248,10 @@ class MeshcacheFuse:
         path = self.views.find(version)
         if path is None:
             return None
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # removed meanwhile (evicted, or `cache evict`)
+            return None
         try:
             backing_id = self.device.backing_open(fd)
         except OSError as e:
@@ -300,7 +303,7 @@ class MeshcacheFuse:
             return [buf[:n]]
         store = self.node.store
         pos = offset
-        for d, fd, off, n in spans:
+        for i, (d, fd, off, n) in enumerate(spans):
             try:
                 mm = h.maps.get(d)
                 if mm is None:
@@ -308,6 +311,10 @@ class MeshcacheFuse:
                     h.maps[d] = mm
                     if len(h.maps) > _MAPS_PER_FILE:
                         h.maps.popitem(last=False)  # unmapped once no reply uses it
+            except BaseException:
+                for d2, fd2, _, _ in spans[i + 1:]:  # the leases not reached
+                    store.close_block(d2, fd2)
+                raise
             finally:
                 store.close_block(d, fd)
             h.window.append((pos, pos + n, memoryview(mm)[off:off + n]))

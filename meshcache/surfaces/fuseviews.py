@@ -172,14 +172,15 @@ class Views:
                 _write_all(out, data)
                 continue
             store = node.store
-            for d, fd, off, n in spans:
-                try:
+            try:
+                for d, fd, off, n in spans:
                     data = os.pread(fd, n, off)
-                finally:
+                    if off == 0 and compute_digest(data) != d:
+                        raise OSError(f"block {to_hex(d)} does not match its digest")
+                    _write_all(out, data)
+            finally:
+                for d, fd, _, _ in spans:
                     store.close_block(d, fd)
-                if off == 0 and compute_digest(data) != d:
-                    raise OSError(f"block {to_hex(d)} does not match its digest")
-                _write_all(out, data)
 
     def _make_room(self, need: int) -> None:
         """Remove the least recently used views until `need` more bytes fit the budget."""
