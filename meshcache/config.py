@@ -416,8 +416,8 @@ _PRESETS = ("local", "lan", "wan")
 # Variables that are not configuration keys: the config file, and which daemon to use
 # (meshcache.host.client: a socket path, or "off").
 _NOT_KEYS = ("MESHCACHE_CONFIG", "MESHCACHE_DAEMON")
-_SIZE_KEYS = {"capacity", "block_size", "fuse_view_bytes", "egress_rate", "ingress_rate", "peer_egress_rate",
-              "peer_ingress_rate", "zone_egress_rate", "zone_ingress_rate"}
+_SIZE_KEYS = {"capacity", "block_size", "fuse_view_bytes", "egress_rate", "ingress_rate",
+              "peer_egress_rate", "peer_ingress_rate", "zone_egress_rate", "zone_ingress_rate"}
 
 
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -30,8 +30,6 @@ NAMES = {v: k for k, v in dict(
 # INIT flags (flags | flags2 << 32)
 ASYNC_READ = 1 << 0
 BIG_WRITES = 1 << 5
-SPLICE_WRITE = 1 << 7
-AUTO_INVAL_DATA = 1 << 12
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
 INIT_EXT = 1 << 30

@@ -106,6 +106,11 @@ class Reader(io.RawIOBase):
         self._stats["origin_requests"] = 0
 
     @property
+    def block_size(self) -> int:
+        """The version's block size: the file's bytes lie in block files of this size."""
+        return self._bs
+
+    @property
     def stats(self) -> dict[str, int]:
         """Where this file's bytes came from: bytes_from_local/peers/origin, origin_requests."""
         with self._lock:

@@ -58,7 +58,6 @@ class _Handle:
     reader: Reader | None
     options: Mapping[str, Any]
     lock: threading.Lock = field(default_factory=threading.Lock)
-    block_size: int = 1
     served: int = 0
     maps: OrderedDict[bytes, mmap.mmap] = field(default_factory=OrderedDict)
     # Leased bytes still to serve: (start, end, their bytes in a mapped block file).
@@ -222,8 +221,7 @@ class MeshcacheFuse:
             raise FuseError(errno.EIO) from None
         fh = next(self._next_fh)
         with self._lock:
-            self._handles[fh] = _Handle(ino, reader, self.options,
-                                        block_size=self.node.manifest(reader.version).block_size)
+            self._handles[fh] = _Handle(ino, reader, self.options)
             self._open.setdefault(ino, _InodeOpen()).count += 1
             same = self._opened.get(rel) == reader.version.key
             self._opened[rel] = reader.version.key
@@ -291,7 +289,7 @@ class MeshcacheFuse:
         """Lease the blocks under [offset, offset + size) to the end of the last one and keep
         them mapped as the handle's window (the next requests of a sequential read are answered
         from it without the reader); bytes not in a block file are read into a buffer."""
-        bs = h.block_size
+        bs = reader.block_size
         end = min(reader.size, ((offset + size - 1) // bs + 1) * bs) if size > 0 else offset
         if reader.tell() != offset:
             reader.seek(offset)

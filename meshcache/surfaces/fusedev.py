@@ -97,10 +97,6 @@ class Negotiated:
     def passthrough(self) -> bool:
         return bool(self.flags & fw.PASSTHROUGH)
 
-    @property
-    def direct_io_mmap(self) -> bool:
-        return bool(self.flags & fw.DIRECT_IO_ALLOW_MMAP)
-
 
 class Device:
     """The session's /dev/fuse descriptor and the ioctls on it."""
@@ -337,9 +333,7 @@ class Session:
                 fh = next(self._dir_fh)
                 self._dirs[fh] = entries
             return (fw.open_reply(fh),)
-        if op in (fw.READDIR, fw.READDIRPLUS):
-            if op == fw.READDIRPLUS:
-                raise FuseError(errno.ENOSYS)
+        if op == fw.READDIR:  # READDIRPLUS is never asked for: ENOSYS below
             r = fw.parse_read(req.arg)
             entries = self._dirs.get(r.fh)
             if entries is None:

@@ -114,10 +114,6 @@ class Views:
             self._building.add(version.key)
         self._pool.submit(self._build_logged, node, version, dict(options or {}))
 
-    def wait(self) -> None:
-        """Wait for the builds requested so far (tests, shutdown)."""
-        self._pool.submit(lambda: None).result()
-
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -142,7 +138,7 @@ class Views:
         try:
             if reader.version != version:
                 return None
-            bs = node.manifest(version).block_size
+            bs = reader.block_size
             out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
             try:
                 self._copy(node, reader, bs, out)
