@@ -2,18 +2,22 @@
 baseline measured in the same run.
 
 FUSE: the first read through a mount (every request through the FUSE handler, which answers it
-into the reader's buffer: each round reads its own copy of the object, of which no view exists
-yet) and rereads (FUSE passthrough: the kernel
-reads the view the mount built of the object after serving it whole), against plain reads of
-the object's block files with the same page-aligned 1 MiB buffer; rounds alternate, best of each.
+into the reader's buffer: each round reads its own copy of the object, a hard link under
+another name, of which no view exists yet) and rereads (FUSE passthrough: the kernel reads the
+view the mount built of the object after serving it whole), against plain reads of the
+object's block files with the same page-aligned 1 MiB buffer.
 S3: boto3 get_object of the hot object through the gateway (served by `meshcached` with
 s3_listen) against the same boto3 reading the block-assembled file from nginx on 127.0.0.1; and
 a cold gateway read (the gateway fetching from that nginx as its origin) against boto3 reading
 the origin directly.
 
-Last line: {"fuse_first_ratio", "fuse_reread_ratio", "s3_gateway_MBps", "s3_static_MBps",
-"fuse_reread_warm_ratio" (a second reread), "fuse_view_build_s" (the view's build, at most),
-"s3_ratio" (best rounds), "s3_median_ratio", "s3_cold_ratio", ...}. Targets: fuse_first >= 0.25, fuse_reread >= 0.8, s3 >= 0.8.
+Rounds alternate (baseline, then the surface) and each figure is the median of its rounds: on
+a small shared VM a single round moves by up to 3x with where the scheduler puts the reader and
+the server, so a best-of compares two lucky rounds; the best-of ratios are reported beside.
+
+Last line: {"fuse_first_ratio", "fuse_reread_ratio", "s3_ratio" (medians), their "_best_ratio"
+twins, "fuse_reread_warm_ratio" (a second reread), "fuse_view_build_s" (the view's build, at
+most), "s3_cold_ratio", ...}. Targets: fuse_first >= 0.25, fuse_reread >= 0.8, s3 >= 0.8.
 """
 
 from __future__ import annotations
@@ -139,11 +143,11 @@ def stop(proc: subprocess.Popen | None) -> None:
 def main() -> None:
     args = parse(__doc__.splitlines()[0],
                  size=(int, 0, "object size in bytes (default 1 GiB, quick 256 MiB)"),
-                 rounds=(int, 0, "hot rounds, best kept (default 3)"),
+                 rounds=(int, 0, "FUSE rounds (default 3, quick 7); S3 rounds are twice as many"),
                  fsync=(int, 1, "1: the gateway's node fsyncs blocks (the default config)"),
                  block_size=(int, 4 * MiB, "block size"))
     size = args.size or (256 * MiB if args.quick else GiB)
-    rounds = args.rounds or 3
+    rounds = args.rounds or (7 if args.quick else 3)
     tmp = tempfile.mkdtemp(prefix="meshcache-bench-surfaces-")
     os.chmod(tmp, 0o755)  # nginx's workers run as an unprivileged user
     procs: list[subprocess.Popen] = []
@@ -179,8 +183,8 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
     # time, so no passthrough view of it exists yet and nothing has to be removed first
     # (removing a 256 MiB view just before a read slowed that read by up to 2x).
     copies = ["twin.bin"] + [f"fuse{i}.bin" for i in range(rounds)]
-    for name in copies:
-        shutil.copyfile(os.path.join(origin, "hot.bin"), os.path.join(origin, name))
+    for name in copies:  # links: the same bytes under another URL (another version, no view)
+        os.link(os.path.join(origin, "hot.bin"), os.path.join(origin, name))
     node.prewarm([url] + ["file://" + os.path.join(origin, name) for name in copies])
     view_of = {name: node.version("file://" + os.path.join(origin, name)).key.hex()
                for name in copies}  # the file each copy's passthrough view will have
@@ -207,29 +211,38 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
     assert n == size, (n, size)
     fuse_fresh = size / secs / MiB
     views = os.path.join(cache, "fuse-views")
-    raw = fuse_first = fuse_reread = fuse_warm = 0.0
+    # The twin's view is built in the background; let it finish before the timed rounds.
+    wait_for(lambda: os.path.exists(os.path.join(views, view_of["twin.bin"])), "the twin's view")
+    raws: list[float] = []
+    firsts: list[float] = []
+    rereads: list[float] = []
+    warms: list[float] = []
     builds = []
     for i in range(rounds):  # alternating with the baseline (the load moves), best of each
-        raw = max(raw, size / timed(read_paths, blocks)[0] / MiB)
+        raws.append(size / timed(read_paths, blocks)[0] / MiB)
         # The first read of this round's copy goes to the FUSE handler: no view (passthrough
         # copy) of it yet, and no pages of it in the kernel's cache.
         path = os.path.join(mnt, f"fuse{i}.bin")
         secs, n = timed(read_paths, [path])
         assert n == size, (n, size)
-        fuse_first = max(fuse_first, size / secs / MiB)
+        firsts.append(size / secs / MiB)
         # Having served it whole, the mount builds its view in the background; the rereads
         # open it with FUSE passthrough (read by the kernel from the view).
         t0 = time.monotonic()
         view = os.path.join(views, view_of[f"fuse{i}.bin"])
         wait_for(lambda: os.path.exists(view), "the passthrough view")
         builds.append(time.monotonic() - t0)
-        fuse_reread = max(fuse_reread, size / timed(read_paths, [path])[0] / MiB)
-        fuse_warm = max(fuse_warm, size / timed(read_paths, [path])[0] / MiB)
-    log(f"plain reads of the block files: {raw:.0f} MiB/s")
-    log(f"FUSE first read {fuse_first:.0f} MiB/s (in a fresh mount process, verifying each "
-        f"block once: {fuse_fresh:.0f} MiB/s), reread {fuse_reread:.0f} MiB/s, "
-        f"second reread {fuse_warm:.0f} MiB/s; view built {max(builds):.2f} s after the "
-        f"first read at most")
+        rereads.append(size / timed(read_paths, [path])[0] / MiB)
+        warms.append(size / timed(read_paths, [path])[0] / MiB)
+    med = statistics.median
+    raw, fuse_first, fuse_reread, fuse_warm = med(raws), med(firsts), med(rereads), med(warms)
+    log(f"plain reads of the block files: {raw:.0f} MiB/s (median; best {max(raws):.0f})")
+    log("rounds (plain / FUSE first / reread): " + ", ".join(
+        f"{r:.0f}/{f:.0f}/{x:.0f}" for r, f, x in zip(raws, firsts, rereads)))
+    log(f"FUSE first read {fuse_first:.0f} MiB/s (best {max(firsts):.0f}; in a fresh mount "
+        f"process, verifying each block once: {fuse_fresh:.0f} MiB/s), reread "
+        f"{fuse_reread:.0f} MiB/s, second reread {fuse_warm:.0f} MiB/s (medians); view built "
+        f"{max(builds):.2f} s after the first read at most")
     stop(fuse)
 
     # ---- S3 gateway vs nginx ----
@@ -250,34 +263,38 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
     s3_gw_first = size / secs / MiB
     gw_rates: list[float] = []
     static_rates: list[float] = []
-    # Alternating rounds; the best of each and the ratio of medians (steadier on a shared
-    # machine, where one lucky round makes a best).
-    for _ in range(max(rounds, 5)):
+    # Alternating rounds, compared by their medians (see the module's docstring).
+    for _ in range(2 * rounds):
         secs, n = timed(boto_read, gw, "hot", "hot.bin")
         assert n == size, (n, size)
         gw_rates.append(size / secs / MiB)
         secs, n = timed(boto_read, static, "bench", "hot.bin")
         assert n == size, (n, size)
         static_rates.append(size / secs / MiB)
-    s3_gw, s3_static = max(gw_rates), max(static_rates)
-    s3_median_ratio = statistics.median(gw_rates) / statistics.median(static_rates)
+    s3_gw, s3_static = med(gw_rates), med(static_rates)
     log(f"boto3 get_object: gateway (hot) {s3_gw:.0f} MiB/s (the daemon's first read, "
-        f"checking each block: {s3_gw_first:.0f} MiB/s), nginx {s3_static:.0f} MiB/s; "
-        f"medians {statistics.median(gw_rates):.0f} and {statistics.median(static_rates):.0f}")
+        f"checking each block: {s3_gw_first:.0f} MiB/s), nginx {s3_static:.0f} MiB/s (medians; "
+        f"best {max(gw_rates):.0f} and {max(static_rates):.0f})")
+    log("rounds (gateway / nginx): " + ", ".join(f"{g:.0f}/{s:.0f}"
+                                                  for g, s in zip(gw_rates, static_rates)))
     secs, n = timed(boto_read, gw, "cold", "cold.bin")
     assert n == size, (n, size)
     cold_gw = size / secs / MiB
     direct = size / timed(boto_read, static, "bench", "cold.bin")[0] / MiB
     log(f"cold: gateway reading nginx as its origin {cold_gw:.0f} MiB/s, boto3 direct to the "
         f"origin {direct:.0f} MiB/s")
-    return {"size_MiB": size // MiB, "block_MiB": block // MiB, "raw_block_files_MBps": raw,
-            "fuse_first_MBps": fuse_first, "fuse_reread_MBps": fuse_reread,
+    return {"size_MiB": size // MiB, "block_MiB": block // MiB, "rounds": rounds,
+            "raw_block_files_MBps": raw, "fuse_first_MBps": fuse_first,
+            "fuse_reread_MBps": fuse_reread,
             "fuse_first_ratio": fuse_first / raw, "fuse_reread_ratio": fuse_reread / raw,
+            "fuse_first_best_ratio": max(firsts) / max(raws),
+            "fuse_reread_best_ratio": max(rereads) / max(raws),
             "fuse_reread_warm_MBps": fuse_warm, "fuse_reread_warm_ratio": fuse_warm / raw,
             "fuse_view_build_s": max(builds),
             "fuse_fresh_process_MBps": fuse_fresh, "fuse_fresh_process_ratio": fuse_fresh / raw,
             "s3_gateway_MBps": s3_gw, "s3_static_MBps": s3_static, "s3_ratio": s3_gw / s3_static,
-            "s3_median_ratio": s3_median_ratio, "s3_gateway_first_MBps": s3_gw_first,
+            "s3_best_ratio": max(gw_rates) / max(static_rates),
+            "s3_gateway_first_MBps": s3_gw_first,
             "s3_cold_gateway_MBps": cold_gw, "s3_cold_direct_MBps": direct,
             "s3_cold_ratio": cold_gw / direct, "fsync": fsync}
 
