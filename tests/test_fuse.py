@@ -60,17 +60,26 @@ def stop_mount(proc: subprocess.Popen, mnt) -> None:
 
 
 @contextlib.contextmanager
-def mounted(prefix: str, tmp_path, *extra: str, env: dict[str, str] | None = None):
-    """`prefix` mounted at tmp_path/mnt (cache tmp_path/cache, log tmp_path/mount.log) for the
-    duration of the block; unmounted after, also on failure."""
+def mount_process(prefix: str, tmp_path, *extra: str, env: dict[str, str] | None = None,
+                  cache=None):
+    """`prefix` mounted at tmp_path/mnt by a `meshcache mount` process (cache tmp_path/cache
+    unless given, log tmp_path/mount.log): yields (mountpoint, process) for the duration of the
+    block; unmounted after, also on failure."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     with open(tmp_path / "mount.log", "w") as log:
-        proc = start_mount(prefix, mnt, tmp_path / "cache", log, *extra, env=env)
+        proc = start_mount(prefix, mnt, cache or tmp_path / "cache", log, *extra, env=env)
         try:
-            yield mnt
+            yield mnt, proc
         finally:
             stop_mount(proc, mnt)
+
+
+@contextlib.contextmanager
+def mounted(prefix: str, tmp_path, *extra: str, env: dict[str, str] | None = None):
+    """As mount_process, yielding only the mountpoint."""
+    with mount_process(prefix, tmp_path, *extra, env=env) as (mnt, _):
+        yield mnt
 
 
 @pytest.fixture
@@ -86,79 +95,59 @@ def local_tree(tmp_path):
 
 def test_mount_reads_and_unmounts_on_sigterm(local_tree, tmp_path):
     root, big = local_tree
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with open(tmp_path / "mount.log", "w") as log:
-        proc = start_mount(str(root), mnt, tmp_path / "cache", log)
-        try:
-            assert sorted(os.listdir(mnt)) == ["models", "readme.txt"]
-            assert sorted(os.listdir(mnt / "models" / "m1")) == ["config.json", "weights.bin"]
-            assert os.stat(mnt / "models" / "m1" / "weights.bin").st_size == len(big)
-            cat = subprocess.run(["cat", str(mnt / "readme.txt")], capture_output=True,
-                                 check=True, timeout=30)
-            assert cat.stdout == b"hello mount\n"
-            sha = subprocess.run(["sha256sum", str(mnt / "models" / "m1" / "weights.bin")],
-                                 capture_output=True, text=True, check=True, timeout=60)
-            assert sha.stdout.split()[0] == hashlib.sha256(big).hexdigest()
-            with open(mnt / "models" / "m1" / "weights.bin", "rb") as f:
-                f.seek(7 * SMALL_BLOCK + 5)
-                assert f.read(3 * SMALL_BLOCK) == big[7 * SMALL_BLOCK + 5:10 * SMALL_BLOCK + 5]
-            with pytest.raises(FileNotFoundError):
-                open(mnt / "models" / "missing.bin", "rb")
-            with pytest.raises(OSError) as e:
-                open(mnt / "readme.txt", "wb")
-            assert e.value.errno in (errno.EROFS, errno.EACCES)
-            # The bytes are in the cache: the store holds the object's blocks.
-            blocks = list((tmp_path / "cache").rglob("*"))
-            assert sum(p.stat().st_size for p in blocks if p.is_file()) >= len(big)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                rc = proc.wait(20)
-            finally:
-                stop_mount(proc, mnt)
+    with mount_process(str(root), tmp_path) as (mnt, proc):
+        assert sorted(os.listdir(mnt)) == ["models", "readme.txt"]
+        assert sorted(os.listdir(mnt / "models" / "m1")) == ["config.json", "weights.bin"]
+        assert os.stat(mnt / "models" / "m1" / "weights.bin").st_size == len(big)
+        cat = subprocess.run(["cat", str(mnt / "readme.txt")], capture_output=True,
+                             check=True, timeout=30)
+        assert cat.stdout == b"hello mount\n"
+        sha = subprocess.run(["sha256sum", str(mnt / "models" / "m1" / "weights.bin")],
+                             capture_output=True, text=True, check=True, timeout=60)
+        assert sha.stdout.split()[0] == hashlib.sha256(big).hexdigest()
+        with open(mnt / "models" / "m1" / "weights.bin", "rb") as f:
+            f.seek(7 * SMALL_BLOCK + 5)
+            assert f.read(3 * SMALL_BLOCK) == big[7 * SMALL_BLOCK + 5:10 * SMALL_BLOCK + 5]
+        with pytest.raises(FileNotFoundError):
+            open(mnt / "models" / "missing.bin", "rb")
+        with pytest.raises(OSError) as e:
+            open(mnt / "readme.txt", "wb")
+        assert e.value.errno in (errno.EROFS, errno.EACCES)
+        # The bytes are in the cache: the store holds the object's blocks.
+        blocks = list((tmp_path / "cache").rglob("*"))
+        assert sum(p.stat().st_size for p in blocks if p.is_file()) >= len(big)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(20)
     assert rc == 0, open(tmp_path / "mount.log").read()[-2000:]
     assert not os.path.ismount(mnt)
 
 
 def test_umount_ends_the_process(local_tree, tmp_path):
     root, _ = local_tree
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with open(tmp_path / "mount.log", "w") as log:
-        proc = start_mount(str(root), mnt, tmp_path / "cache", log)
-        try:
-            assert (mnt / "readme.txt").read_text() == "hello mount\n"
-            subprocess.run(["umount", str(mnt)], check=True, timeout=30)
-            assert proc.wait(20) == 0
-        finally:
-            stop_mount(proc, mnt)
+    with mount_process(str(root), tmp_path) as (mnt, proc):
+        assert (mnt / "readme.txt").read_text() == "hello mount\n"
+        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+        assert proc.wait(20) == 0
 
 
 def test_sigterm_with_a_file_held_open_still_ends_the_mount(local_tree, tmp_path):
     """A reader holding a file open does not keep the mount process alive after SIGTERM: the
     mount is detached, the session aborted, and the held file reads fail instead of hanging."""
     root, big = local_tree
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with open(tmp_path / "mount.log", "w") as log:
-        proc = start_mount(str(root), mnt, tmp_path / "cache", log)
+    with mount_process(str(root), tmp_path) as (mnt, proc):
+        held = open(mnt / "models" / "m1" / "weights.bin", "rb", buffering=0)
         try:
-            held = open(mnt / "models" / "m1" / "weights.bin", "rb", buffering=0)
-            try:
-                assert held.read(100) == big[:100]
-                t0 = time.monotonic()
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(20) == 0
-                assert time.monotonic() - t0 < 10
-                assert not os.path.ismount(mnt)
-                with pytest.raises(OSError):
-                    held.read(100)
-            finally:
-                with contextlib.suppress(OSError):  # ENOTCONN: the session is gone
-                    held.close()
+            assert held.read(100) == big[:100]
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+            assert time.monotonic() - t0 < 10
+            assert not os.path.ismount(mnt)
+            with pytest.raises(OSError):
+                held.read(100)
         finally:
-            stop_mount(proc, mnt)
+            with contextlib.suppress(OSError):  # ENOTCONN: the session is gone
+                held.close()
 
 
 @pytest.fixture
@@ -189,20 +178,14 @@ def failing_http(tmp_path):
 
 
 def test_failing_origin_is_eio_with_url_logged(failing_http, tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with open(tmp_path / "mount.log", "w") as log:
-        proc = start_mount(failing_http, mnt, tmp_path / "cache", log)
-        try:
-            assert "broken.bin" in os.listdir(mnt)
-            with pytest.raises(OSError) as e:
-                with open(mnt / "broken.bin", "rb") as f:
-                    f.read()
-            assert e.value.errno == errno.EIO
-            with pytest.raises(FileNotFoundError):
-                open(mnt / "nothere.bin", "rb")
-        finally:
-            stop_mount(proc, mnt)
+    with mounted(failing_http, tmp_path) as mnt:
+        assert "broken.bin" in os.listdir(mnt)
+        with pytest.raises(OSError) as e:
+            with open(mnt / "broken.bin", "rb") as f:
+                f.read()
+        assert e.value.errno == errno.EIO
+        with pytest.raises(FileNotFoundError):
+            open(mnt / "nothere.bin", "rb")
     text = open(tmp_path / "mount.log").read()
     assert f"{failing_http}broken.bin" in text and "ERROR" in text
 
@@ -220,17 +203,11 @@ def test_mount_reads_through_the_host_daemon(local_tree, tmp_path):
     daemon = subprocess.Popen([sys.executable, "-c", "from meshcache.daemon import main; main()"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
     try:
         assert json.loads(daemon.stdout.readline())["socket"]
-        with open(tmp_path / "mount.log", "w") as log:
-            proc = start_mount(str(root), mnt, cache, log)
-            try:
-                with open(mnt / "models" / "m1" / "weights.bin", "rb") as f:
-                    assert f.read() == big
-            finally:
-                stop_mount(proc, mnt)
+        with mount_process(str(root), tmp_path, cache=cache) as (mnt, _):
+            with open(mnt / "models" / "m1" / "weights.bin", "rb") as f:
+                assert f.read() == big
         stats = subprocess.run([sys.executable, "-c", "from meshcache.cli import main; main()",
                                 "--cache-dir", str(cache), "stats", "--json"], env=env,
                                capture_output=True, text=True, check=True, timeout=60)
