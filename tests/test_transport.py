@@ -146,6 +146,30 @@ def test_round_trip_frames(kind: str) -> None:
     run(main())
 
 
+@pytest.mark.parametrize("kind", QUIC_KINDS)
+def test_ipv6_listener_takes_ipv4_and_ipv6_clients(kind: str) -> None:
+    """A listener on the IPv6 wildcard is dual-stack: clients over ::1 and 127.0.0.1 reach it."""
+    from meshcache.transport.quic import QuicTransport
+
+    async def main() -> None:
+        async with Pair(kind, echo) as p:
+            server = QuicTransport(p.config, engine=kind.split("-", 1)[1])
+            try:
+                _, port = await server.listen(("::", 0), echo)
+                for host in ("::1", "127.0.0.1"):
+                    conn = await p.client.connect((host, port))
+                    s = await conn.open_stream()
+                    await s.send_frame(host.encode())
+                    assert await s.recv_frame() == host.encode()
+                    await s.finish()
+                    await s.recv_eof()
+                    await s.aclose()
+            finally:
+                await server.close()
+
+    run(main())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_closed_connections_leave_the_pool(kind: str) -> None:
     """Peers come and go on new addresses: a connection to one that went away is not kept

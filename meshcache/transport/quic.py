@@ -806,19 +806,7 @@ class QuicTransport(Transport):
         """Serve at 'host:port' or (host, port) (port 0: any); returns the bound address."""
         if self._server is not None:
             raise TransportError("already listening")
-        host, port = parse_address(addr)
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        family, _, _, _, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            _set_buffers(sock, self.config.socket_buffer)
-            sock.bind(sockaddr)
-        except BaseException:
-            sock.close()
-            raise
+        sock, _ = await self._udp_socket(*parse_address(addr), listen=True)
         self._handler = handler
         configuration = self._configuration(is_client=False)
         proto_cls, server_cls = _classes(self.engine)
@@ -832,18 +820,29 @@ class QuicTransport(Transport):
         self.address = (bound[0], bound[1])
         return self.address
 
-    async def _open_connection(self, addr: Any) -> Connection:
-        host, port = parse_address(addr)
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    async def _udp_socket(self, host: str, port: int, *,
+                          listen: bool) -> tuple[socket.socket, Any]:
+        """A UDP socket with the configured buffers, and the resolved address of (host, port):
+        bound to that address to listen (an IPv6 one taking IPv4 too), else to any port."""
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         family, _, _, _, sockaddr = infos[0]
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             _set_buffers(sock, self.config.socket_buffer)
-            sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+            if not listen:
+                sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+            else:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(sockaddr)
         except BaseException:
             sock.close()
             raise
+        return sock, sockaddr
+
+    async def _open_connection(self, addr: Any) -> Connection:
+        host, port = parse_address(addr)
+        sock, sockaddr = await self._udp_socket(host, port, listen=False)
         quic = self.engine.QuicConnection(configuration=self._configuration(is_client=True))
         proto_cls, _ = _classes(self.engine)
         udp, proto = await self._endpoint(
