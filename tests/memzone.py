@@ -42,6 +42,7 @@ class StoreServer:
     origin_reads: list[tuple[str, int]] = field(default_factory=list)
     manifests: dict[bytes, Manifest] = field(default_factory=dict)
     versions: dict[str, tuple[ObjectVersion, float]] = field(default_factory=dict)
+    stall: asyncio.Event | None = None  # set: origin reads wait for it (a host gone silent)
 
     def known_manifest(self, version: ObjectVersion) -> Manifest | None:
         return self.manifests.get(version.key)
@@ -50,6 +51,8 @@ class StoreServer:
         return self.versions.get(url)
 
     async def fetch_request(self, request: BlockRequest) -> Fetched:
+        if self.stall is not None:
+            await self.stall.wait()
         start, end = request.span
         self.origin_reads.append((request.version.url, request.index))
         data = self.origin[request.version.url][start:end]

@@ -5,18 +5,25 @@ dropped, a stalled host keeps its zone, a seed is enough to learn the zone)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 
 import pytest
 
 from meshcache import Config, Node
 from meshcache.lab.httporigin import OriginServer
 from meshcache.core.membership import State
+from meshcache.core.rendezvous import rank
+from meshcache.core.rungs import BlockRequest, Rank
+from meshcache.core.version import ObjectVersion
+from meshcache.read.rungs.owner import OwnerSource
+from meshcache.transport import TransportError
 
 from tests.conftest import CLUSTER_SECRET, SMALL_BLOCK, make_bytes
 from tests.memzone import Zone, run
@@ -183,6 +190,71 @@ def test_silent_member_is_suspected_before_it_is_removed(tmp_path):
             assert a.mesh.live() == [] and a.mesh.owner(b"any key") is None  # no longer owner
             assert t + await z.until(lambda: not a.mesh.members, 4.0) <= 4.0
             assert a.mesh.stats["suspicions"] == 1 and a.mesh.stats["members_down"] == 1
+        finally:
+            await z.close()
+    run(scenario())
+
+
+def test_a_request_in_flight_to_a_silent_owner_fails_once_it_is_suspect(tmp_path):
+    """An owner that goes silent while fetching a block for us: the request fails when the
+    member stops being used (suspected for suspect_timeout/2), not seconds later when it is
+    dropped, so the reader goes on to the origin."""
+    async def scenario():
+        z = Zone(tmp_path)
+        try:
+            a = await z.add(suspect_timeout=4.0)
+            owner = await z.add(suspect_timeout=4.0)
+            await z.until(lambda: len(a.mesh.members) == 1 and len(owner.mesh.members) == 1, 10)
+            owner.server.stall = asyncio.Event()  # its origin read never ends
+            version = ObjectVersion("http://origin.test/m.bin", "v1", SMALL_BLOCK)
+            asked = asyncio.ensure_future(a.peers.get_block(
+                owner.address, BlockRequest(version, 0, SMALL_BLOCK), Rank.OWNER))
+            await z.clock.advance(0.5)
+            assert not asked.done()
+            await owner.mesh.close(leave=False)  # silent now; the request stays in flight
+            t = await z.until(asked.done, 4.0)
+            (m,) = a.mesh.members.values()
+            assert m.suspect, "the member is still there (not dropped), only suspect"
+            assert t <= 4.0 / 2 + 1.0
+            with pytest.raises(TransportError):
+                asked.result()
+            owner.server.stall.set()
+        finally:
+            await z.close()
+    run(scenario())
+
+
+def test_a_silent_owners_block_is_asked_of_the_new_owner(tmp_path):
+    """The owner rung, its owner gone silent mid-request: once that member is no longer used,
+    the block's new owner is asked (it reads the origin for the zone), not the origin here."""
+    async def scenario():
+        z = Zone(tmp_path)
+        try:
+            a, b, c = [await z.add(suspect_timeout=4.0) for _ in range(3)]
+            await z.until(lambda: all(len(h.mesh.members) == 2 for h in z.hosts), 10)
+            data = make_bytes(128 * SMALL_BLOCK, 5)
+            version = ObjectVersion("http://origin.test/m.bin", "v1", len(data))
+            ids = [a.node_id, b.node_id, c.node_id]
+            # A block b owns, then c once b is not used: one in six of them (the node ids are
+            # random; that none of 128 is is a chance of 1 in 10^10).
+            index = next(i for i in range(128)
+                         if rank(BlockRequest(version, i, SMALL_BLOCK).key, ids)[:2]
+                         == [b.node_id, c.node_id])
+            request = BlockRequest(version, index, SMALL_BLOCK)
+            b.server.stall = asyncio.Event()  # its origin read never ends
+            c.server.origin[version.url] = data
+            counted: Counter[str] = Counter()
+            source = OwnerSource(a.mesh, a.peers, lambda **kw: counted.update(kw))
+            got = asyncio.ensure_future(source.fetch(request))
+            await z.clock.advance(0.5)
+            assert not got.done()
+            await b.mesh.close(leave=False)  # silent now, its read of the block in flight
+            await z.until(got.done, 4.0)
+            start, end = request.span
+            assert got.result() is not None and got.result().data == data[start:end]
+            assert c.server.origin_reads == [(version.url, index)]
+            assert counted == {"owner_failures": 1}
+            b.server.stall.set()
         finally:
             await z.close()
     run(scenario())

@@ -307,6 +307,11 @@ class Mesh:
             self.stats["suspicions"] += 1
             log.info("member suspect: %s (for %.1f s)", m.node_id.hex()[:12],
                      now - m.suspect_since)
+            if m.last_seen < m.suspect_since:
+                # Silent since (any traffic from it counts): requests in flight to it, a reader
+                # waiting on its owner, fail now rather than when it is dropped, and the ladder
+                # goes on to the next rung. A member that refutes is connected to again.
+                self.peers.disconnect(m.address, f"suspected for {now - m.suspect_since:.1f} s")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], key: Hashable) -> None:
         """Run `coro` in the background, at most one per key at a time."""

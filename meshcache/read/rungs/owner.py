@@ -1,6 +1,7 @@
 """Rung 3: the zone owner of the block (rendezvous over the live members), which fetches it once
 for the whole zone. A busy owner (still connected) is asked once more before the next rung: a
-second origin read for the zone costs more than waiting."""
+second origin read for the zone costs more than waiting. An owner that failed because it went
+silent or away is replaced by the block's new owner, asked once, for the same reason."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Callable
 from meshcache.core.rungs import Rank
 from meshcache.mesh.peers import PeerMisbehaved, PeerRefused
 from meshcache.read.ladder import BlockRequest, Verified
-from meshcache.read.rungs.mesh_view import PeerClient, ZoneView
+from meshcache.read.rungs.mesh_view import Member, PeerClient, ZoneView
 
 log = logging.getLogger("meshcache.read.rungs.owner")
 
@@ -38,11 +39,28 @@ class OwnerSource:
             except Exception as e:
                 self.peers.failed(owner.address, e)
                 self.count(owner_failures=1)
-                again = attempt == 1 and self.peers.reachable(owner.address) \
-                    and not isinstance(e, (PeerMisbehaved, PeerRefused))  # a refusal stands
+                again = self._next_owner(request, owner, e) if attempt == 1 else None
                 log.info("owner %s of block %d of %s failed: %s; %s", owner.address,
                          request.index, request.version.url, e,
-                         "asking again" if again else "trying the next rung")
-                if not again:
+                         "trying the next rung" if again is None else
+                         "asking again" if again is owner else f"asking {again.address}")
+                if again is None:
                     return None
+                owner = again
         return None if got is None else Verified(*got)
+
+    def _next_owner(self, request: BlockRequest, failed: Member,
+                    error: Exception) -> Member | None:
+        """Whom to ask after `failed` did not answer: the block's new owner when the owner
+        changed meanwhile (the failed one is no longer used: it went silent or away), so the
+        zone still reads the origin once; the same busy owner once more while it is connected
+        (a refusal or a lie stands); else None (the next rung)."""
+        now = self.mesh.owner(request.key)
+        if now is None or self.peers.penalized(now.address):
+            return None
+        if now.address != failed.address:
+            return now
+        if self.peers.reachable(failed.address) and \
+                not isinstance(error, (PeerMisbehaved, PeerRefused)):
+            return failed
+        return None
