@@ -213,6 +213,7 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
     views = os.path.join(cache, "fuse-views")
     # The twin's view is built in the background; let it finish before the timed rounds.
     wait_for(lambda: os.path.exists(os.path.join(views, view_of["twin.bin"])), "the twin's view")
+    os.sync()
     raws: list[float] = []
     firsts: list[float] = []
     rereads: list[float] = []
@@ -232,6 +233,9 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
         view = os.path.join(views, view_of[f"fuse{i}.bin"])
         wait_for(lambda: os.path.exists(view), "the passthrough view")
         builds.append(time.monotonic() - t0)
+        # The view was written without fsync (MESHCACHE_FSYNC=0): flush it now, untimed, so
+        # its writeback does not run under the next round's timed reads.
+        os.sync()
         rereads.append(size / timed(read_paths, [path])[0] / MiB)
         warms.append(size / timed(read_paths, [path])[0] / MiB)
     med = statistics.median
