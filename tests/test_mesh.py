@@ -1,7 +1,8 @@
 """A zone: owners single-flight cold blocks for the whole zone and summaries find replicas (real
 nodes on 127.0.0.1 over QUIC); membership on the in-memory transport with a fake clock (a node
 with another block size is ignored, a leave is seen at once, a silent member is suspected then
-dropped, a stalled host keeps its zone, a seed is enough to learn the zone)."""
+dropped, a request in flight to a silent owner fails once it is suspect and the block's new
+owner is asked, a stalled host keeps its zone, a seed is enough to learn the zone)."""
 
 from __future__ import annotations
 

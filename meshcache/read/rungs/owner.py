@@ -55,11 +55,11 @@ class OwnerSource:
         changed meanwhile (the failed one is no longer used: it went silent or away), so the
         zone still reads the origin once; the same busy owner once more while it is connected
         (a refusal or a lie stands); else None (the next rung)."""
-        now = self.mesh.owner(request.key)
-        if now is None or self.peers.penalized(now.address):
+        current = self.mesh.owner(request.key)
+        if current is None or self.peers.penalized(current.address):
             return None
-        if now.address != failed.address:
-            return now
+        if current.address != failed.address:
+            return current
         if self.peers.reachable(failed.address) and \
                 not isinstance(error, (PeerMisbehaved, PeerRefused)):
             return failed
