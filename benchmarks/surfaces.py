@@ -211,15 +211,25 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
     assert n == size, (n, size)
     fuse_fresh = size / secs / MiB
     views = os.path.join(cache, "fuse-views")
-    # The twin's view is built in the background; let it finish before the timed rounds.
-    wait_for(lambda: os.path.exists(os.path.join(views, view_of["twin.bin"])), "the twin's view")
-    os.sync()
+
+    def view_built(name: str) -> float:
+        """Wait for the view the mount builds in the background after serving `name` whole, and
+        flush it (MESHCACHE_FSYNC=0 wrote it without fsync) so its writeback does not run under
+        the next timed reads; returns the seconds waited."""
+        t0 = time.monotonic()
+        view = os.path.join(views, view_of[name])
+        wait_for(lambda: os.path.exists(view), f"the passthrough view of {name}")
+        waited = time.monotonic() - t0
+        os.sync()
+        return waited
+
+    view_built("twin.bin")  # before the timed rounds, not during them
     raws: list[float] = []
     firsts: list[float] = []
     rereads: list[float] = []
     warms: list[float] = []
     builds = []
-    for i in range(rounds):  # alternating with the baseline (the load moves), best of each
+    for i in range(rounds):  # alternating with the baseline (the load moves), median of each
         raws.append(size / timed(read_paths, blocks)[0] / MiB)
         # The first read of this round's copy goes to the FUSE handler: no view (passthrough
         # copy) of it yet, and no pages of it in the kernel's cache.
@@ -227,15 +237,9 @@ def run(tmp: str, mnt: str, size: int, rounds: int, block: int, fsync: bool,
         secs, n = timed(read_paths, [path])
         assert n == size, (n, size)
         firsts.append(size / secs / MiB)
-        # Having served it whole, the mount builds its view in the background; the rereads
-        # open it with FUSE passthrough (read by the kernel from the view).
-        t0 = time.monotonic()
-        view = os.path.join(views, view_of[f"fuse{i}.bin"])
-        wait_for(lambda: os.path.exists(view), "the passthrough view")
-        builds.append(time.monotonic() - t0)
-        # The view was written without fsync (MESHCACHE_FSYNC=0): flush it now, untimed, so
-        # its writeback does not run under the next round's timed reads.
-        os.sync()
+        # Having served it whole, the mount builds its view; the rereads open it with FUSE
+        # passthrough (read by the kernel from the view).
+        builds.append(view_built(f"fuse{i}.bin"))
         rereads.append(size / timed(read_paths, [path])[0] / MiB)
         warms.append(size / timed(read_paths, [path])[0] / MiB)
     med = statistics.median
