@@ -4,15 +4,14 @@ at its interface."""
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import shutil
 import subprocess
 import tempfile
 import time
 from typing import Any
 
+from meshcache.lab.lines import next_json
 from meshcache.mesh.auth import new_secret
 
 PORT = 7946
@@ -24,16 +23,7 @@ def tx_bytes(host: Any) -> int:
 
 
 def _line(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            if line:
-                return json.loads(line)
-        if proc.poll() is not None:
-            raise RuntimeError(f"meshnode exited with {proc.returncode}")
-    raise TimeoutError("meshnode said nothing in time")
+    return next_json(proc, timeout)
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:

@@ -3,9 +3,6 @@ process per host, an HTTP origin on its own host. Needs root (skips with the rea
 
 from __future__ import annotations
 
-import json
-import os
-import select
 import subprocess
 import time
 
@@ -13,6 +10,7 @@ import pytest
 
 from meshcache.core.digest import digest
 from meshcache.lab.httporigin import make_file
+from meshcache.lab.lines import next_json, rest_of_output
 
 from tests.conftest import CLUSTER_SECRET, OTHER_SECRET
 from tests.lab_fixtures import lab, needs_lab  # noqa: F401
@@ -20,19 +18,6 @@ from tests.lab_fixtures import lab, needs_lab  # noqa: F401
 BLOCK = 256 * 1024
 PORT = 7946
 SECRET = CLUSTER_SECRET
-
-
-def readline(proc, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if r:
-            line = proc.stdout.readline()
-            if line:
-                return json.loads(line)
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-    raise TimeoutError("no line in time")
 
 
 def start_origin(lab_, directory):
@@ -51,12 +36,13 @@ def start_nodes(lab_, hosts, tmp_path, url, go, secret=SECRET, members=None, pee
         args = ["-m", "meshcache.lab.meshnode", "--cache-dir", str(tmp_path / h.name),
                 "--listen", f"{h.address}:{PORT}", "--secret", secret, "--url", url,
                 "--go", str(go), "--block-size", str(BLOCK),
+                "--log", str(tmp_path / f"{h.name}.log"),
                 "--members", str(len(hosts) - 1 if members is None else members)]
         for p in peers:
             args += ["--peer", p]
         procs.append(h.python(args, stdout=subprocess.PIPE, text=True))
     for p in procs:
-        assert "ready" in readline(p, 60)
+        assert "ready" in next_json(p, 60)
     return procs
 
 
@@ -71,7 +57,7 @@ def test_eight_hosts_read_one_object_and_the_origin_serves_each_block_once(lab, 
     procs = start_nodes(lab8, lab8.hosts, tmp_path, f"{base}/model.bin", go)
     time.sleep(1.0)  # members settle, summaries go out
     go.write_text("go")
-    results = [readline(p, 120) for p in procs]
+    results = [next_json(p, 120) for p in procs]
     for p in procs:
         p.terminate()
     origin.terminate()
@@ -99,8 +85,8 @@ def test_member_killed_mid_read_leaves_the_others_complete(lab, tmp_path):
     time.sleep(0.6)
     procs[3].kill()
     procs[3].wait(10)
-    killed_said = procs[3].stdout.read()
-    results = [readline(p, 150) for p in procs[:3]]
+    killed_said = rest_of_output(procs[3])
+    results = [next_json(p, 150) for p in procs[:3]]
     for p in procs:
         p.terminate()
     origin.terminate()
@@ -122,11 +108,11 @@ def test_wrong_credential_learns_nothing(lab, tmp_path):
     go = tmp_path / "go"
     go.write_text("go")
     good = start_nodes(lab3, lab3.hosts[:2], tmp_path, f"{base}/m.bin", go)
-    good_results = [readline(p, 60) for p in good]
+    good_results = [next_json(p, 60) for p in good]
     bad = start_nodes(lab3, [lab3.hosts[2]], tmp_path, f"{base}/m.bin", go, secret=OTHER_SECRET,
                       members=0, peer_hosts=lab3.hosts)
     # it is told about the good hosts but cannot join them
-    bad_result = readline(bad[0], 60)
+    bad_result = next_json(bad[0], 60, log=tmp_path / f"{lab3.hosts[2].name}.log")
     for p in good + bad:
         p.terminate()
     origin.terminate()
@@ -148,9 +134,8 @@ def test_three_hosts_find_each_other_by_mdns(lab, tmp_path):
                               stdout=subprocess.PIPE, text=True))
     try:
         for p in procs:
-            assert "ready" in readline(p, 60)
-        t = time.monotonic()
-        seen = [readline(p, 30) for p in procs]
+            assert "ready" in next_json(p, 60)
+        seen = [next_json(p, 30) for p in procs]
         assert all(s["members"] == 2 for s in seen), seen
         assert max(s["waited"] for s in seen) < 5.0  # "within a few seconds"
     finally:

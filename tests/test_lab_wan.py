@@ -20,12 +20,12 @@ import pytest
 
 from meshcache.core.digest import digest
 from meshcache.lab.httporigin import make_file
+from meshcache.lab.lines import next_json
 from meshcache.lab.netns import Host, cleanup_stale, requires_root
 from meshcache.lab.zones import ZoneLab
 from meshcache.mesh.auth import new_secret
 from tests.lab_fixtures import needs_lab  # noqa: F401  (fixture)
 from tests.test_lab import BLAST, SINK, UDP_ECHO, UDP_PING, lab_leftovers, lines, start_ready
-from tests.test_lab_mesh import readline
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -305,7 +305,7 @@ class Zones:
                     args += ["--peer", f"{o.address}:{PORT}"]
             procs.append(h.python(args, stdout=subprocess.PIPE, text=True))
         for p in procs:
-            assert "ready" in readline(p, 60)
+            assert "ready" in next_json(p, 60)
         self.procs += procs
         return procs
 
@@ -352,7 +352,7 @@ def test_zones_find_each_other_and_a_block_crosses_into_b_once(zones) -> None:
     b = z.start(lab.zones["b"], go_b)
     c = z.start(lab.zones["c"], z.work / "never")
     go_a.write_text("go")
-    assert all(readline(p, 120)["digest"] == want for p in a)
+    assert all(next_json(p, 120)["digest"] == want for p in a)
     time.sleep(4)                                        # announcements batched every 2 s
     deadline = time.monotonic() + 30                     # one bootstrap address: all zones meet
     while time.monotonic() < deadline:
@@ -363,7 +363,7 @@ def test_zones_find_each_other_and_a_block_crosses_into_b_once(zones) -> None:
     assert all(s >= set("abc") - {lab.zone_of(h)} for s, h in zip(seen, lab.hosts)), seen
     before = lab.wan_bytes()
     go_b.write_text("go")
-    results = [readline(p, 120) for p in b]
+    results = [next_json(p, 120) for p in b]
     moved = {k: v - before[k] for k, v in lab.wan_bytes().items()}
     assert all(r["digest"] == want for r in results), results
     assert sum(r["bytes_from_origin"] for r in results) == 0
@@ -378,7 +378,7 @@ def seed_zone_a(z: Zones, want: str) -> None:
     go = z.work / "go-a"
     a = z.start(z.lab.zones["a"], go)
     go.write_text("go")
-    assert all(readline(p, 120)["digest"] == want for p in a)
+    assert all(next_json(p, 120)["digest"] == want for p in a)
     time.sleep(4)                       # announcements are batched every 2 s, then stored
 
 
@@ -391,7 +391,7 @@ def test_a_node_without_the_credential_learns_no_record_and_gets_no_block(zones)
     go = z.work / "go-c"
     go.write_text("go")
     [stranger] = z.start([c0], go, secret=new_secret(), members=0)
-    result = readline(stranger, 120)
+    result = next_json(stranger, 120)
     moved = {k: v - before[k] for k, v in z.lab.wan_bytes().items()}
     assert result["digest"] == want
     assert result["bytes_from_origin"] == len(data)          # everything from its own origin
@@ -410,7 +410,7 @@ def test_a_zone_cut_off_from_the_others_reads_its_own_origin(zones) -> None:
     z.lab.cut("c")
     before = z.lab.wan_bytes()
     go.write_text("go")
-    results = [readline(p, 180) for p in c]
+    results = [next_json(p, 180) for p in c]
     moved = {k: v - before[k] for k, v in z.lab.wan_bytes().items()}
     assert all(r["digest"] == want for r in results), results
     assert sum(r["bytes_from_origin"] for r in results) == len(data)   # once for the zone
@@ -424,7 +424,7 @@ def test_records_of_a_killed_zone_stop_being_used_after_their_ttl(zones) -> None
     go_a = z.work / "go-a"
     a = z.start(z.lab.zones["a"], go_a, ttl=ttl)
     go_a.write_text("go")
-    assert all(readline(p, 120)["digest"] == want for p in a)
+    assert all(next_json(p, 120)["digest"] == want for p in a)
     time.sleep(3)                                            # announced (batched every 2 s)
     for p in a:
         p.kill()                                             # gone without a word
@@ -434,7 +434,7 @@ def test_records_of_a_killed_zone_stop_being_used_after_their_ttl(zones) -> None
     b = z.start(z.lab.zones["b"], go)
     t = time.monotonic()
     go.write_text("go")
-    results = [readline(p, 180) for p in b]
+    results = [next_json(p, 180) for p in b]
     assert all(r["digest"] == want for r in results), results
     assert sum(r["bytes_from_origin"] for r in results) == len(data)
     assert sum(r["peer_errors"] for r in results) == 0       # no dead provider was tried
