@@ -29,6 +29,7 @@ def next_json(proc: subprocess.Popen, timeout: float, log: Path | None = None) -
         readable, _, _ = select.select([fd], [], [], 0.2)
         chunk = os.read(fd, 65536) if readable else None
         if chunk == b"" or (not chunk and proc.poll() is not None):
+            _pending[proc.pid] = buf
             raise RuntimeError(f"process {proc.pid} exited with {proc.wait(5)}")
         buf += chunk or b""
     if b"\n" in buf:
