@@ -505,15 +505,15 @@ def cache_evict(obj: _Ctx, urls: tuple[str, ...], evict_all: bool) -> None:
         raise click.UsageError("give URLs to evict, or --all")
     objects = obj.node.cached_objects()
     if urls:
-        pinned = {o["url"] for o in objects if o["pinned"]}
+        pinned_urls = {o["url"] for o in objects if o["pinned"]}
         for url in urls:
-            if normalize_url(url) in pinned:
+            if normalize_url(url) in pinned_urls:
                 _fail(EXIT_REFUSED, f"{url} is pinned; unpin it first")
     freed = obj.node.evict(None) if evict_all else sum(obj.node.evict(u) for u in urls)
     every = [ObjectVersion(o["url"], o["version"], o["size"]) for o in objects]
     if evict_all:
-        pinned = [v for v, o in zip(every, objects) if o["pinned"]]
-        freed += remove_views(obj.config.cache_dir, None, keep=pinned)
+        pinned_versions = [v for v, o in zip(every, objects) if o["pinned"]]
+        freed += remove_views(obj.config.cache_dir, None, keep=pinned_versions)
     else:
         wanted = {normalize_url(u) for u in urls}
         freed += remove_views(obj.config.cache_dir, [v for v in every if v.url in wanted])
