@@ -72,6 +72,7 @@ def main() -> None:
                 while not sampling.wait(SAMPLE_S):
                     series.append((time.monotonic() - t0, tx_bytes(lab.origin) - before))
 
+            sampler = threading.Thread(target=sample, daemon=True)
             try:
                 url = origin.stdout.readline().strip() + "/model.bin"
                 go = os.path.join(work, "go")
@@ -89,7 +90,6 @@ def main() -> None:
                 time.sleep(1.5)
                 before = tx_bytes(lab.origin)
                 t0 = time.monotonic()
-                sampler = threading.Thread(target=sample, daemon=True)
                 open(go, "w").close()
                 sampler.start()
                 while tx_bytes(lab.origin) - before < size / 4 and time.monotonic() - t0 < 300:
@@ -108,6 +108,8 @@ def main() -> None:
                 wall = time.monotonic() - t0
             finally:
                 sampling.set()
+                if sampler.is_alive():
+                    sampler.join()
                 stop_all(procs)
                 origin.terminate()
                 origin.wait(10)
