@@ -29,6 +29,13 @@ def start_origin(lab_, directory):
     return proc, base
 
 
+def mesh_events(tmp_path):
+    """The nodes' log lines about members and failed peers (for a failure's message)."""
+    return "\n".join(f"{f.stem}: {line}" for f in sorted(tmp_path.glob("*.log"))
+                     for line in f.read_text(errors="replace").splitlines()
+                     if any(w in line for w in ("suspect", "down", "failed", "alive again")))
+
+
 def start_nodes(lab_, hosts, tmp_path, url, go, secret=SECRET, members=None, peer_hosts=None):
     procs = []
     for h in hosts:
@@ -65,7 +72,8 @@ def test_eight_hosts_read_one_object_and_the_origin_serves_each_block_once(lab, 
         assert "error" not in r, r
         assert r["digest"] == want and r["members"] == 7
     total_origin = sum(r["bytes_from_origin"] for r in results)
-    assert total_origin == size, (total_origin, size)  # every block left the origin once
+    # every block left the origin once
+    assert total_origin == size, (total_origin, size, results, mesh_events(tmp_path))
     assert sum(r["origin_requests"] for r in results) == 49
     assert sum(r["bytes_from_peers"] for r in results) == 7 * size
 

@@ -5,9 +5,9 @@
         [--zone Z --preset wan --set dht_bootstrap='["ADDR:PORT"]']
 
 Prints one JSON line when its node is up ({"ready": ...}), waits until it sees `--members` live
-members and the `--go` file exists (so every host starts reading at once), reads the object,
-and prints one JSON line with its timings, counters and the BLAKE3 of what it read. It then
-keeps serving its peers until SIGTERM, as a meshcached would.
+members (none of them suspected) and the `--go` file exists (so every host starts reading at
+once), reads the object, and prints one JSON line with its timings, counters and the BLAKE3 of
+what it read. It then keeps serving its peers until SIGTERM, as a meshcached would.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--secret", required=True)
     p.add_argument("--url")
     p.add_argument("--go", help="wait for this file before reading")
-    p.add_argument("--members", type=int, default=0, help="wait for this many live members")
+    p.add_argument("--members", type=int, default=0,
+                   help="wait for this many live members (none suspected)")
     p.add_argument("--block-size", type=int, default=4 << 20)
     p.add_argument("--mdns", action="store_true")
     p.add_argument("--interface", action="append", default=[])
@@ -79,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(a: argparse.Namespace, node: Node) -> int:
     t0 = time.monotonic()
     deadline = t0 + 60
-    while len(node.mesh.members) < a.members and time.monotonic() < deadline:
+    def live() -> int:
+        return sum(not m.suspect for m in list(node.mesh.members.values()))
+
+    while live() < a.members and time.monotonic() < deadline:
         time.sleep(0.05)
     if a.report_members:
         print(json.dumps({"members": len(node.mesh.members),
