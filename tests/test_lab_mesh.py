@@ -31,9 +31,10 @@ def start_origin(lab_, directory):
 
 def mesh_events(tmp_path):
     """The nodes' log lines about members and failed peers (for a failure's message)."""
+    words = ("suspect", "down", "failed", "avoided", "alive again")
     return "\n".join(f"{f.stem}: {line}" for f in sorted(tmp_path.glob("*.log"))
                      for line in f.read_text(errors="replace").splitlines()
-                     if any(w in line for w in ("suspect", "down", "failed", "alive again")))
+                     if any(w in line for w in words))
 
 
 def start_nodes(lab_, hosts, tmp_path, url, go, secret=SECRET, members=None, peer_hosts=None):

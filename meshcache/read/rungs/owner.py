@@ -30,8 +30,12 @@ class OwnerSource:
 
     async def fetch(self, request: BlockRequest) -> Verified | None:
         owner = self.mesh.owner(request.key)
-        if owner is None or self.peers.penalized(owner.address):
+        if owner is None:
             return None  # no other member, or this node is the owner
+        if self.peers.penalized(owner.address):
+            log.info("owner %s of block %d of %s is avoided after a failure; trying the next "
+                     "rung", owner.address, request.index, request.version.url)
+            return None
         for attempt in (1, 2):
             try:
                 got = await self.peers.get_block(owner.address, request, Rank.OWNER)
