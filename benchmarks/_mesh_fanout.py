@@ -22,10 +22,6 @@ def tx_bytes(host: Any) -> int:
     return int(host.check_output(["cat", "/sys/class/net/eth0/statistics/tx_bytes"]).strip())
 
 
-def _line(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
-    return next_json(proc, timeout)
-
-
 def stop_all(procs: list[subprocess.Popen]) -> None:
     """SIGTERM every process, then SIGKILL what has not exited after 10 s."""
     for p in procs:
@@ -58,14 +54,14 @@ def run_meshcache(lab: Any, origin_url: str, size: int, rate_bits: float,
         procs.append(h.python(args, stdout=subprocess.PIPE, text=True))
     try:
         for p in procs:
-            _line(p, 60)  # ready
+            next_json(p, 60)  # ready
         time.sleep(1.5)  # members greet each other, first summaries go out
         before = tx_bytes(lab.origin)
         t0 = time.monotonic()
         open(go, "w").close()
         results, done_at = [], []
         for p in procs:
-            results.append(_line(p, timeout))
+            results.append(next_json(p, timeout))
             done_at.append(time.monotonic() - t0)
         origin_bytes = tx_bytes(lab.origin) - before
     finally:

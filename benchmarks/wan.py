@@ -37,9 +37,10 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)  # libtorrent's 1
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import GiB, MiB, emit, log, make_file, parse, ratio  # noqa: E402
 from _lt import make_torrent, run_swarm, spawn_swarm  # noqa: E402
-from _mesh_fanout import _line, stop_all  # noqa: E402
+from _mesh_fanout import stop_all  # noqa: E402
 
 from meshcache import Config  # noqa: E402
+from meshcache.lab.lines import next_json  # noqa: E402
 from meshcache.lab.netns import requires_root  # noqa: E402
 from meshcache.lab.zones import ZoneLab  # noqa: E402
 from meshcache.mesh.auth import new_secret  # noqa: E402
@@ -152,13 +153,13 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float, logs: str =
         for z in lab.zones:             # all at once: interpreters start up side by side
             spawn(z)
         for p in procs["a"]:
-            _line(p, 60)                                         # ready
+            next_json(p, 60)                                         # ready
         open(go["a"], "w").close()      # zone a warms up while b's and c's nodes finish starting
         for p in procs["b"] + procs["c"]:
-            _line(p, 60)                                         # ready
+            next_json(p, 60)                                         # ready
         stamp("meshcache nodes up")
         meanwhile()                     # (the swarm starts up while zone a warms up)
-        seeded = [_line(procs["a"][0], timeout)]
+        seeded = [next_json(procs["a"][0], timeout)]
         stamp("zone a read the object from the origin")
         time.sleep(ANNOUNCED)        # announcements go out (batched every 2 s) and land
         start = sample(lab)
@@ -168,7 +169,7 @@ def run_meshcache(lab: ZoneLab, url: str, work: str, timeout: float, logs: str =
         watcher = threading.Thread(target=watch_links, args=(lab, start, done), daemon=True)
         watcher.start()
         try:
-            results = [_line(p, timeout) for p in readers]
+            results = [next_json(p, timeout) for p in readers]
         finally:
             done.set()
             watcher.join()

@@ -23,9 +23,10 @@ from _common import MiB, emit, log, parse
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
-from _mesh_fanout import PORT, _line, stop_all, tx_bytes  # noqa: E402
+from _mesh_fanout import PORT, stop_all, tx_bytes  # noqa: E402
 
 from meshcache.lab.httporigin import make_file  # noqa: E402
+from meshcache.lab.lines import next_json  # noqa: E402
 from meshcache.lab.netns import Lab, requires_root  # noqa: E402
 from meshcache.mesh.auth import new_secret  # noqa: E402
 
@@ -86,7 +87,7 @@ def main() -> None:
                             a += ["--peer", f"{o.address}:{PORT}"]
                     procs.append(h.python(a, stdout=subprocess.PIPE, text=True))
                 for p in procs:
-                    _line(p, 60)
+                    next_json(p, 60)
                 time.sleep(1.5)
                 before = tx_bytes(lab.origin)
                 t0 = time.monotonic()
@@ -101,7 +102,7 @@ def main() -> None:
                 results = []
                 for p in procs[:4]:
                     try:
-                        results.append(_line(p, 20 * size / (RATE / 8) + 120))
+                        results.append(next_json(p, 20 * size / (RATE / 8) + 120))
                     except Exception as e:
                         results.append({"error": str(e)})
                 origin_bytes = tx_bytes(lab.origin) - before
